@@ -1,0 +1,165 @@
+"""Write a list of (image file, label) into an FFCV .beton, safely.
+
+FFCV 1.0.2's writer has two traps we close here: when a worker process dies (a full disk,
+a file that vanished) its parent waits forever for the missing samples, and a worker's
+exception prints a traceback. `CheckedWriter` watches the workers, turns a failure into one
+line, and reports progress to our rich bar instead of tqdm.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing import Process, Queue, Value
+from pathlib import Path
+
+import numpy as np
+from ffcv.fields import IntField, RGBImageField
+from ffcv.memory_allocator import MemoryAllocator
+from ffcv.utils import chunks
+from ffcv.writer import DatasetWriter, worker_job_indexed_dataset
+
+from vggcli.data.images import load_rgb
+from vggcli.errors import VggError, WorkFailed
+
+MIN_PAGE = 8 << 20
+WRITE_MODES = ("jpg", "raw", "proportion", "smart")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How images are stored; see docs/preprocess.md for why these defaults suit VGG."""
+
+    max_side: int | None = 683
+    write_mode: str = "jpg"
+    jpeg_quality: int = 90
+    compress_probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.write_mode not in WRITE_MODES:
+            raise VggError(f"--write-mode must be one of {', '.join(WRITE_MODES)}")
+        if self.max_side is not None and self.max_side < 32:
+            raise VggError("--max-side must be at least 32 pixels")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise VggError("--jpeg-quality must be between 1 and 100")
+        if not 0.0 <= self.compress_probability <= 1.0:
+            raise VggError("--compress-probability must be between 0 and 1")
+
+    def field(self) -> RGBImageField:
+        return RGBImageField(
+            write_mode=self.write_mode,
+            max_resolution=self.max_side,
+            jpeg_quality=self.jpeg_quality,
+            compress_probability=self.compress_probability,
+        )
+
+    def page_size(self) -> int:
+        """A power of two that fits the largest raw sample (a sample bigger than a page fails)."""
+        largest = 3 * (self.max_side or 4096) ** 2
+        return max(MIN_PAGE, 1 << int(np.ceil(np.log2(largest * 2))))
+
+
+class _Images:
+    """The indexable dataset FFCV's workers read: decoded RGB array and label."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        path, label = self.samples[index]
+        return load_rgb(path)[0], label
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to stop this worker when its parent dies, so a killed preprocess leaves
+    no orphan still writing."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _guarded_worker(errors: Queue, *args: object) -> None:
+    _die_with_parent()
+    try:
+        worker_job_indexed_dataset(*args)
+    except BaseException as exc:  # report, don't print a traceback
+        errors.put(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        sys.exit(1)
+
+
+class CheckedWriter(DatasetWriter):
+    """DatasetWriter that fails fast and quietly when a worker fails."""
+
+    def __init__(self, path: Path, fields: dict, page_size: int, workers: int,
+                 on_progress: Callable[[int], None]) -> None:
+        super().__init__(str(path), fields, page_size=page_size, num_workers=workers)
+        self.on_progress = on_progress
+
+    def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):  # type: ignore[no-untyped-def]
+        """Upstream's loop, plus: worker exit codes checked, errors surfaced, our progress."""
+        self.num_samples = num_samples
+        self.prepare()
+        work: Queue = Queue()
+        for todo in queue_content:
+            work.put(todo)
+        for _ in range(self.num_workers):
+            work.put(None)
+        allocations: Queue = Queue()
+        errors: Queue = Queue()
+        done = Value(ctypes.c_uint64, 0)
+        allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+        args = (errors, work, self.metadata_sm, self.metadata_type, self.fields, allocator,
+                done, allocations, *extra_worker_args)
+        workers = [Process(target=_guarded_worker, args=args, daemon=True)
+                   for _ in range(self.num_workers)]
+        try:
+            for worker in workers:
+                worker.start()
+            self._wait(workers, done, errors)
+            allocation_list = []
+            for _ in workers:
+                allocation_list.extend(allocations.get())
+            self.finalize(allocation_list)
+        finally:
+            for worker in workers:
+                if worker.is_alive():
+                    worker.terminate()
+            self.metadata_sm.close()
+            self.metadata_sm.unlink()
+
+    def _wait(self, workers: list[Process], done: Value, errors: Queue) -> None:  # type: ignore[valid-type]
+        reported = 0
+        while reported != self.num_samples:
+            value = done.value  # type: ignore[attr-defined]
+            if value > reported:
+                self.on_progress(value - reported)
+                reported = value
+            failed = [w for w in workers if w.exitcode not in (None, 0)]
+            if failed:
+                reason = errors.get(timeout=5) if not errors.empty() else (
+                    f"worker exited with code {failed[0].exitcode}")
+                raise WorkFailed(f"writing {Path(self.fname).name.strip('.')} failed: {reason}")
+            time.sleep(0.05)
+
+
+def write_beton(path: Path, samples: Sequence[tuple[Path, int]], storage: StorageSettings,
+                workers: int, on_progress: Callable[[int], None]) -> None:
+    """Write `samples` in the given order to `path` (the caller picks a temporary name)."""
+    fields = {"image": storage.field(), "label": IntField()}
+    writer = CheckedWriter(path, fields, storage.page_size(), workers, on_progress)
+    try:
+        writer.from_indexed_dataset(_Images(samples), chunksize=16)
+    except OSError as exc:
+        raise WorkFailed(f"writing {path.name.strip('.')} failed: {exc}") from exc
+    size = os.path.getsize(path)
+    if size == 0:
+        raise WorkFailed(f"writing {path.name} produced an empty file")

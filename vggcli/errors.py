@@ -1,0 +1,24 @@
+"""The one exception type for "the user asked for something impossible".
+
+The CLI catches it once and prints its message as a single red line; nothing below
+`commands/` prints errors itself.
+"""
+
+
+class VggError(Exception):
+    """A failure the user can act on; its message is the whole story, in one line.
+
+    `exit_code` is 2 for usage mistakes (bad option, missing input) and 1 for failures
+    while doing the work (corrupt data, full disk).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class WorkFailed(VggError):
+    """The input was acceptable but the work could not be finished (exit code 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=1)

@@ -1,0 +1,168 @@
+"""`vgg preprocess`: an ILSVRC folder -> train.beton, val.beton and the training colour statistics.
+
+Two passes per split. The first decodes every image (in parallel) to validate it and to sum
+its colours in float64; it is also what makes resumption cheap, since its outcome is saved as
+``<split>.csv``. The second hands the valid images to FFCV's writer. Each output is written to
+a temporary name and recorded with its sha256, so a killed run resumes at the first output
+that is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+from vggcli.data.beton import StorageSettings, write_beton
+from vggcli.data.images import BadImage, ColourSums, colour_statistics, fit_longer_side, load_rgb
+from vggcli.data.layout import Layout, Sample, Subset, discover
+from vggcli.errors import WorkFailed
+from vggcli.progress import console, progress_bar
+from vggcli.runs import RunVersion, RunWriter
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    source: Path
+    subset: Subset = Subset()
+    storage: StorageSettings = StorageSettings()
+    val_labels: Path | None = None
+    synsets: Path | None = None
+    max_skipped_fraction: float = 0.01
+
+    def as_manifest(self) -> dict:
+        return {
+            "source": str(self.source.resolve()),
+            "subset": asdict(self.subset),
+            "storage": asdict(self.storage),
+            "val_labels": str(self.val_labels) if self.val_labels else None,
+            "synsets": str(self.synsets) if self.synsets else None,
+            "max_skipped_fraction": self.max_skipped_fraction,
+        }
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What the first pass learnt about one image."""
+
+    ok: bool
+    reason: str
+    kind: str
+    height: int
+    width: int
+    sums: ColourSums | None
+
+
+def _scan_one(job: tuple[str, int | None, bool]) -> ScanResult:
+    path, max_side, want_sums = job
+    try:
+        image, kind = load_rgb(Path(path))
+    except BadImage as exc:
+        return ScanResult(False, str(exc), "", 0, 0, None)
+    stored = fit_longer_side(image, max_side)
+    sums = ColourSums.of(stored) if want_sums else None
+    return ScanResult(True, "", kind, stored.shape[0], stored.shape[1], sums)
+
+
+def preprocess(config: PreprocessConfig, runs_root: Path, name: str, workers: int) -> RunVersion:
+    layout = discover(config.source, config.subset, config.val_labels, config.synsets)
+    device = f"cpu ({os.cpu_count()} cores, {workers} workers)"
+    with RunWriter.open(runs_root, name, config=config.as_manifest(), device=device) as run:
+        console.print(f"run directory: [bold]{run.path}[/]" + (" (resuming)" if run.resumed else ""))
+        if not run.has_output("classes.json"):
+            run.write_json("classes.json", _classes(layout))
+        for split in SPLITS:
+            kept = _scan_split(run, split, layout, config, workers)
+            if not run.has_output(f"{split}.beton"):
+                _write_split(run, split, kept, config.storage, workers)
+        _summarise(run, layout)
+    return run.version
+
+
+def _classes(layout: Layout) -> list[dict]:
+    return [{"index": i, "wnid": w, "name": layout.names.get(w, "")}
+            for i, w in enumerate(layout.wnids)]
+
+
+def _scan_split(run: RunWriter, split: str, layout: Layout, config: PreprocessConfig,
+                workers: int) -> list[tuple[Path, int]]:
+    """Validate every image of a split once; return the kept (path, label) in order."""
+    if run.has_output(f"{split}.csv"):
+        return _read_index(run.path / f"{split}.csv", layout.root)
+    samples: list[Sample] = layout.train if split == "train" else layout.val
+    want_sums = split == "train"
+    jobs = [(str(s.path), config.storage.max_side, want_sums) for s in samples]
+    results: list[ScanResult] = []
+    with progress_bar() as bar, Pool(workers) as pool:
+        task = bar.add_task(f"checking {split}", total=len(jobs))
+        for result in pool.imap(_scan_one, jobs, chunksize=8):
+            results.append(result)
+            bar.advance(task)
+    _check_skipped(split, samples, results, config.max_skipped_fraction)
+    if want_sums:
+        total = sum((r.sums for r in results if r.sums is not None), ColourSums.zero())
+        run.set_result("colour_statistics", colour_statistics(total))
+    run.set_result(f"{split}_formats", dict(Counter(r.kind for r in results if r.ok)))
+    skipped = [(s, r) for s, r in zip(samples, results, strict=True) if not r.ok]
+    run.set_result(f"{split}_skipped", [
+        {"path": str(s.path.relative_to(layout.root)), "reason": r.reason} for s, r in skipped])
+    kept = [(s, r) for s, r in zip(samples, results, strict=True) if r.ok]
+    run.write_text(f"{split}.csv", _index_csv(kept, layout))
+    return [(s.path, s.label) for s, _ in kept]
+
+
+def _check_skipped(split: str, samples: Sequence[Sample], results: Sequence[ScanResult],
+                   max_fraction: float) -> None:
+    bad = [(s, r) for s, r in zip(samples, results, strict=True) if not r.ok]
+    for sample, result in bad:
+        console.print(f"[yellow]skipping[/] {sample.path}: {result.reason}")
+    if len(bad) > max_fraction * len(samples) or len(bad) == len(samples):
+        raise WorkFailed(
+            f"{len(bad)} of {len(samples)} {split} images could not be decoded (first: "
+            f"{bad[0][0].path.name}: {bad[0][1].reason}); is this the right folder? "
+            "--max-skipped-fraction accepts more"
+        )
+
+
+def _index_csv(kept: list[tuple[Sample, ScanResult]], layout: Layout) -> str:
+    """The exact order of samples in the .beton, so later results can name each image."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["index", "label", "wnid", "path", "stored_height", "stored_width"])
+    for index, (sample, result) in enumerate(kept):
+        writer.writerow([index, sample.label, layout.wnids[sample.label],
+                         sample.path.relative_to(layout.root), result.height, result.width])
+    return out.getvalue()
+
+
+def _read_index(path: Path, root: Path) -> list[tuple[Path, int]]:
+    with open(path, newline="") as fh:
+        return [(root / row["path"], int(row["label"])) for row in csv.DictReader(fh)]
+
+
+def _write_split(run: RunWriter, split: str, kept: list[tuple[Path, int]],
+                 storage: StorageSettings, workers: int) -> None:
+    with progress_bar() as bar, run.writing(f"{split}.beton") as tmp:
+        task = bar.add_task(f"writing {split}.beton", total=len(kept))
+        write_beton(tmp, kept, storage, workers, lambda n: bar.advance(task, n))
+
+
+def _summarise(run: RunWriter, layout: Layout) -> None:
+    counts = {}
+    for split in SPLITS:
+        with open(run.path / f"{split}.csv") as fh:
+            counts[split] = sum(1 for _ in fh) - 1
+    run.set_result("counts", counts)
+    run.set_result("num_classes", len(layout.wnids))
+    mean = run.results()["colour_statistics"]["mean_rgb"]
+    console.print(
+        f"{counts['train']} train / {counts['val']} val images; "
+        f"mean RGB = ({mean[0]:.2f}, {mean[1]:.2f}, {mean[2]:.2f})"
+    )

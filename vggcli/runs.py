@@ -1,0 +1,386 @@
+"""Versioned run directories: the one place that creates, locks, resumes and resolves runs.
+
+Layout: ``<runs-root>/<name>/v001/manifest.json`` plus the version's outputs. A finished
+version is never written again; re-running a command makes the next version, unless the
+latest version is unfinished, unlocked and was started with the same config, in which case
+the command resumes it. See docs/runs.md.
+
+This module needs no torch: callers pass the device string in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from vggcli.errors import VggError
+
+SCHEMA_VERSION = 1
+RUNS_ROOT_ENV = "VGG_RUNS"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+VERSION_PREFIX = "v"
+
+COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
+
+
+def default_runs_root() -> Path:
+    """`$VGG_RUNS` if set, else `./runs`."""
+    return Path(os.environ.get(RUNS_ROOT_ENV, "runs"))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling, fsync, then rename: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _try_lock(fh: BinaryIO) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _version_number(path: Path) -> int | None:
+    digits = path.name[len(VERSION_PREFIX) :]
+    if path.name.startswith(VERSION_PREFIX) and digits.isdigit():
+        return int(digits)
+    return None
+
+
+@dataclass(frozen=True)
+class RunVersion:
+    """One version of a run, e.g. ``runs/imagenet/v002``."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def number(self) -> int:
+        number = _version_number(self.path)
+        assert number is not None, self.path
+        return number
+
+    @property
+    def label(self) -> str:
+        """How users and manifests refer to this version: ``imagenet/v002``."""
+        return f"{self.name}/{self.path.name}"
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise VggError(f"{self.path}: unreadable {MANIFEST} ({exc})", exit_code=1) from exc
+
+    def manifest_sha256(self) -> str:
+        return sha256_file(self.path / MANIFEST)
+
+    def status(self) -> str:
+        """complete / failed / running, or interrupted when 'running' but nobody holds the lock."""
+        try:
+            status = self.manifest().get("status", INTERRUPTED)
+        except VggError:
+            return INTERRUPTED
+        if status != RUNNING:
+            return status
+        with open(self.path / LOCK, "ab") as fh:
+            if _try_lock(fh):
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                return INTERRUPTED
+        return RUNNING
+
+    def output(self, name: str) -> Path:
+        """Path of a recorded output; a clear error if the run never finished writing it."""
+        if name not in self.manifest().get("outputs", {}):
+            raise VggError(f"{self.label} has no output '{name}'")
+        return self.path / name
+
+    def results(self) -> dict[str, Any]:
+        return self.manifest().get("results", {})
+
+    def as_parent(self) -> dict[str, Any]:
+        """The lineage record a child manifest stores about this version."""
+        return {
+            "path": str(self.path.resolve()),
+            "run": self.name,
+            "version": self.path.name,
+            "manifest_sha256": self.manifest_sha256(),
+        }
+
+
+def versions(run_dir: Path) -> list[RunVersion]:
+    """All versions of a run, oldest first."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and _version_number(p) is not None]
+    return [RunVersion(p) for p in sorted(found, key=_version_number)]
+
+
+def list_runs(root: Path) -> list[Path]:
+    """Run directories under a runs root (those holding at least one version)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and versions(p))
+
+
+def resolve(ref: str | Path, root: Path | None = None) -> RunVersion:
+    """Turn what a user typed into a complete version.
+
+    ``runs/D`` (or just ``D``, looked up under the runs root) names the latest complete
+    version; ``runs/D/v002`` pins one, which must be complete.
+    """
+    path = Path(ref)
+    if not path.exists() and root is not None and len(path.parts) <= 2:
+        path = root / path
+    if _version_number(path) is not None and (path / MANIFEST).exists():
+        version = RunVersion(path)
+        if (status := version.status()) != COMPLETE:
+            raise VggError(f"{path} is {status}, not complete; re-run its command to finish it")
+        return version
+    if not path.is_dir():
+        raise VggError(f"no run at {ref}")
+    complete = [v for v in versions(path) if v.status() == COMPLETE]
+    if not complete:
+        raise VggError(f"{path} has no complete version; re-run its command to finish it")
+    return complete[-1]
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(device: str) -> dict[str, Any]:
+    """What produced a run: tool, libraries, machine."""
+    return {
+        "tool_version": _package_version("vgg"),
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": _package_version("torch"),
+        "torchvision": _package_version("torchvision"),
+        "ffcv": _package_version("ffcv"),
+        "numpy": _package_version("numpy"),
+        "device": device,
+        "host": platform.node(),
+    }
+
+
+class RunWriter:
+    """An open version being written by this process; use as a context manager.
+
+    Holds an exclusive lock on the version for its lifetime, keeps the manifest current
+    after every change, and marks the version complete only when the block exits cleanly.
+    """
+
+    def __init__(self, version: RunVersion, lock: BinaryIO, manifest: dict[str, Any]) -> None:
+        self.version = version
+        self._lock = lock
+        self._manifest = manifest
+
+    # -- opening ---------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        name: str,
+        *,
+        config: dict[str, Any],
+        parents: list[RunVersion] = (),  # type: ignore[assignment]
+        device: str = "cpu",
+        argv: list[str] | None = None,
+        resume: bool = True,
+    ) -> RunWriter:
+        """Resume the latest unfinished version started with this config, else make a new one."""
+        if not name or "/" in name or name.startswith("."):
+            raise VggError(f"invalid run name '{name}'")
+        run_dir = root / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / LOCK, "ab") as run_lock:
+            fcntl.flock(run_lock, fcntl.LOCK_EX)  # serialise version choice per run name
+            if resume and (found := cls._resumable(run_dir, config)) is not None:
+                return found
+            return cls._create(run_dir, config, parents, device, argv or sys.argv)
+
+    @classmethod
+    def _resumable(cls, run_dir: Path, config: dict[str, Any]) -> RunWriter | None:
+        existing = versions(run_dir)
+        if not existing or existing[-1].status() not in (INTERRUPTED, FAILED):
+            return None
+        latest = existing[-1]
+        manifest = latest.manifest()
+        if manifest.get("config") != json.loads(json.dumps(config)):
+            return None
+        lock = open(latest.path / LOCK, "ab")  # noqa: SIM115 - held for the writer's life
+        if not _try_lock(lock):
+            lock.close()
+            return None
+        manifest["status"] = RUNNING
+        manifest["attempts"] = manifest.get("attempts", 1) + 1
+        manifest["resumed_at"] = [*manifest.get("resumed_at", []), _now()]
+        manifest.pop("error", None)
+        writer = cls(latest, lock, manifest)
+        writer._save()
+        return writer
+
+    @classmethod
+    def _create(
+        cls,
+        run_dir: Path,
+        config: dict[str, Any],
+        parents: list[RunVersion],
+        device: str,
+        argv: list[str],
+    ) -> RunWriter:
+        existing = versions(run_dir)
+        number = existing[-1].number + 1 if existing else 1
+        while True:  # exclusive mkdir: a concurrent writer can never get the same version
+            path = run_dir / f"{VERSION_PREFIX}{number:03d}"
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                number += 1
+        lock = open(path / LOCK, "ab")  # noqa: SIM115 - held for the writer's life
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "run": run_dir.name,
+            "version": path.name,
+            "status": RUNNING,
+            "command": argv,
+            "config": config,
+            "provenance": provenance(device),
+            "parents": [p.as_parent() for p in parents],
+            "started": _now(),
+            "ended": None,
+            "attempts": 1,
+            "outputs": {},
+            "results": {},
+        }
+        writer = cls(RunVersion(path), lock, manifest)
+        writer._save()
+        return writer
+
+    # -- writing ---------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.version.path
+
+    @property
+    def resumed(self) -> bool:
+        return self._manifest.get("attempts", 1) > 1
+
+    def _save(self) -> None:
+        atomic_write_json(self.path / MANIFEST, self._manifest)
+
+    def has_output(self, name: str) -> bool:
+        """True when `name` was recorded and the file on disk still has the recorded hash."""
+        record = self._manifest["outputs"].get(name)
+        target = self.path / name
+        return bool(record) and target.is_file() and sha256_file(target) == record["sha256"]
+
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[Path]:
+        """Yield a temporary path to write `name` to; rename and record it on success only."""
+        target = self.path / name
+        tmp = target.with_name(f".{name}.partial")
+        tmp.unlink(missing_ok=True)
+        try:
+            yield tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, target)
+        self.record_output(name)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        with self.writing(name) as tmp:
+            tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        with self.writing(name) as tmp:
+            tmp.write_text(text)
+
+    def record_output(self, name: str) -> None:
+        target = self.path / name
+        self._manifest["outputs"][name] = {
+            "size": target.stat().st_size,
+            "sha256": sha256_file(target),
+        }
+        self._save()
+
+    def set_result(self, key: str, value: Any) -> None:
+        """Store a small result (statistics, metrics summary) in the manifest."""
+        self._manifest["results"][key] = value
+        self._save()
+
+    def results(self) -> dict[str, Any]:
+        return self._manifest["results"]
+
+    # -- closing ---------------------------------------------------------------------
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            self._manifest["status"] = COMPLETE
+        else:
+            self._manifest["status"] = FAILED
+            self._manifest["error"] = str(exc) or exc_type.__name__
+        self._manifest["ended"] = _now()
+        try:
+            self._save()
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
