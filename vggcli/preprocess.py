@@ -75,9 +75,14 @@ def preprocess(config: PreprocessConfig, runs_root: Path, name: str, workers: in
     layout = discover(config.source, config.subset, config.val_labels, config.synsets)
     device = f"cpu ({os.cpu_count()} cores, {workers} workers)"
     with RunWriter.open(runs_root, name, config=config.as_manifest(), device=device) as run:
-        console.print(f"run directory: [bold]{run.path}[/]" + (" (resuming)" if run.resumed else ""))
+        console.print(
+            f"run directory: [bold]{run.path}[/]" + (" (resuming)" if run.resumed else "")
+        )
         if not run.has_output("classes.json"):
             run.write_json("classes.json", _classes(layout))
+            run.set_result(
+                "ignored_files", [str(p.relative_to(layout.root)) for p in layout.ignored]
+            )
         for split in SPLITS:
             kept = _scan_split(run, split, layout, config, workers)
             if not run.has_output(f"{split}.beton"):
@@ -87,12 +92,14 @@ def preprocess(config: PreprocessConfig, runs_root: Path, name: str, workers: in
 
 
 def _classes(layout: Layout) -> list[dict]:
-    return [{"index": i, "wnid": w, "name": layout.names.get(w, "")}
-            for i, w in enumerate(layout.wnids)]
+    return [
+        {"index": i, "wnid": w, "name": layout.names.get(w, "")} for i, w in enumerate(layout.wnids)
+    ]
 
 
-def _scan_split(run: RunWriter, split: str, layout: Layout, config: PreprocessConfig,
-                workers: int) -> list[tuple[Path, int]]:
+def _scan_split(
+    run: RunWriter, split: str, layout: Layout, config: PreprocessConfig, workers: int
+) -> list[tuple[Path, int]]:
     """Validate every image of a split once; return the kept (path, label) in order."""
     if run.has_output(f"{split}.csv"):
         return _read_index(run.path / f"{split}.csv", layout.root)
@@ -111,15 +118,18 @@ def _scan_split(run: RunWriter, split: str, layout: Layout, config: PreprocessCo
         run.set_result("colour_statistics", colour_statistics(total))
     run.set_result(f"{split}_formats", dict(Counter(r.kind for r in results if r.ok)))
     skipped = [(s, r) for s, r in zip(samples, results, strict=True) if not r.ok]
-    run.set_result(f"{split}_skipped", [
-        {"path": str(s.path.relative_to(layout.root)), "reason": r.reason} for s, r in skipped])
+    run.set_result(
+        f"{split}_skipped",
+        [{"path": str(s.path.relative_to(layout.root)), "reason": r.reason} for s, r in skipped],
+    )
     kept = [(s, r) for s, r in zip(samples, results, strict=True) if r.ok]
     run.write_text(f"{split}.csv", _index_csv(kept, layout))
     return [(s.path, s.label) for s, _ in kept]
 
 
-def _check_skipped(split: str, samples: Sequence[Sample], results: Sequence[ScanResult],
-                   max_fraction: float) -> None:
+def _check_skipped(
+    split: str, samples: Sequence[Sample], results: Sequence[ScanResult], max_fraction: float
+) -> None:
     bad = [(s, r) for s, r in zip(samples, results, strict=True) if not r.ok]
     for sample, result in bad:
         console.print(f"[yellow]skipping[/] {sample.path}: {result.reason}")
@@ -137,8 +147,16 @@ def _index_csv(kept: list[tuple[Sample, ScanResult]], layout: Layout) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["index", "label", "wnid", "path", "stored_height", "stored_width"])
     for index, (sample, result) in enumerate(kept):
-        writer.writerow([index, sample.label, layout.wnids[sample.label],
-                         sample.path.relative_to(layout.root), result.height, result.width])
+        writer.writerow(
+            [
+                index,
+                sample.label,
+                layout.wnids[sample.label],
+                sample.path.relative_to(layout.root),
+                result.height,
+                result.width,
+            ]
+        )
     return out.getvalue()
 
 
@@ -147,11 +165,12 @@ def _read_index(path: Path, root: Path) -> list[tuple[Path, int]]:
         return [(root / row["path"], int(row["label"])) for row in csv.DictReader(fh)]
 
 
-def _write_split(run: RunWriter, split: str, kept: list[tuple[Path, int]],
-                 storage: StorageSettings, workers: int) -> None:
+def _write_split(
+    run: RunWriter, split: str, kept: list[tuple[Path, int]], storage: StorageSettings, workers: int
+) -> None:
     with progress_bar() as bar, run.writing(f"{split}.beton") as tmp:
         task = bar.add_task(f"writing {split}.beton", total=len(kept))
-        write_beton(tmp, kept, storage, workers, lambda n: bar.advance(task, n))
+        write_beton(tmp, f"{split}.beton", kept, storage, workers, lambda n: bar.advance(task, n))
 
 
 def _summarise(run: RunWriter, layout: Layout) -> None:

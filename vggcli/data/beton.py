@@ -8,20 +8,22 @@ line, and reports progress to our rich bar instead of tqdm.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import os
+import queue
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import Process, Queue, Value
 from pathlib import Path
 
+import cv2
 import numpy as np
 from ffcv.fields import IntField, RGBImageField
 from ffcv.memory_allocator import MemoryAllocator
-from ffcv.utils import chunks
 from ffcv.writer import DatasetWriter, worker_job_indexed_dataset
 
 from vggcli.data.images import load_rgb
@@ -81,10 +83,8 @@ class _Images:
 def _die_with_parent() -> None:
     """Ask Linux to stop this worker when its parent dies, so a killed preprocess leaves
     no orphan still writing."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _guarded_worker(errors: Queue, *args: object) -> None:
@@ -92,16 +92,25 @@ def _guarded_worker(errors: Queue, *args: object) -> None:
     try:
         worker_job_indexed_dataset(*args)
     except BaseException as exc:  # report, don't print a traceback
-        errors.put(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG)
+        errors.put(("disk full: " if full else "") + f"{type(exc).__name__}: {exc}".splitlines()[0])
         sys.exit(1)
 
 
 class CheckedWriter(DatasetWriter):
     """DatasetWriter that fails fast and quietly when a worker fails."""
 
-    def __init__(self, path: Path, fields: dict, page_size: int, workers: int,
-                 on_progress: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        label: str,
+        fields: dict,
+        page_size: int,
+        workers: int,
+        on_progress: Callable[[int], None],
+    ) -> None:
         super().__init__(str(path), fields, page_size=page_size, num_workers=workers)
+        self.label = label
         self.on_progress = on_progress
 
     def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):  # type: ignore[no-untyped-def]
@@ -117,18 +126,24 @@ class CheckedWriter(DatasetWriter):
         errors: Queue = Queue()
         done = Value(ctypes.c_uint64, 0)
         allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-        args = (errors, work, self.metadata_sm, self.metadata_type, self.fields, allocator,
-                done, allocations, *extra_worker_args)
-        workers = [Process(target=_guarded_worker, args=args, daemon=True)
-                   for _ in range(self.num_workers)]
+        args = (
+            errors,
+            work,
+            self.metadata_sm,
+            self.metadata_type,
+            self.fields,
+            allocator,
+            done,
+            allocations,
+            *extra_worker_args,
+        )
+        workers = [
+            Process(target=_guarded_worker, args=args, daemon=True) for _ in range(self.num_workers)
+        ]
         try:
             for worker in workers:
                 worker.start()
-            self._wait(workers, done, errors)
-            allocation_list = []
-            for _ in workers:
-                allocation_list.extend(allocations.get())
-            self.finalize(allocation_list)
+            self.finalize(self._collect(workers, done, errors, allocations))
         finally:
             for worker in workers:
                 if worker.is_alive():
@@ -136,30 +151,82 @@ class CheckedWriter(DatasetWriter):
             self.metadata_sm.close()
             self.metadata_sm.unlink()
 
-    def _wait(self, workers: list[Process], done: Value, errors: Queue) -> None:  # type: ignore[valid-type]
-        reported = 0
-        while reported != self.num_samples:
+    def _collect(
+        self,
+        workers: list[Process],
+        done: Value,
+        errors: Queue,  # type: ignore[valid-type]
+        allocations: Queue,
+    ) -> list:
+        """Report progress and gather each worker's allocation table; raise if one dies.
+
+        Pages reach the disk only when a worker finishes or fills a page, so a write error
+        can come after every sample was counted: wait for the tables, not for the count.
+        """
+        reported, tables = 0, []
+        while len(tables) < len(workers):
             value = done.value  # type: ignore[attr-defined]
             if value > reported:
                 self.on_progress(value - reported)
                 reported = value
+            try:
+                tables.append(allocations.get(timeout=0.05))
+                continue
+            except queue.Empty:
+                pass
             failed = [w for w in workers if w.exitcode not in (None, 0)]
             if failed:
-                reason = errors.get(timeout=5) if not errors.empty() else (
-                    f"worker exited with code {failed[0].exitcode}")
-                raise WorkFailed(f"writing {Path(self.fname).name.strip('.')} failed: {reason}")
-            time.sleep(0.05)
+                try:
+                    reason = errors.get(timeout=5)
+                except queue.Empty:
+                    reason = f"worker exited with code {failed[0].exitcode}"
+                raise WorkFailed(f"writing {self.label} failed: {reason}")
+        return [allocation for table in tables for allocation in table]
 
 
-def write_beton(path: Path, samples: Sequence[tuple[Path, int]], storage: StorageSettings,
-                workers: int, on_progress: Callable[[int], None]) -> None:
-    """Write `samples` in the given order to `path` (the caller picks a temporary name)."""
+def write_beton(
+    path: Path,
+    label: str,
+    samples: Sequence[tuple[Path, int]],
+    storage: StorageSettings,
+    workers: int,
+    on_progress: Callable[[int], None],
+) -> None:
+    """Write `samples` in the given order to `path` (a temporary name; `label` is the final
+    name, for messages)."""
     fields = {"image": storage.field(), "label": IntField()}
-    writer = CheckedWriter(path, fields, storage.page_size(), workers, on_progress)
+    writer = CheckedWriter(path, label, fields, storage.page_size(), workers, on_progress)
     try:
         writer.from_indexed_dataset(_Images(samples), chunksize=16)
     except OSError as exc:
-        raise WorkFailed(f"writing {path.name.strip('.')} failed: {exc}") from exc
+        raise WorkFailed(f"writing {label} failed: {exc}") from exc
     size = os.path.getsize(path)
     if size == 0:
         raise WorkFailed(f"writing {path.name} produced an empty file")
+
+
+def read_samples(path: Path) -> list[tuple[np.ndarray, int]]:
+    """Every (RGB image, label) of a .beton written by `write_beton`, in file order, at its
+    stored size. FFCV's decoders want one output size; this reads the file directly."""
+    from ffcv.reader import Reader
+
+    reader = Reader(str(path))
+    sizes = dict(
+        zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist(), strict=True)
+    )
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    samples = []
+    for meta in reader.metadata:
+        image_meta, label = meta["f0"], int(meta["f1"])
+        ptr, height, width = (
+            int(image_meta["data_ptr"]),
+            int(image_meta["height"]),
+            int(image_meta["width"]),
+        )
+        if image_meta["mode"] == 1:  # raw
+            image = np.array(data[ptr : ptr + height * width * 3]).reshape(height, width, 3)
+        else:
+            encoded = np.array(data[ptr : ptr + sizes[ptr]])
+            image = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        samples.append((image, label))
+    return samples

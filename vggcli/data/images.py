@@ -66,8 +66,9 @@ class ColourSums:
         return ColourSums(0, np.zeros(3), np.zeros((3, 3)))
 
     def __add__(self, other: ColourSums) -> ColourSums:
-        return ColourSums(self.count + other.count, self.total + other.total,
-                          self.outer + other.outer)
+        return ColourSums(
+            self.count + other.count, self.total + other.total, self.outer + other.outer
+        )
 
 
 def colour_statistics(sums: ColourSums) -> dict[str, object]:

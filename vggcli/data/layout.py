@@ -73,8 +73,12 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def discover(root: Path, subset: Subset = Subset(), val_labels: Path | None = None,
-             synsets: Path | None = None) -> Layout:
+def discover(
+    root: Path,
+    subset: Subset = Subset(),
+    val_labels: Path | None = None,
+    synsets: Path | None = None,
+) -> Layout:
     """Read the folder structure and labels; every problem is one clear VggError."""
     if not root.is_dir():
         raise VggError(f"dataset folder {root} does not exist")
@@ -95,12 +99,18 @@ def discover(root: Path, subset: Subset = Subset(), val_labels: Path | None = No
             raise VggError(f"{train_dir / wnid} has no images (.JPEG/.jpg/.png)")
         train += [Sample(p, label_of[wnid]) for p in images[: subset.train_per_class]]
     val, val_layout, val_ignored = _discover_val(root, label_of, subset, val_labels, synsets)
-    return Layout(root, wnids, _class_names(root, wnids), train, val, val_layout,
-                  ignored + val_ignored)
+    return Layout(
+        root, wnids, _class_names(root, wnids), train, val, val_layout, ignored + val_ignored
+    )
 
 
-def _discover_val(root: Path, label_of: dict[str, int], subset: Subset, val_labels: Path | None,
-                  synsets: Path | None) -> tuple[list[Sample], str, list[Path]]:
+def _discover_val(
+    root: Path,
+    label_of: dict[str, int],
+    subset: Subset,
+    val_labels: Path | None,
+    synsets: Path | None,
+) -> tuple[list[Sample], str, list[Path]]:
     val_dir = root / "val"
     if not val_dir.is_dir():
         raise VggError(f"{root} has no val/ folder")
@@ -128,8 +138,9 @@ def _discover_val(root: Path, label_of: dict[str, int], subset: Subset, val_labe
     return val, f"flat+{source.name}", others
 
 
-def _val_from_folders(val_dir: Path, class_dirs: list[Path], label_of: dict[str, int],
-                      subset: Subset) -> tuple[list[Sample], str, list[Path]]:
+def _val_from_folders(
+    val_dir: Path, class_dirs: list[Path], label_of: dict[str, int], subset: Subset
+) -> tuple[list[Sample], str, list[Path]]:
     unknown = [d.name for d in class_dirs if d.name not in label_of]
     if unknown and subset.classes is None:
         raise VggError(f"val/{unknown[0]} is not a train class (unknown val label)")
@@ -152,13 +163,19 @@ def _val_id(path: Path) -> str | None:
     return str(int(match.group(1))) if match else None
 
 
-def _flat_val_labels(root: Path, val_labels: Path | None,
-                     synsets: Path | None) -> tuple[dict[str, str], Path]:
+def _flat_val_labels(
+    root: Path, val_labels: Path | None, synsets: Path | None
+) -> tuple[dict[str, str], Path]:
     """Map image stem (or numeric id) -> wnid, from whichever ground-truth file is present."""
-    candidates = [val_labels] if val_labels else [
-        root / LOC_SOLUTION, root / "val" / LOC_SOLUTION,
-        *(root / d / DEVKIT_GROUND_TRUTH for d in DEVKIT_DIRS),
-    ]
+    candidates = (
+        [val_labels]
+        if val_labels
+        else [
+            root / LOC_SOLUTION,
+            root / "val" / LOC_SOLUTION,
+            *(root / d / DEVKIT_GROUND_TRUTH for d in DEVKIT_DIRS),
+        ]
+    )
     source = next((p for p in candidates if p is not None and p.is_file()), None)
     if source is None:
         raise VggError(

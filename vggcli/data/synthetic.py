@@ -82,9 +82,16 @@ def _checker(d: ImageDraw.ImageDraw, b: Box, c: tuple, w: int) -> None:
 
 
 SHAPES: dict[str, Callable[[ImageDraw.ImageDraw, Box, tuple, int], None]] = {
-    "circle": _circle, "ring": _ring, "square": _square, "triangle": _triangle,
-    "diamond": _diamond, "plus": _plus, "cross": _cross, "horizontal-bars": _hbars,
-    "vertical-bars": _vbars, "checkerboard": _checker,
+    "circle": _circle,
+    "ring": _ring,
+    "square": _square,
+    "triangle": _triangle,
+    "diamond": _diamond,
+    "plus": _plus,
+    "cross": _cross,
+    "horizontal-bars": _hbars,
+    "vertical-bars": _vbars,
+    "checkerboard": _checker,
 }
 
 

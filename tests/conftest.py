@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny generated datasets and a CLI runner bound to a temporary runs root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from vggcli.cli import app
+from vggcli.data.synthetic import SyntheticSpec, generate
+
+TINY = SyntheticSpec(classes=4, train_per_class=6, val_per_class=3, seed=1)
+
+
+def make_dataset(folder: Path, spec: SyntheticSpec = TINY) -> Path:
+    generate(folder, spec)
+    return folder
+
+
+@pytest.fixture
+def tiny_source(tmp_path: Path) -> Path:
+    """A fresh 4-class ILSVRC-layout folder (flat val + LOC_val_solution.csv) per test."""
+    return make_dataset(tmp_path / "imagenet")
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def vgg(runs_root: Path) -> Callable[..., Result]:
+    """Invoke the real CLI in-process with this test's runs root."""
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(app, [*args], env={"VGG_RUNS": str(runs_root), "COLUMNS": "200"})
+
+    return invoke

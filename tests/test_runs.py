@@ -1,0 +1,111 @@
+"""Run directories: versions never overwritten, atomic outputs, locks, resume, lineage."""
+
+from __future__ import annotations
+
+import json
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+
+from vggcli.errors import VggError
+from vggcli.runs import COMPLETE, FAILED, INTERRUPTED, RunVersion, RunWriter, resolve, versions
+
+
+def _finish(root: Path, name: str, config: dict | None = None, **kwargs) -> RunVersion:
+    with RunWriter.open(root, name, config=config or {"a": 1}, **kwargs) as run:
+        run.write_json("out.json", {"ok": True})
+    return run.version
+
+
+def test_rerun_makes_next_version_and_resolve_picks_latest_complete(tmp_path: Path) -> None:
+    first, second = _finish(tmp_path, "D"), _finish(tmp_path, "D")
+    assert (first.path.name, second.path.name) == ("v001", "v002")
+    assert resolve("D", tmp_path) == second
+    assert resolve(tmp_path / "D") == second
+    assert resolve(tmp_path / "D" / "v001") == first  # naming a version pins it
+    assert json.loads((first.path / "out.json").read_text()) == {"ok": True}
+
+
+def test_manifest_records_outputs_with_hashes_and_provenance(tmp_path: Path) -> None:
+    version = _finish(tmp_path, "D", config={"net": "D"}, device="cpu")
+    manifest = version.manifest()
+    assert manifest["status"] == COMPLETE and manifest["schema_version"] == 1
+    assert manifest["config"] == {"net": "D"}
+    assert manifest["provenance"]["device"] == "cpu"
+    assert manifest["provenance"]["torch"] == "2.14.1"
+    out = manifest["outputs"]["out.json"]
+    assert out["size"] == (version.path / "out.json").stat().st_size
+    assert len(out["sha256"]) == 64
+    assert manifest["started"] and manifest["ended"]
+
+
+def test_failure_marks_version_failed_and_leaves_no_output(tmp_path: Path) -> None:
+    good = _finish(tmp_path, "D")
+    with (
+        pytest.raises(RuntimeError),
+        RunWriter.open(tmp_path, "D", config={"b": 2}) as run,
+        run.writing("weights.pt") as tmp,
+    ):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    failed = versions(tmp_path / "D")[-1]
+    assert failed.status() == FAILED
+    assert failed.manifest()["error"] == "killed mid-write"
+    assert list(failed.path.glob("*weights*")) == []
+    assert resolve("D", tmp_path) == good
+    with pytest.raises(VggError, match="not complete"):
+        resolve(failed.path)
+
+
+def test_unlocked_running_version_reads_as_interrupted_and_resumes_with_same_config(
+    tmp_path: Path,
+) -> None:
+    run = RunWriter.open(tmp_path, "D", config={"lr": 0.01})
+    run.write_json("half.json", {})
+    # simulate a kill: the process is gone, so its lock is gone, the manifest says running
+    run._lock.close()
+    version = run.version
+    assert version.status() == INTERRUPTED
+    with pytest.raises(VggError, match="no complete version"):
+        resolve("D", tmp_path)
+    with RunWriter.open(tmp_path, "D", config={"lr": 0.01}) as resumed:
+        assert resumed.path == version.path and resumed.resumed
+        assert resumed.has_output("half.json")
+    assert version.status() == COMPLETE and version.manifest()["attempts"] == 2
+    # a different config never resumes someone else's version
+    assert _finish(tmp_path, "D", config={"lr": 0.1}).path.name == "v002"
+
+
+def test_running_version_is_not_resumed_by_a_second_writer(tmp_path: Path) -> None:
+    with RunWriter.open(tmp_path, "D", config={}) as first:
+        assert first.version.status() == "running"
+        with RunWriter.open(tmp_path, "D", config={}) as second:
+            assert second.path != first.path
+
+
+def _open_and_finish(args: tuple[str, int]) -> str:
+    root, i = args
+    return _finish(Path(root), "E", config={"worker": i}).path.name
+
+
+def test_concurrent_writers_never_share_a_version(tmp_path: Path) -> None:
+    with get_context("fork").Pool(6) as pool:
+        names = pool.map(_open_and_finish, [(str(tmp_path), i) for i in range(12)])
+    assert len(set(names)) == 12
+    assert all(v.status() == COMPLETE for v in versions(tmp_path / "E"))
+
+
+def test_parents_record_version_and_manifest_hash(tmp_path: Path) -> None:
+    parent = _finish(tmp_path, "A")
+    child = _finish(tmp_path, "D", parents=[parent])
+    (record,) = child.manifest()["parents"]
+    assert record["run"] == "A" and record["version"] == "v001"
+    assert record["manifest_sha256"] == parent.manifest_sha256()
+
+
+def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(VggError, match="no run at"):
+        resolve("nope", tmp_path)
+    with pytest.raises(VggError, match="invalid run name"):
+        RunWriter.open(tmp_path, "../x", config={})

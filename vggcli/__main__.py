@@ -1,0 +1,3 @@
+from vggcli.cli import app
+
+app(prog_name="vgg")
