@@ -39,3 +39,26 @@ def vgg(runs_root: Path) -> Callable[..., Result]:
         return runner.invoke(app, [*args], env={"VGG_RUNS": str(runs_root), "COLUMNS": "200"})
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def dataset_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A runs root holding one preprocessed dataset run, `tiny` (10 classes, 20 + 5 images
+    each), made once per session; copy it with `train_root` before writing to it."""
+    from vggcli.data.beton import StorageSettings
+    from vggcli.preprocess import PreprocessConfig, preprocess
+
+    base = tmp_path_factory.mktemp("dataset")
+    source = make_dataset(base / "tiny", SyntheticSpec(10, 20, 5, seed=2))
+    config = PreprocessConfig(source, storage=StorageSettings(max_side=128))
+    preprocess(config, base / "runs", "tiny", workers=2)
+    return base / "runs"
+
+
+@pytest.fixture
+def train_root(dataset_runs: Path, runs_root: Path) -> Path:
+    """This test's own runs root, starting with the `tiny` dataset run."""
+    import shutil
+
+    shutil.copytree(dataset_runs, runs_root)
+    return runs_root

@@ -29,11 +29,22 @@ def test_demo_data_is_a_pure_function_of_the_seed(vgg, tmp_path: Path) -> None:
     assert first.tobytes() == again.tobytes()
     assert render(SyntheticSpec(seed=4), "train", 2, 5).tobytes() != first.tobytes()
     out = tmp_path / "demo"
-    result = vgg("make-demo-data", str(out), "--classes", "3", "--train-per-class", "4",
-                 "--val-per-class", "2")
+    result = vgg(
+        "make-demo-data",
+        str(out),
+        "--classes",
+        "3",
+        "--train-per-class",
+        "4",
+        "--val-per-class",
+        "2",
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "train").iterdir()) == [
-        "n90000000", "n90001111", "n90002222"]
+        "n90000000",
+        "n90001111",
+        "n90002222",
+    ]
     assert len(list((out / "val").glob("ILSVRC2012_val_*.JPEG"))) == 6
     sizes = {_image_size(p) for p in (out / "train").rglob("*.JPEG")}
     assert len(sizes) > 1 and all(min(s) >= 96 and max(s) <= 400 for s in sizes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vggcli.commands import demo_data, preprocess, runs
+from vggcli.commands import demo_data, preprocess, runs, train
 
 app = typer.Typer(
     name="vgg",
@@ -19,4 +19,6 @@ app = typer.Typer(
 )
 app.command("make-demo-data")(demo_data.command)
 app.command("preprocess")(preprocess.command)
+app.command("train")(train.train_command)
+app.command("finetune-scale")(train.finetune_command)
 app.command("runs")(runs.command)

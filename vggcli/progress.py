@@ -30,11 +30,14 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} {self.unit}" if speed else f"- {self.unit}", style="cyan")
 
 
-def progress_bar(unit: str = "img/s") -> Progress:
+def progress_bar(unit: str = "img/s", status: bool = False) -> Progress:
+    """`status=True` adds a column showing the task's `status` field (e.g. the loss)."""
+    extra = [TextColumn("{task.fields[status]}")] if status else []
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *extra,
         RateColumn(unit),
         TimeElapsedColumn(),
         TextColumn("ETA"),

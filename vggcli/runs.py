@@ -327,6 +327,10 @@ class RunWriter:
     def _save(self) -> None:
         atomic_write_json(self.path / MANIFEST, self._manifest)
 
+    def recorded(self) -> list[str]:
+        """Names of the outputs finished and recorded so far, whatever is on disk now."""
+        return sorted(self._manifest["outputs"])
+
     def has_output(self, name: str) -> bool:
         """True when `name` was recorded and the file on disk still has the recorded hash."""
         record = self._manifest["outputs"].get(name)
@@ -362,6 +366,12 @@ class RunWriter:
             "sha256": sha256_file(target),
         }
         self._save()
+
+    def remove_output(self, name: str) -> None:
+        """Drop a scratch output (e.g. the resume checkpoint) once it is no longer needed."""
+        self._manifest["outputs"].pop(name, None)
+        self._save()
+        (self.path / name).unlink(missing_ok=True)
 
     def set_result(self, key: str, value: Any) -> None:
         """Store a small result (statistics, metrics summary) in the manifest."""

@@ -2,7 +2,8 @@
 
 Each class is a shape or texture (circle, ring, stripes...) drawn in a random colour, at a
 random scale (15-75% of the shorter side) and position, on a smooth random background, in
-images of random size and aspect ratio (sides 96-400 px). Colour says nothing about the
+images of random size and ImageNet-like aspect ratio (sides 96-400 px, 3:4 to 4:3, so a
+crop of the smallest side still shows most of the image). Colour says nothing about the
 class, and objects come at many scales, so scale jitter and multi-scale testing have
 something to win. Every image is a pure function of (seed, split, class, index).
 """
@@ -127,7 +128,9 @@ def render(spec: SyntheticSpec, split: str, class_index: int, index: int) -> Ima
     """One image: smooth background, a distractor blob, and the class's shape."""
     split_key = 0 if split == "train" else 1
     rng = np.random.default_rng([spec.seed, split_key, class_index, index])
-    width, height = (int(v) for v in rng.integers(spec.min_side, spec.max_side + 1, size=2))
+    short = int(rng.integers(spec.min_side, int(spec.max_side * 0.75) + 1))
+    long = min(spec.max_side, int(short * rng.uniform(1.0, 4 / 3)))
+    width, height = (long, short) if rng.random() < 0.5 else (short, long)
     corners = np.array([_colour(rng, 0, 256) for _ in range(4)], dtype=np.float32)
     ys, xs = np.linspace(0, 1, height)[:, None, None], np.linspace(0, 1, width)[None, :, None]
     top = corners[0] * (1 - xs) + corners[1] * xs

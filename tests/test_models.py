@@ -1,0 +1,142 @@
+"""Table 1 and Table 2: exact layers, exact parameter counts, shapes, init-from-A."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vggcli.errors import VggError
+from vggcli.models import CONFIGS, VGG, NetSpec, count_parameters, init_from_a, initialise
+
+# Table 2 in millions, and the exact totals computed layer by layer (weights + biases).
+TABLE_2 = {"A": 133, "A-LRN": 133, "B": 133, "C": 134, "D": 138, "E": 144}
+EXACT = {
+    "A": 132_863_336,
+    "A-LRN": 132_863_336,
+    "B": 133_047_848,
+    "C": 133_638_952,
+    "D": 138_357_544,
+    "E": 143_667_240,
+}
+WEIGHT_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
+
+
+def _layer_list_count(net: str, classes: int = 1000) -> int:
+    """Independent count from Table 1's text: k*k*c_in*c_out + c_out per layer."""
+    total, channels = 0, 3
+    for item in CONFIGS[net]:
+        if item in ("M", "LRN"):
+            continue
+        k, out = (1, int(item.split("-")[1])) if isinstance(item, str) else (3, item)
+        total += k * k * channels * out + out
+        channels = out
+    for fan_in, fan_out in ((7 * 7 * 512, 4096), (4096, 4096), (4096, classes)):
+        total += fan_in * fan_out + fan_out
+    return total
+
+
+@pytest.mark.parametrize("net", list(CONFIGS))
+def test_parameter_count_matches_table_2(net: str) -> None:
+    with torch.device("meta"):
+        model = VGG(NetSpec(net))
+    assert count_parameters(model) == EXACT[net] == _layer_list_count(net)
+    assert round(count_parameters(model) / 1e6) == TABLE_2[net]
+    assert len(list(model.weight_layers())) == WEIGHT_LAYERS[net]
+
+
+def test_d_matches_torchvision_vgg16_count() -> None:
+    from torchvision.models import vgg16
+
+    with torch.device("meta"):
+        assert count_parameters(VGG(NetSpec("D"))) == count_parameters(vgg16())
+
+
+@pytest.mark.parametrize("net", list(CONFIGS))
+def test_stage_shapes_at_224(net: str) -> None:
+    model = VGG(NetSpec(net, num_classes=7, width=1 / 16))
+    x = torch.zeros(2, 3, 224, 224)
+    sizes = []
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, nn.MaxPool2d):
+            sizes.append((x.shape[1], x.shape[2]))
+    assert sizes == [(4, 112), (8, 56), (16, 28), (32, 14), (32, 7)]
+    assert model.head.fc6.kernel_size == (7, 7)
+    assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 7)
+    assert model.score_map(torch.zeros(1, 3, 256, 320)).shape == (1, 7, 2, 4)
+
+
+def test_c_has_1x1_convs_last_in_stages_3_to_5_and_lrn_only_in_a_lrn() -> None:
+    convs = VGG(NetSpec("C")).convs()
+    assert [c.kernel_size[0] for c in convs] == [3, 3, 3, 3, 3, 3, 1, 3, 3, 1, 3, 3, 1]
+    lrn = [m for m in VGG(NetSpec("A-LRN")).features if isinstance(m, nn.LocalResponseNorm)]
+    assert len(lrn) == 1 and lrn[0].size == 5 and lrn[0].k == 2.0 and lrn[0].beta == 0.75
+    assert lrn[0].alpha / lrn[0].size == pytest.approx(1e-4)  # AlexNet's alpha, un-divided
+    assert not any(
+        isinstance(m, nn.LocalResponseNorm)
+        for n in "ABCDE"
+        for m in VGG(NetSpec(n, width=1 / 16)).features
+    )
+
+
+def test_dropout_only_on_fc6_and_fc7_and_relu_not_after_fc8() -> None:
+    model = VGG(NetSpec("A", num_classes=5, width=1 / 16, crop=32, dropout=0.5))
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    logits = model(x)
+    assert (logits < 0).any()  # no ReLU on the class scores
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.equal(a, model(x))  # dropout active in training
+
+
+def test_small_nets_follow_width_and_crop() -> None:
+    model = VGG(NetSpec("D", num_classes=10, width=0.25, crop=64))
+    assert model.convs()[0].out_channels == 16 and model.head.fc6.out_channels == 1024
+    assert model.head.fc6.kernel_size == (2, 2)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"net": "F"}, "unknown net"),
+        ({"crop": 100}, "multiple of 32"),
+        ({"width": 0}, "width"),
+    ],
+)
+def test_bad_specs_are_clear_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(VggError, match=message):
+        NetSpec(**kwargs)
+
+
+@pytest.mark.parametrize("net", ["B", "C", "D", "E"])
+def test_init_from_a_copies_exactly_the_first_four_convs_and_the_fcs(net: str) -> None:
+    a_spec = NetSpec("A", num_classes=10, width=1 / 16, crop=32)
+    a = VGG(a_spec)
+    initialise(a, "normal", std=0.5)
+    deep = VGG(NetSpec(net, num_classes=10, width=1 / 16, crop=32))
+    initialise(deep, "normal", std=0.01)
+    before = {n: p.clone() for n, p in deep.named_parameters()}
+    copied = set(init_from_a(deep, a.state_dict(), a_spec))
+    assert len(copied) == 2 * (4 + 3)
+    a_layers = [*a.convs()[:4], *a.fcs()]
+    deep_layers = [*(deep.convs()[i] for i in (0, 2, 4, 5)), *deep.fcs()]
+    for src, dst in zip(a_layers, deep_layers, strict=True):
+        assert torch.equal(src.weight, dst.weight) and torch.equal(src.bias, dst.bias)
+    for name, param in deep.named_parameters():
+        if name not in copied:
+            assert torch.equal(param, before[name]), name  # the rest stays random
+
+
+def test_init_from_a_refuses_a_mismatched_run() -> None:
+    a_spec = NetSpec("A", num_classes=10, width=1 / 16, crop=32)
+    deep = VGG(NetSpec("D", num_classes=10, width=1 / 8, crop=32))
+    with pytest.raises(VggError, match="need net A with width 0.125"):
+        init_from_a(deep, VGG(a_spec).state_dict(), a_spec)
+    with pytest.raises(VggError, match="need net A"):
+        b_spec = NetSpec("B", 10, 1 / 8, 32)
+        init_from_a(deep, VGG(b_spec).state_dict(), b_spec)

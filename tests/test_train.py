@@ -1,0 +1,287 @@
+"""`vgg train` and `vgg finetune-scale` on tiny data: recipe, lineage, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vggcli.checkpoints import load, load_model
+from vggcli.data.loader import LoaderSpec, crop_window, make_loader
+from vggcli.models import VGG, NetSpec, initialise
+from vggcli.runs import COMPLETE, INTERRUPTED, resolve, versions
+from vggcli.train import PlateauSchedule, TrainConfig, build_model
+
+# A net small enough to train in seconds: width 1/16, 32 px crops, 16-image batches.
+TINY = [
+    "--width",
+    "0.0625",
+    "--crop",
+    "32",
+    "--batch-size",
+    "16",
+    "--init",
+    "kaiming",
+    "--input-scale",
+    "0.0156",
+    "--last-std",
+    "0.01",
+    "--lr",
+    "0.003",
+]
+
+
+def _rows(version_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (version_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_weights_metrics_and_lineage(vgg, train_root: Path) -> None:
+    result = vgg("train", "--net", "A", "--scale", "32-48", "--epochs", "2", *TINY)
+    assert result.exit_code == 0, result.output
+    version = resolve("A", train_root)
+    assert f"run directory: {version.path}" in result.output.replace("\n", "")
+    model, payload = load_model(version)
+    assert model.spec == NetSpec("A", 10, 0.0625, 32, 0.5, 0.0156)
+    assert (payload["s_min"], payload["s_max"], payload["stage"]) == (32, 48, "A/S=32-48")
+    rows = _rows(version.path)
+    steps = [r for r in rows if r["kind"] == "step"]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert len(steps) == 2 * (200 // 16) and len(epochs) == 2
+    assert {"loss", "lr", "train_top1_err", "train_top5_err", "img_per_s", "wall_s"} <= set(
+        steps[0]
+    )
+    assert epochs[-1]["val_scale"] == 40  # the middle of the jitter range
+    assert 0 <= epochs[-1]["val_top1_err"] <= 1
+    manifest = version.manifest()
+    assert [p["run"] for p in manifest["parents"]] == ["tiny"]
+    assert manifest["config"]["recipe"]["momentum"] == 0.9
+    assert manifest["config"]["recipe"]["weight_decay"] == 5e-4
+    assert not [o for o in manifest["outputs"] if o.startswith("checkpoint")]
+    assert manifest["results"]["training"]["epochs"] == 2
+
+
+def test_finetune_chain_records_parents_and_paper_settings(vgg, train_root: Path) -> None:
+    assert vgg("train", "--net", "A", "--scale", "40", "--epochs", "1", *TINY).exit_code == 0
+    first = resolve("A", train_root)
+    result = vgg("finetune-scale", str(train_root / "A"), "--scale", "48")
+    assert result.exit_code == 0, result.output
+    second = resolve("A", train_root)
+    assert second.path.name == "v002"
+    assert second.manifest()["parents"][0]["version"] == "v001"
+    config = second.manifest()["config"]
+    assert (config["s_min"], config["s_max"], config["recipe"]["lr"]) == (48, 48, 1e-3)
+    assert config["finetune_from"] == first.label
+    jitter = vgg("finetune-scale", str(train_root / "A"), "--scale", "32-64")
+    assert jitter.exit_code == 0, jitter.output
+    third = resolve("A", train_root)
+    assert third.manifest()["parents"][0]["version"] == "v002"
+    assert third.results()["training"]["val_scale"] == 48
+    # fine-tuning starts from the parent's weights, not from a fresh init
+    start = load(first.path / "model.pt")
+    model = build_model(TrainConfig.from_manifest(config), start, None)
+    assert all(torch.equal(start["state_dict"][k], v) for k, v in model.state_dict().items())
+
+
+def test_init_from_a_is_recorded_as_a_parent(vgg, train_root: Path) -> None:
+    assert vgg("train", "--net", "A", "--scale", "40", "--epochs", "1", *TINY).exit_code == 0
+    result = vgg(
+        "train",
+        "--net",
+        "B",
+        "--scale",
+        "40",
+        "--epochs",
+        "1",
+        "--init-from",
+        str(train_root / "A"),
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    manifest = resolve("B", train_root).manifest()
+    assert [p["run"] for p in manifest["parents"]] == ["tiny", "A"]
+    assert manifest["config"]["init_from"] == "A/v001"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--net", "F"], "unknown net"),
+        (["--net", "A", "--crop", "100"], "multiple of 32"),
+        (["--net", "A", "--crop", "32", "--scale", "24"], "at least the crop"),
+        (["--net", "A", "--scale", "512-256"], "--scale must be"),
+        (["--net", "A", "--data", "nothing"], "no run at"),
+        (["--net", "A", "--batch-size", "16", "--micro-batch", "5"], "must divide"),
+        ([], "give --net"),
+    ],
+)
+def test_bad_train_options_are_one_line_errors(vgg, train_root, args, message) -> None:
+    result = vgg("train", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.strip().count("\n") == 0
+
+
+def test_missing_or_ambiguous_dataset_run(vgg, runs_root: Path, train_root: Path) -> None:
+    import shutil
+
+    shutil.copytree(train_root / "tiny", train_root / "other")
+    result = vgg("train", "--net", "A")
+    assert result.exit_code == 2 and "several dataset runs" in result.output
+    shutil.rmtree(train_root / "tiny")
+    shutil.rmtree(train_root / "other")
+    result = vgg("train", "--net", "A")
+    assert result.exit_code == 2 and "vgg preprocess" in result.output
+
+
+def test_init_from_and_finetune_refuse_the_wrong_runs(vgg, train_root: Path) -> None:
+    assert vgg("train", "--net", "A", "--scale", "40", "--epochs", "1", *TINY).exit_code == 0
+    wider = [*TINY]
+    wider[1] = "0.125"
+    result = vgg(
+        "train", "--net", "D", "--scale", "40", "--init-from", str(train_root / "A"), *wider
+    )
+    assert result.exit_code == 2 and "need net A with width 0.125" in result.output
+    result = vgg("finetune-scale", str(train_root / "tiny"), "--scale", "48")
+    assert result.exit_code == 2 and "not a trained model run" in result.output
+    result = vgg("train", "--resume", str(train_root / "A" / "v001"))
+    assert result.exit_code == 2 and "is complete; nothing to resume" in result.output
+
+
+def _train_process(root: Path, name: str, *extra: str) -> subprocess.Popen:
+    args = [
+        "train",
+        "--net",
+        "A",
+        "--scale",
+        "32-48",
+        "--epochs",
+        "2",
+        "--name",
+        name,
+        "--checkpoint-steps",
+        "1",
+        *TINY,
+        *extra,
+    ]
+    env = {**os.environ, "VGG_RUNS": str(root)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vggcli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _kill_after_steps(process: subprocess.Popen, metrics: Path, steps: int) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"kind": "step"') >= steps:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_bit_identical(train_root: Path) -> None:
+    reference = _train_process(train_root, "reference")
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+    killed = _train_process(train_root, "killed")
+    metrics = train_root / "killed" / "v001" / "metrics.jsonl"
+    _kill_after_steps(killed, metrics, random.Random().randint(3, 20))
+    assert versions(train_root / "killed")[0].status() == INTERRUPTED
+    resumed = _train_process(train_root, "killed")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resuming" in output
+    (version,) = versions(train_root / "killed")
+    assert version.status() == COMPLETE and version.manifest()["attempts"] == 2
+    expected, _ = load_model(resolve("reference", train_root))
+    got, _ = load_model(version)
+    for (name, a), b in zip(expected.state_dict().items(), got.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    timing = ("img_per_s", "wall_s")
+    rows = [
+        [{k: v for k, v in r.items() if k not in timing} for r in _rows(v.path)]
+        for v in (version, resolve("reference", train_root))
+    ]
+    assert rows[0] == rows[1]  # the metrics continue exactly too
+
+
+def test_corrupted_checkpoint_is_a_clear_error(train_root: Path) -> None:
+    process = _train_process(train_root, "broken")
+    _kill_after_steps(process, train_root / "broken" / "v001" / "metrics.jsonl", 3)
+    (version,) = versions(train_root / "broken")
+    (name,) = [o for o in version.manifest()["outputs"] if o.startswith("checkpoint-")]
+    checkpoint = version.path / name
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    rerun = _train_process(train_root, "broken")
+    output, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 1 and "corrupted" in output and "Traceback" not in output
+
+
+def test_scale_jitter_draws_s_uniformly_and_crops_everywhere() -> None:
+    keys = np.arange(20000, dtype=np.uint64) * np.uint64(7919)
+    draws = np.array([crop_window(300, 400, 224, 256.0, 512.0, False, k) for k in keys])
+    scales = 224 * 300 / draws[:, 2]  # S implied by the window side
+    assert scales.min() < 262 and scales.max() > 505
+    assert abs(scales.mean() - 384) < 3 and abs(scales.std() - 256 / 12**0.5) < 3
+    top, left, side = draws[:, 0], draws[:, 1], draws[:, 2]
+    assert (top >= 0).all() and (top + side <= 300).all() and (left + side <= 400).all()
+    assert np.corrcoef(left / (400 - side + 1), scales)[0, 1] ** 2 < 0.01
+    fixed = np.array([crop_window(300, 400, 224, 256.0, 256.0, False, k) for k in keys[:500]])
+    assert set(fixed[:, 2]) == {round(224 * 300 / 256)}
+    centre = crop_window(300, 400, 224, 256.0, 256.0, True, np.uint64(1))
+    assert centre[:3] == ((300 - 262) // 2, (400 - 262) // 2, 262)
+
+
+def test_loader_order_and_augmentation_are_reproducible_and_resumable(dataset_runs) -> None:
+    beton = resolve("tiny", dataset_runs).output("train.beton")
+    loader, order = make_loader(LoaderSpec(beton, 16, 32, 32, 64, 0, True, 2))
+
+    def epoch(number: int, offset: int = 0) -> list[torch.Tensor]:
+        order.start(number, offset)
+        return [images.clone() for images, _ in loader]
+
+    first, again, second = epoch(0), epoch(0), epoch(1)
+    assert len(first) == 200 // 16
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], second[0])
+    resumed = epoch(0, offset=5 * 16)
+    assert all(torch.equal(a, b) for a, b in zip(first[5:], resumed, strict=True))
+
+
+def test_gradient_accumulation_gives_the_full_batch_gradient() -> None:
+    torch.manual_seed(0)
+    model = VGG(NetSpec("A", 10, 0.0625, 32, dropout=0.0))
+    initialise(model, "kaiming")
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    loss = torch.nn.CrossEntropyLoss()
+    loss(model(x), y).backward()
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for part in range(4):
+        chunk = slice(4 * part, 4 * part + 4)
+        (loss(model(x[chunk]), y[chunk]) / 4).backward()
+    for a, p in zip(full, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
+
+
+def test_plateau_schedule_divides_by_ten_at_most_three_times() -> None:
+    schedule = PlateauSchedule(0.01, patience=2, max_drops=3)
+    drops = [schedule.step(a) for a in [0.1, 0.2, 0.2, 0.15, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]]
+    assert drops == [False, False, False, True, False, False, True, False, True, False, False]
+    assert schedule.lr == pytest.approx(1e-5) and schedule.drops == 3
+    restored = PlateauSchedule(0.01, 2, 3)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.state_dict() == schedule.state_dict()

@@ -1,0 +1,104 @@
+"""`vgg train` and `vgg finetune-scale`: options -> config -> vggcli.experiment."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vggcli.commands.common import RunsRoot, Workers, runs_root, user_errors, workers
+from vggcli.errors import VggError
+
+Precision = Annotated[str, typer.Option(help="auto (bf16 autocast where the CPU/GPU supports it natively), bf16 or fp32.")]
+CheckpointMinutes = Annotated[float, typer.Option(help="Also checkpoint every this many minutes (always at each epoch's end).")]
+CheckpointSteps = Annotated[int, typer.Option(help="Also checkpoint every N optimizer steps (0 = off).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
+Name = Annotated[str | None, typer.Option(help="Run name to write (default: the net letter, e.g. runs/D).")]
+
+
+def _runtime(jobs: int | None, checkpoint_minutes: float, checkpoint_steps: int, device: str):
+    from vggcli.train import Runtime
+
+    return Runtime(workers(jobs), checkpoint_minutes, checkpoint_steps, device)
+
+
+@user_errors
+def train_command(
+    net: Annotated[str, typer.Option(help="Table 1 configuration: A, A-LRN, B, C, D or E.")] = "",
+    scale: Annotated[str, typer.Option(help="Training scale S (smallest image side before the crop), e.g. 256, or a jitter range Smin-Smax, e.g. 256-512.")] = "256",
+    data: Annotated[str | None, typer.Option(help="Dataset run (default: the only one under the runs root).")] = None,
+    name: Name = None,
+    init_from: Annotated[str | None, typer.Option(help="A trained net-A run: copy its first four conv layers and three FC layers (the paper's init for B-E).")] = None,
+    width: Annotated[float, typer.Option(help="Width multiplier on every conv and FC layer (1 = the paper's).")] = 1.0,
+    crop: Annotated[int, typer.Option(help="Training crop size, a multiple of 32 (224 = the paper's); fc6 kernel = crop/32.")] = 224,
+    epochs: Annotated[int, typer.Option(help="Epoch budget (the paper stopped after 74).")] = 74,
+    batch_size: Annotated[int, typer.Option(help="Images per SGD step (the paper's 256).")] = 256,
+    micro_batch: Annotated[int, typer.Option(help="Images per forward pass; gradients are accumulated to --batch-size (0 = whole batch).")] = 0,
+    lr: Annotated[float, typer.Option(help="Initial learning rate (the paper's 1e-2), divided by 10 when val accuracy stops improving.")] = 1e-2,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay on weights.")] = 5e-4,
+    patience: Annotated[int, typer.Option(help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
+    max_lr_drops: Annotated[int, typer.Option(help="How many times the lr may be divided (the paper: 3).")] = 3,
+    init: Annotated[str, typer.Option(help="normal (N(0, init-std^2), the paper's), glorot (the paper's alternative) or kaiming.")] = "normal",
+    init_std: Annotated[float, typer.Option(help="Std of the normal init.")] = 1e-2,
+    last_std: Annotated[float | None, typer.Option(help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
+    dropout: Annotated[float, typer.Option(help="Dropout on fc6 and fc7.")] = 0.5,
+    input_scale: Annotated[float, typer.Option(help="Multiply the mean-subtracted 0-255 input by this (1 = the paper's; ~1/64 suits --init kaiming on small data).")] = 1.0,
+    colour_sigma: Annotated[float, typer.Option(help="Std of the AlexNet PCA colour shift (0 = off).")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seeds init, sample order, crops, flips, colour shifts, dropout.")] = 0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many SGD steps (0 = the whole budget).")] = 0,
+    precision: Precision = "auto",
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    checkpoint_minutes: CheckpointMinutes = 10.0,
+    checkpoint_steps: CheckpointSteps = 0,
+    device: Device = "auto",
+    resume: Annotated[str | None, typer.Option(help="Finish an interrupted version, e.g. runs/D/v003, with its recorded config (re-running the same command does this too).")] = None,
+    root: RunsRoot = None,
+    jobs: Workers = None,
+) -> None:
+    """Train a net with the paper's recipe (SGD, batch 256, lr 1e-2 /10 on plateau, random
+    crops of images rescaled to smallest side S, flips, PCA colour shift)."""
+    from vggcli.experiment import resume as resume_run
+    from vggcli.experiment import train_new
+    from vggcli.models import NetSpec
+    from vggcli.train import Recipe
+
+    runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
+    if resume is not None:
+        typer.echo(f"done: {resume_run(resume, runs_root(root), runtime).path}")
+        return
+    if not net:
+        raise VggError("give --net (A, A-LRN, B, C, D or E), or --resume RUN")
+
+    spec = NetSpec(net=net, width=width, crop=crop, dropout=dropout, input_scale=input_scale)
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
+                    momentum=momentum, weight_decay=weight_decay, plateau_patience=patience,
+                    max_lr_drops=max_lr_drops, init=init, init_std=init_std, last_std=last_std,
+                    colour_sigma=colour_sigma, seed=seed, max_steps=max_steps)
+    recipe.accumulation()
+    version = train_new(spec, scale, recipe, precision, compile, runs_root(root), name, data,
+                        init_from, runtime)
+    typer.echo(f"done: {version.path}")
+
+
+@user_errors
+def finetune_command(
+    run: Annotated[str, typer.Argument(help="The trained run to start from, e.g. runs/D (its latest complete version) or runs/D/v001.")],
+    scale: Annotated[str, typer.Option(help="New training scale: 384, or a jitter range such as 256-512.")],
+    lr: Annotated[float, typer.Option(help="Initial learning rate (the paper: 1e-3 when fine-tuning).")] = 1e-3,
+    epochs: Annotated[int | None, typer.Option(help="Epoch budget (default: the parent's).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
+    precision: Precision = "auto",
+    checkpoint_minutes: CheckpointMinutes = 10.0,
+    checkpoint_steps: CheckpointSteps = 0,
+    device: Device = "auto",
+    root: RunsRoot = None,
+    jobs: Workers = None,
+) -> None:
+    """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512],
+    all layers fine-tuned; the new version records its parent."""
+    from vggcli.experiment import finetune
+
+    version = finetune(run, scale, lr, epochs, runs_root(root), name,
+                       _runtime(jobs, checkpoint_minutes, checkpoint_steps, device), precision)
+    typer.echo(f"done: {version.path}")

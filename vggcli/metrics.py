@@ -1,0 +1,32 @@
+"""Top-k error, the paper's measure (Sect. 4): pure numpy, no torch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def topk_errors(
+    scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)
+) -> dict[int, float]:
+    """Fraction of images whose true class is not among the k highest scores.
+
+    Ties count against us: the true class is within the top k only if fewer than k other
+    classes score at least as high, so a constant prediction is never "right".
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    true = scores[np.arange(len(labels)), labels][:, None]
+    rivals = (scores >= true).sum(axis=1) - 1  # other classes at least as high
+    rivals[np.isnan(true[:, 0])] = scores.shape[1]  # a NaN score is never right
+    return {
+        k: float(np.mean(rivals >= min(k, scores.shape[1]))) if len(labels) else float("nan")
+        for k in ks
+    }
+
+
+def counts_correct(
+    scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)
+) -> dict[int, int]:
+    """How many images are right at each k (for accumulating over batches)."""
+    errors = topk_errors(scores, labels, ks)
+    return {k: int(round((1 - e) * len(labels))) for k, e in errors.items()}

@@ -1,0 +1,198 @@
+"""Table 1 of the paper as data, one builder, and init-from-A.
+
+The classifier is fully convolutional (fc6 as a k x k conv with k = crop/32, fc7 and fc8 as
+1x1 convs), so the same weights serve 224 training crops (a 1x1 score map) and dense
+evaluation of whole images (a larger map, averaged spatially).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from vggcli.errors import VggError
+
+# conv3 output channels, "M" = 2x2/2 max-pool, "C1-n" = 1x1 conv (config C), "LRN" = local
+# response normalisation (A-LRN only).
+# fmt: off
+CONFIGS: dict[str, list[int | str]] = {
+    "A":     [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B":     [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "C":     [64, 64, "M", 128, 128, "M", 256, 256, "C1-256", "M",
+              512, 512, "C1-512", "M", 512, 512, "C1-512", "M"],
+    "D":     [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+              512, 512, 512, "M", 512, 512, 512, "M"],
+    "E":     [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+# fmt: on
+FC_WIDTH = 4096
+# Which conv layers of a deeper net receive A's four: shape-consistent reading of "the first
+# four convolutional layers" (A's conv1..conv4 are 3-64, 64-128, 128-256, 256-256).
+INIT_FROM_A_CONV = {
+    "A": [0, 1, 2, 3],
+    "A-LRN": [0, 1, 2, 3],
+    "B": [0, 2, 4, 5],
+    "C": [0, 2, 4, 5],
+    "D": [0, 2, 4, 5],
+    "E": [0, 2, 4, 5],
+}
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Everything that fixes a network's shape; stored in every checkpoint."""
+
+    net: str = "D"
+    num_classes: int = 1000
+    width: float = 1.0  # multiplies every conv and FC width (CPU-sized runs)
+    crop: int = 224  # training crop; fc6 kernel = crop / 32
+    dropout: float = 0.5
+    input_scale: float = 1.0  # multiplies the mean-subtracted 0-255 pixels (1 = the paper's)
+
+    def __post_init__(self) -> None:
+        if self.net not in CONFIGS:
+            raise VggError(f"unknown net '{self.net}': choose one of {', '.join(CONFIGS)}")
+        if self.crop % 32 or self.crop < 32:
+            raise VggError(f"crop size {self.crop} is not a positive multiple of 32")
+        if not 0 < self.width <= 1 or self.num_classes < 2:
+            raise VggError("width must be in (0, 1] and there must be at least 2 classes")
+
+    def channels(self, n: int) -> int:
+        return max(1, round(n * self.width))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Krizhevsky et al.'s LRN: k=2, n=5, alpha=1e-4, beta=0.75, with alpha applied to the
+    plain sum of squares. PyTorch divides alpha by n, so we pass alpha * n."""
+
+    def __init__(self) -> None:
+        super().__init__(size=5, alpha=1e-4 * 5, beta=0.75, k=2.0)
+
+
+class Head(nn.Module):
+    """fc6 (k x k conv), fc7 and fc8 (1x1 convs), ReLU and dropout after fc6 and fc7; the
+    class score map is averaged spatially (a 1x1 map for a training crop)."""
+
+    def __init__(self, spec: NetSpec, in_channels: int) -> None:
+        super().__init__()
+        fc = spec.channels(FC_WIDTH)
+        self.fc6 = nn.Conv2d(in_channels, fc, kernel_size=spec.crop // 32)
+        self.fc7 = nn.Conv2d(fc, fc, kernel_size=1)
+        self.fc8 = nn.Conv2d(fc, spec.num_classes, kernel_size=1)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(torch.relu(self.fc6(x)))
+        x = self.dropout(torch.relu(self.fc7(x)))
+        return self.fc8(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score_map(x).mean(dim=(2, 3))
+
+
+def _features(spec: NetSpec) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in CONFIGS[spec.net]:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        elif item == "LRN":
+            layers.append(LocalResponseNorm())  # after conv1's ReLU, as in AlexNet
+        elif isinstance(item, str):  # "C1-256": 1x1 conv keeping the channel count
+            out = spec.channels(int(item.split("-")[1]))
+            layers += [nn.Conv2d(channels, out, 1), nn.ReLU(inplace=True)]
+            channels = out
+        else:
+            out = spec.channels(item)
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(inplace=True)]
+            channels = out
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """features (Table 1's conv stack) then head (fully convolutional classifier)."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.features = _features(spec)
+        last = [m for m in self.features if isinstance(m, nn.Conv2d)][-1]
+        self.head = Head(spec, last.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, spatially averaged: for a crop-sized input exactly the FC classifier."""
+        return self.head(self.features(x * self.spec.input_scale))
+
+    def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.score_map(self.features(x * self.spec.input_scale))
+
+    def convs(self) -> list[nn.Conv2d]:
+        return [m for m in self.features if isinstance(m, nn.Conv2d)]
+
+    def fcs(self) -> list[nn.Conv2d]:
+        return [self.head.fc6, self.head.fc7, self.head.fc8]
+
+    def weight_layers(self) -> Iterator[nn.Conv2d]:
+        yield from self.convs()
+        yield from self.fcs()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def initialise(model: VGG, scheme: str, std: float = 0.01, last_std: float | None = None) -> None:
+    """Weights from N(0, std^2) ('normal', the paper's) or Glorot/Xavier uniform ('glorot', the
+    paper's alternative) or He/Kaiming normal ('kaiming'); biases zero. `last_std` overrides
+    fc8's init, keeping the first softmax soft."""
+    for layer in model.weight_layers():
+        if scheme == "normal":
+            nn.init.normal_(layer.weight, 0.0, std)
+        elif scheme == "glorot":
+            nn.init.xavier_uniform_(layer.weight)
+        elif scheme == "kaiming":
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        else:
+            raise VggError(f"unknown init '{scheme}': choose normal, glorot or kaiming")
+        nn.init.zeros_(layer.bias)
+    if last_std is not None:
+        nn.init.normal_(model.head.fc8.weight, 0.0, last_std)
+
+
+def init_from_a(model: VGG, a_state: dict[str, torch.Tensor], a_spec: NetSpec) -> list[str]:
+    """Copy A's first four conv layers and its three FC layers into `model` (the paper's
+    init for deeper nets); return the names of the parameters copied."""
+    if (
+        a_spec.net not in ("A", "A-LRN")
+        or a_spec.width != model.spec.width
+        or a_spec.crop != model.spec.crop
+        or a_spec.num_classes != model.spec.num_classes
+    ):
+        raise VggError(
+            f"--init-from run is {a_spec.net} (width {a_spec.width}, crop {a_spec.crop}, "
+            f"{a_spec.num_classes} classes); need net A with width {model.spec.width}, "
+            f"crop {model.spec.crop}, {model.spec.num_classes} classes"
+        )
+    source = VGG(a_spec)
+    source.load_state_dict(a_state)
+    pairs = [
+        (source.convs()[i], model.convs()[j])
+        for i, j in enumerate(INIT_FROM_A_CONV[model.spec.net])
+    ]
+    pairs += list(zip(source.fcs(), model.fcs(), strict=True))
+    names = {id(p): n for n, p in model.named_parameters()}
+    copied = []
+    with torch.no_grad():
+        for src, dst in pairs:
+            for s, d in ((src.weight, dst.weight), (src.bias, dst.bias)):
+                d.copy_(s)
+                copied.append(names[id(d)])
+    return copied

@@ -1,0 +1,452 @@
+"""The training loop (Sect. 3.1): SGD with momentum, batch 256, weight decay, dropout,
+lr divided by 10 when validation accuracy stops improving, checkpoints that resume exactly.
+
+No paths or CLI here: `commands/train.py` resolves runs and builds the config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vggcli import checkpoints
+from vggcli.data.loader import ColourShift, LoaderSpec, make_loader
+from vggcli.errors import VggError
+from vggcli.metrics import counts_correct
+from vggcli.models import VGG, NetSpec, init_from_a, initialise
+from vggcli.progress import console, progress_bar
+from vggcli.runs import RunVersion, RunWriter
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The paper's optimisation recipe; every number overridable."""
+
+    epochs: int = 74
+    batch_size: int = 256
+    micro_batch: int = 0  # images per forward pass; 0 = the whole batch
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    plateau_patience: int = 2  # epochs without a better val accuracy before lr /= 10
+    max_lr_drops: int = 3
+    init: str = "normal"
+    init_std: float = 1e-2
+    last_std: float | None = None
+    colour_sigma: float = 0.1
+    seed: int = 0
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+
+    def accumulation(self) -> int:
+        micro = self.micro_batch or self.batch_size
+        if self.batch_size % micro:
+            raise VggError(f"--micro-batch {micro} must divide --batch-size {self.batch_size}")
+        return self.batch_size // micro
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    net: NetSpec
+    s_min: int
+    s_max: int
+    recipe: Recipe = field(default_factory=Recipe)
+    precision: str = "bf16"
+    compile: bool = False
+    dataset: str = ""  # label of the dataset run version
+    init_from: str | None = None  # label of the A run version (deeper nets)
+    finetune_from: str | None = None  # label of the run version whose weights we start from
+
+    def __post_init__(self) -> None:
+        if not self.net.crop <= self.s_min <= self.s_max:
+            raise VggError(
+                f"training scale S={self.s_min}-{self.s_max} must be at least the crop "
+                f"size {self.net.crop}"
+            )
+        if self.precision not in ("bf16", "fp32"):
+            raise VggError("--precision must be bf16 or fp32")
+
+    @property
+    def val_scale(self) -> int:
+        """Validation crop at Q = S, or the middle of the jitter range (Sect. 4.1)."""
+        return (self.s_min + self.s_max) // 2
+
+    @property
+    def stage(self) -> str:
+        """How the paper names a model: config/training scale, e.g. D/S=256-512."""
+        s = f"{self.s_min}" if self.s_min == self.s_max else f"{self.s_min}-{self.s_max}"
+        return f"{self.net.net}/S={s}"
+
+    def as_manifest(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_manifest(data: dict[str, Any]) -> TrainConfig:
+        fields = {**data, "net": NetSpec(**data["net"]), "recipe": Recipe(**data["recipe"])}
+        return TrainConfig(**fields)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Options that change speed or safety but never the result; not part of the config."""
+
+    workers: int = 2
+    checkpoint_minutes: float = 10.0
+    checkpoint_steps: int = 0  # also checkpoint every N steps (0 = only by time and epoch)
+    device: str = "auto"
+
+
+class PlateauSchedule:
+    """lr /= 10 when validation top-1 accuracy has not improved for `patience` epochs, at
+    most `max_drops` times (the paper's "decreased by a factor of 10 when the validation set
+    accuracy stopped improving", three times in all)."""
+
+    def __init__(self, lr: float, patience: int, max_drops: int) -> None:
+        self.lr, self.patience, self.max_drops = lr, patience, max_drops
+        self.best, self.bad_epochs, self.drops = -math.inf, 0, 0
+
+    def step(self, accuracy: float) -> bool:
+        """Record an epoch's accuracy; True if the learning rate was just divided."""
+        if accuracy > self.best:
+            self.best, self.bad_epochs = accuracy, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience and self.drops < self.max_drops:
+            self.lr, self.bad_epochs, self.drops = self.lr / 10, 0, self.drops + 1
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "drops": self.drops,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr, self.best = state["lr"], state["best"]
+        self.bad_epochs, self.drops = state["bad_epochs"], state["drops"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(
+    config: TrainConfig, start: dict[str, Any] | None, a_run: dict[str, Any] | None
+) -> VGG:
+    """Fresh weights (paper init), or A's first layers copied in, or a parent's weights."""
+    torch.manual_seed(config.recipe.seed)
+    model = VGG(config.net)
+    recipe = config.recipe
+    initialise(model, recipe.init, recipe.init_std, recipe.last_std)
+    if a_run is not None:
+        init_from_a(model, a_run["state_dict"], NetSpec(**a_run["spec"]))
+    if start is not None:
+        if NetSpec(**start["spec"]) != config.net:
+            raise VggError("the run to fine-tune has a different architecture")
+        model.load_state_dict(start["state_dict"])
+    return model
+
+
+def _optimizer(model: VGG, recipe: Recipe) -> torch.optim.SGD:
+    """Weight decay on weights only (Caffe's usual decay_mult 0 for biases)."""
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return torch.optim.SGD(
+        [
+            {"params": weights, "weight_decay": recipe.weight_decay},
+            {"params": biases, "weight_decay": 0.0},
+        ],
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+    )
+
+
+@dataclass
+class Position:
+    """Where training stands: what a checkpoint must restore to continue exactly."""
+
+    epoch: int = 0
+    offset: int = 0  # samples of this epoch already trained on
+    step: int = 0  # optimizer steps so far
+    metrics_lines: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # epoch rows
+
+
+class Trainer:
+    def __init__(
+        self, config: TrainConfig, run: RunWriter, model: VGG, dataset: RunVersion, runtime: Runtime
+    ) -> None:
+        self.config, self.run, self.runtime = config, run, runtime
+        self.recipe = config.recipe
+        self.device = pick_device(runtime.device)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = _optimizer(self.model, self.recipe)
+        self.schedule = PlateauSchedule(
+            self.recipe.lr, self.recipe.plateau_patience, self.recipe.max_lr_drops
+        )
+        self.position = Position()
+        self.augment = ColourShift(
+            dataset.results()["colour_statistics"], self.recipe.colour_sigma, self.device
+        )
+        micro = self.recipe.batch_size // self.recipe.accumulation()
+        self.train_loader, self.train_order = make_loader(
+            LoaderSpec(
+                dataset.output("train.beton"),
+                micro,
+                config.net.crop,
+                config.s_min,
+                config.s_max,
+                self.recipe.seed,
+                train=True,
+                workers=runtime.workers,
+            )
+        )
+        self.val_loader, self.val_order = make_loader(
+            LoaderSpec(
+                dataset.output("val.beton"),
+                micro,
+                config.net.crop,
+                config.val_scale,
+                config.val_scale,
+                self.recipe.seed,
+                train=False,
+                workers=runtime.workers,
+            )
+        )
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.metrics_path = run.path / METRICS_FILE
+
+    # -- state ------------------------------------------------------------------------
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
+        )
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "position": asdict(self.position),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        # A new name each time: a kill between the rename and the manifest update leaves the
+        # previous, recorded checkpoint intact.
+        previous = self.checkpoints_recorded()
+        number = int(previous[-1][len(checkpoints.CHECKPOINT_PREFIX) : -3]) + 1 if previous else 1
+        checkpoints.save(self.run, f"{checkpoints.CHECKPOINT_PREFIX}{number:06d}.pt", state)
+        for name in previous:
+            self.run.remove_output(name)
+        self.last_checkpoint = time.monotonic()
+
+    def checkpoints_recorded(self) -> list[str]:
+        return [n for n in self.run.recorded() if n.startswith(checkpoints.CHECKPOINT_PREFIX)]
+
+    def restore(self) -> None:
+        """Continue from the checkpoint if this version has one (a resumed run)."""
+        recorded = self.checkpoints_recorded()
+        if not recorded:
+            self.metrics_path.write_text("")
+            return
+        name = recorded[-1]
+        if not self.run.has_output(name):
+            raise VggError(
+                f"{self.run.path / name} does not match its recorded sha256 (corrupted); "
+                "restore it, or train a new version with different options",
+                exit_code=1,
+            )
+        state = checkpoints.load(self.run.path / name)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.position = Position(**state["position"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        lines = self.metrics_path.read_text().splitlines(keepends=True)
+        self.metrics_path.write_text("".join(lines[: self.position.metrics_lines]))
+        console.print(f"resuming at epoch {self.position.epoch + 1}, step {self.position.step}")
+
+    def log(self, row: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self.position.metrics_lines += 1
+
+    # -- loop -------------------------------------------------------------------------
+    def fit(self) -> None:
+        self.restore()
+        self.last_checkpoint = time.monotonic()
+        started = time.monotonic()
+        while self.position.epoch < self.recipe.epochs and not self._out_of_steps():
+            if not self._train_epoch(started):
+                break  # max_steps reached inside the epoch
+            self._end_epoch(started)
+
+    def _out_of_steps(self) -> bool:
+        return bool(self.recipe.max_steps) and self.position.step >= self.recipe.max_steps
+
+    def _train_epoch(self, started: float) -> bool:
+        """Train on the rest of the current epoch; False if max_steps stopped it early."""
+        pos, recipe = self.position, self.recipe
+        remaining = self.train_order.start(pos.epoch, pos.offset)
+        epoch_length = pos.offset + remaining
+        accumulation = recipe.accumulation()
+        self.model.train()
+        batch_loss, correct, seen, tick = 0.0, {1: 0, 5: 0}, 0, time.monotonic()
+        with progress_bar(status=True) as bar:
+            task = bar.add_task(
+                f"epoch {pos.epoch + 1}/{recipe.epochs}", total=remaining, status=""
+            )
+            for micro_step, (images, labels) in enumerate(self.train_loader):
+                sample = pos.offset + (micro_step % accumulation) * len(labels)
+                loss, batch_correct = self._forward_backward(images, labels, accumulation, sample)
+                batch_loss += loss
+                correct = {k: correct[k] + batch_correct[k] for k in correct}
+                seen += len(labels)
+                bar.update(task, advance=len(labels), status=f"loss {loss * accumulation:.3f}")
+                if (micro_step + 1) % accumulation:
+                    continue
+                lr = self.schedule.lr
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                pos.step += 1
+                pos.offset += recipe.batch_size
+                now = time.monotonic()
+                self.log(
+                    {
+                        "kind": "step",
+                        "epoch": pos.epoch + 1,
+                        "step": pos.step,
+                        "loss": batch_loss,
+                        "lr": lr,
+                        "train_top1_err": 1 - correct[1] / seen,
+                        "train_top5_err": 1 - correct[5] / seen,
+                        "img_per_s": seen / max(now - tick, 1e-9),
+                        "wall_s": now - started,
+                    }
+                )
+                batch_loss, correct, seen, tick = 0.0, {1: 0, 5: 0}, 0, now
+                if self._out_of_steps():
+                    return pos.offset == epoch_length
+                if self._checkpoint_due():
+                    self.save_checkpoint()
+        return True
+
+    def _forward_backward(
+        self, images: torch.Tensor, labels: torch.Tensor, accumulation: int, sample: int
+    ) -> tuple[float, dict[int, int]]:
+        """One micro-batch; its colour shifts depend only on (seed, epoch, first sample)."""
+        key = hash((self.recipe.seed, self.position.epoch, sample)) & 0x7FFFFFFFFFFFFFFF
+        generator = torch.Generator().manual_seed(key)
+        x = self.augment(images.to(self.device, non_blocking=True), generator)
+        y = labels.to(self.device, non_blocking=True)
+        with self.autocast():
+            logits = self.forward(x)
+            loss = self.loss_fn(logits.float(), y) / accumulation
+        loss.backward()
+        scores = logits.detach().float().cpu().numpy()
+        return loss.item(), counts_correct(scores, labels.numpy())
+
+    def _checkpoint_due(self) -> bool:
+        by_steps = self.runtime.checkpoint_steps and (
+            self.position.step % self.runtime.checkpoint_steps == 0
+        )
+        by_time = time.monotonic() - self.last_checkpoint > 60 * self.runtime.checkpoint_minutes
+        return bool(by_steps or by_time)
+
+    def _end_epoch(self, started: float) -> None:
+        pos = self.position
+        errors = self.validate()
+        lr = self.schedule.lr
+        dropped = self.schedule.step(1 - errors["top1_err"])
+        row = {
+            "kind": "epoch",
+            "epoch": pos.epoch + 1,
+            "step": pos.step,
+            "lr": lr,
+            "val_top1_err": errors["top1_err"],
+            "val_top5_err": errors["top5_err"],
+            "val_scale": self.config.val_scale,
+            "lr_dropped": dropped,
+            "wall_s": time.monotonic() - started,
+        }
+        self.log(row)
+        pos.history.append(row)
+        console.print(
+            f"epoch {pos.epoch + 1}: val top-1 error {errors['top1_err']:.2%}, "
+            f"top-5 {errors['top5_err']:.2%}" + ("; lr / 10" if dropped else "")
+        )
+        pos.epoch, pos.offset = pos.epoch + 1, 0
+        self.save_checkpoint()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Single centre crop at Q = S (or the jitter range's middle)."""
+        self.model.eval()
+        total = self.val_order.start(0)
+        correct = {1: 0, 5: 0}
+        for images, labels in self.val_loader:
+            with self.autocast():
+                logits = self.forward(self.augment(images.to(self.device), None))
+            batch = counts_correct(logits.float().cpu().numpy(), labels.numpy())
+            correct = {k: correct[k] + batch[k] for k in correct}
+        return {"top1_err": 1 - correct[1] / total, "top5_err": 1 - correct[5] / total}
+
+
+def train(
+    config: TrainConfig,
+    run: RunWriter,
+    model: VGG,
+    dataset: RunVersion,
+    runtime: Runtime,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Train (or continue training) into `run`; write model.pt and metrics; return results."""
+    trainer = Trainer(config, run, model, dataset, runtime)
+    trainer.fit()
+    history = trainer.position.history
+    final = history[-1] if history else {}
+    checkpoints.save(
+        run,
+        checkpoints.MODEL_FILE,
+        checkpoints.model_payload(
+            trainer.model,
+            {
+                **extra,
+                "mean_rgb": dataset.results()["colour_statistics"]["mean_rgb"],
+                "s_min": config.s_min,
+                "s_max": config.s_max,
+            },
+        ),
+    )
+    run.record_output(METRICS_FILE)
+    for name in trainer.checkpoints_recorded():
+        run.remove_output(name)
+    results = {
+        "epochs": trainer.position.epoch,
+        "steps": trainer.position.step,
+        "val_top1_err": final.get("val_top1_err"),
+        "val_top5_err": final.get("val_top5_err"),
+        "best_val_top1_err": min((r["val_top1_err"] for r in history), default=None),
+        "val_scale": config.val_scale,
+        "lr_drops": trainer.schedule.drops,
+    }
+    run.set_result("training", results)
+    return results
