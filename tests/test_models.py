@@ -62,7 +62,7 @@ def test_stage_shapes_at_224(net: str) -> None:
         if isinstance(layer, nn.MaxPool2d):
             sizes.append((x.shape[1], x.shape[2]))
     assert sizes == [(4, 112), (8, 56), (16, 28), (32, 14), (32, 7)]
-    assert model.head.fc6.kernel_size == (7, 7)
+    assert model.head.conv_weights()[0].shape == (256, 32, 7, 7)
     assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 7)
     assert model.score_map(torch.zeros(1, 3, 256, 320)).shape == (1, 7, 2, 4)
 
@@ -95,8 +95,8 @@ def test_dropout_only_on_fc6_and_fc7_and_relu_not_after_fc8() -> None:
 
 def test_small_nets_follow_width_and_crop() -> None:
     model = VGG(NetSpec("D", num_classes=10, width=0.25, crop=64))
-    assert model.convs()[0].out_channels == 16 and model.head.fc6.out_channels == 1024
-    assert model.head.fc6.kernel_size == (2, 2)
+    assert model.convs()[0].out_channels == 16 and model.head.fc6.out_features == 1024
+    assert model.head.conv_weights()[0].shape[-2:] == (2, 2)
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
 
 
@@ -140,3 +140,18 @@ def test_init_from_a_refuses_a_mismatched_run() -> None:
     with pytest.raises(VggError, match="need net A"):
         b_spec = NetSpec("B", 10, 1 / 8, 32)
         init_from_a(deep, VGG(b_spec).state_dict(), b_spec)
+
+
+@pytest.mark.parametrize("net", ["A", "C"])
+def test_fc_as_conv_gives_the_same_logits_on_a_crop(net: str) -> None:
+    """The dense path (fc6 as a 7x7 conv, fc7/fc8 as 1x1) equals the FC path at 224."""
+    torch.manual_seed(0)
+    model = VGG(NetSpec(net, num_classes=10, width=1 / 16)).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        dense = model.score_map(x)
+        assert dense.shape == (2, 10, 1, 1)
+        torch.testing.assert_close(dense.flatten(1), model(x), rtol=1e-5, atol=1e-6)
+        bigger = torch.randn(1, 3, 288, 320)
+        assert model.score_map(bigger).shape == (1, 10, 3, 4)
+        torch.testing.assert_close(model(bigger), model.score_map(bigger).mean(dim=(2, 3)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vggcli.commands import demo_data, preprocess, runs, train
+from vggcli.commands import bench, demo_data, preprocess, runs, train
 
 app = typer.Typer(
     name="vgg",
@@ -22,3 +22,4 @@ app.command("preprocess")(preprocess.command)
 app.command("train")(train.train_command)
 app.command("finetune-scale")(train.finetune_command)
 app.command("runs")(runs.command)
+app.add_typer(bench.app, name="bench")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vggcli.errors import VggError
 
@@ -78,24 +79,43 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
 
 class Head(nn.Module):
-    """fc6 (k x k conv), fc7 and fc8 (1x1 convs), ReLU and dropout after fc6 and fc7; the
-    class score map is averaged spatially (a 1x1 map for a training crop)."""
+    """fc6, fc7, fc8 with ReLU and dropout after fc6 and fc7.
+
+    The weights are stored as fully-connected layers (fast matrix products on training
+    crops, torchvision's layout) and viewed as convolutions for dense evaluation: fc6 as a
+    k x k conv (k = crop/32, 7 for 224), fc7 and fc8 as 1x1 convs. Same numbers, no copy.
+    """
 
     def __init__(self, spec: NetSpec, in_channels: int) -> None:
         super().__init__()
-        fc = spec.channels(FC_WIDTH)
-        self.fc6 = nn.Conv2d(in_channels, fc, kernel_size=spec.crop // 32)
-        self.fc7 = nn.Conv2d(fc, fc, kernel_size=1)
-        self.fc8 = nn.Conv2d(fc, spec.num_classes, kernel_size=1)
+        fc, self.kernel = spec.channels(FC_WIDTH), spec.crop // 32
+        self.fc6 = nn.Linear(in_channels * self.kernel**2, fc)
+        self.fc7 = nn.Linear(fc, fc)
+        self.fc8 = nn.Linear(fc, spec.num_classes)
         self.dropout = nn.Dropout(spec.dropout)
 
+    def conv_weights(self) -> list[torch.Tensor]:
+        """fc6..fc8 as convolution kernels: views of the FC weights."""
+        k = self.kernel
+        fc6 = self.fc6.weight.view(self.fc6.out_features, -1, k, k)
+        return [fc6, self.fc7.weight[:, :, None, None], self.fc8.weight[:, :, None, None]]
+
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The class score map of a feature map of any size >= k x k."""
+        w6, w7, w8 = self.conv_weights()
+        x = self.dropout(torch.relu(F.conv2d(x, w6, self.fc6.bias)))
+        x = self.dropout(torch.relu(F.conv2d(x, w7, self.fc7.bias)))
+        return F.conv2d(x, w8, self.fc8.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores averaged over the score map; on a crop-sized input (a 1x1 map) the
+        plain FC classifier, which computes the same numbers faster."""
+        if x.shape[-2:] != (self.kernel, self.kernel):
+            return self.score_map(x).mean(dim=(2, 3))
+        x = x.contiguous().flatten(1)  # (C, kh, kw) order, as in the conv view of fc6
         x = self.dropout(torch.relu(self.fc6(x)))
         x = self.dropout(torch.relu(self.fc7(x)))
         return self.fc8(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.score_map(x).mean(dim=(2, 3))
 
 
 def _features(spec: NetSpec) -> nn.Sequential:
@@ -129,18 +149,21 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, spatially averaged: for a crop-sized input exactly the FC classifier."""
-        return self.head(self.features(x * self.spec.input_scale))
+        return self.head(self.features(self._scaled(x)))
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.score_map(self.features(x * self.spec.input_scale))
+        return self.head.score_map(self.features(self._scaled(x)))
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.spec.input_scale == 1.0 else x * self.spec.input_scale
 
     def convs(self) -> list[nn.Conv2d]:
         return [m for m in self.features if isinstance(m, nn.Conv2d)]
 
-    def fcs(self) -> list[nn.Conv2d]:
+    def fcs(self) -> list[nn.Linear]:
         return [self.head.fc6, self.head.fc7, self.head.fc8]
 
-    def weight_layers(self) -> Iterator[nn.Conv2d]:
+    def weight_layers(self) -> Iterator[nn.Conv2d | nn.Linear]:
         yield from self.convs()
         yield from self.fcs()
 

@@ -1,0 +1,84 @@
+"""Side-by-side benchmarks: ours against a reference, same cores, same inputs, interleaved.
+
+Machines are noisy, so we report ratios measured in one run, alternating which model goes
+first, and take medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vggcli.models import VGG, NetSpec
+
+
+@dataclass(frozen=True)
+class TrainBench:
+    batch: int = 8
+    repeats: int = 3
+    size: int = 224
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+
+
+def _ours() -> nn.Module:
+    return VGG(NetSpec("D"))
+
+
+def _torchvision() -> nn.Module:
+    from torchvision.models import vgg16
+
+    return vgg16()
+
+
+def _step_time(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool
+) -> float:
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def train_step_throughput(bench: TrainBench, report: Callable[[str], None] = print) -> list[dict]:
+    """img/s of an SGD step (forward, backward, update) of full-size D at 224, ours vs
+    torchvision's vgg16, fp32 (contiguous) and bf16 autocast + channels_last."""
+    rows = []
+    torch.manual_seed(0)
+    for precision in bench.precisions:
+        bf16 = precision == "bf16"
+        layout = torch.channels_last if bf16 else torch.contiguous_format
+        x = torch.randn(bench.batch, 3, bench.size, bench.size).to(memory_format=layout)
+        y = torch.randint(0, 1000, (bench.batch,))
+        models = {"ours (VGG D)": _ours(), "torchvision vgg16": _torchvision()}
+        optimizers = {}
+        for name, model in models.items():
+            model.to(memory_format=layout).train()
+            optimizers[name] = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+            _step_time(model, optimizers[name], x, y, bf16)  # warm-up: allocators, kernels
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for repeat in range(bench.repeats):
+            order = list(models) if repeat % 2 == 0 else list(reversed(models))
+            for name in order:
+                times[name].append(_step_time(models[name], optimizers[name], x, y, bf16))
+        ours, ref = (bench.batch / statistics.median(times[n]) for n in models)
+        row = {
+            "precision": "bf16 + channels_last" if bf16 else "fp32",
+            "batch": bench.batch,
+            "ours_img_s": ours,
+            "reference_img_s": ref,
+            "ratio": ours / ref,
+        }
+        report(
+            f"{row['precision']}: ours {ours:.2f} img/s, torchvision {ref:.2f} img/s, "
+            f"ratio {row['ratio']:.2f}"
+        )
+        rows.append(row)
+    return rows
