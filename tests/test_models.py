@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vggcli.errors import VggError
 from vggcli.models import CONFIGS, VGG, NetSpec, count_parameters, init_from_a, initialise
@@ -155,3 +156,19 @@ def test_fc_as_conv_gives_the_same_logits_on_a_crop(net: str) -> None:
         bigger = torch.randn(1, 3, 288, 320)
         assert model.score_map(bigger).shape == (1, 10, 3, 4)
         torch.testing.assert_close(model(bigger), model.score_map(bigger).mean(dim=(2, 3)))
+
+
+def test_classifier_equals_fc6_as_7x7_conv_and_fc7_fc8_as_1x1_convs() -> None:
+    """The FC-to-conv conversion is exact: convolving with the reshaped FC weights gives
+    the same score map as the classifier run over a larger feature map."""
+    torch.manual_seed(0)
+    head = VGG(NetSpec("D", num_classes=10, width=1 / 16)).head.eval()
+    features = torch.randn(2, 32, 9, 12)
+    w6, w7, w8 = head.conv_weights()
+    x = torch.relu(F.conv2d(features, w6, head.fc6.bias))
+    x = torch.relu(F.conv2d(x, w7, head.fc7.bias))
+    expected = F.conv2d(x, w8, head.fc8.bias)
+    with torch.no_grad():
+        got = head.score_map(features)
+    assert got.shape == (2, 10, 3, 6)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -82,3 +82,56 @@ def train_step_throughput(bench: TrainBench, report: Callable[[str], None] = pri
         )
         rows.append(row)
     return rows
+
+
+def evaluation_cost(
+    q: int = 256, repeats: int = 2, precision: str = "bf16", report: Callable[[str], None] = print
+) -> dict:
+    """Seconds per image of dense evaluation (whole image + mirror) against multi-crop
+    (5x5 grid + mirrors = 50 views per scale) for full-size D, at Q and over three scales
+    {Q-32, Q, Q+32}; one run, interleaved, medians."""
+    import numpy as np
+
+    from vggcli.evaluate import EvalSettings, Evaluator, crop_views, rescale
+
+    scales = (q - 32, q, q + 32)
+    settings = EvalSettings("dense+crop", scales, 224, precision)
+    evaluator = Evaluator(VGG(NetSpec("D")), [123.7, 116.8, 103.9], settings, torch.device("cpu"))
+    image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+
+    def dense(at: int) -> None:
+        evaluator.dense(rescale(image, at)[None])
+
+    def crops(at: int) -> None:
+        evaluator.views(crop_views(rescale(image, at), 224), 50)
+
+    dense(q), crops(q)  # warm-up
+    times: dict[str, list[float]] = {"dense": [], "crop": [], "dense3": [], "crop3": []}
+    for _ in range(repeats):
+        for name, run in (
+            ("dense", lambda: dense(q)),
+            ("crop", lambda: crops(q)),
+            ("dense3", lambda: [dense(s) for s in scales]),
+            ("crop3", lambda: [crops(s) for s in scales]),
+        ):
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "q": q,
+        "scales": list(scales),
+        "precision": precision,
+        "dense_s_per_image": median["dense"],
+        "crop50_s_per_image": median["crop"],
+        "dense_3_scales_s_per_image": median["dense3"],
+        "crop150_s_per_image": median["crop3"],
+        "ratio_one_scale": median["crop"] / median["dense"],
+        "ratio_three_scales": median["crop3"] / median["dense3"],
+    }
+    report(
+        f"Q={q}: dense {median['dense']:.2f} s/image, 50 crops {median['crop']:.2f} s/image "
+        f"({result['ratio_one_scale']:.1f}x); Q={scales}: dense {median['dense3']:.2f} s, "
+        f"150 crops {median['crop3']:.2f} s ({result['ratio_three_scales']:.1f}x)"
+    )
+    return result

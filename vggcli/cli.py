@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vggcli.commands import bench, demo_data, preprocess, runs, train
+from vggcli.commands import bench, demo_data, evaluate, preprocess, runs, train
 
 app = typer.Typer(
     name="vgg",
@@ -21,5 +21,7 @@ app.command("make-demo-data")(demo_data.command)
 app.command("preprocess")(preprocess.command)
 app.command("train")(train.train_command)
 app.command("finetune-scale")(train.finetune_command)
+app.command("evaluate")(evaluate.evaluate_command)
+app.command("fuse")(evaluate.fuse_command)
 app.command("runs")(runs.command)
 app.add_typer(bench.app, name="bench")

@@ -79,11 +79,14 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
 
 class Head(nn.Module):
-    """fc6, fc7, fc8 with ReLU and dropout after fc6 and fc7.
+    """fc6, fc7, fc8 with ReLU and dropout after fc6 and fc7, applied at every position.
 
-    The weights are stored as fully-connected layers (fast matrix products on training
-    crops, torchvision's layout) and viewed as convolutions for dense evaluation: fc6 as a
-    k x k conv (k = crop/32, 7 for 224), fc7 and fc8 as 1x1 convs. Same numbers, no copy.
+    The weights are stored as fully-connected layers (torchvision's layout). Applied to every
+    k x k window of a feature map (k = crop/32, 7 for 224) they are exactly fc6 as a k x k
+    convolution and fc7, fc8 as 1x1 convolutions (see `conv_weights`), which is how dense
+    evaluation runs the classifier over a whole image. We compute it as matrix products over
+    the unfolded windows: the same numbers, and much faster than a 7x7 convolution with
+    4096 outputs on CPUs. A training crop has exactly one window.
     """
 
     def __init__(self, spec: NetSpec, in_channels: int) -> None:
@@ -95,27 +98,25 @@ class Head(nn.Module):
         self.dropout = nn.Dropout(spec.dropout)
 
     def conv_weights(self) -> list[torch.Tensor]:
-        """fc6..fc8 as convolution kernels: views of the FC weights."""
+        """fc6..fc8 as convolution kernels (views of the FC weights)."""
         k = self.kernel
         fc6 = self.fc6.weight.view(self.fc6.out_features, -1, k, k)
         return [fc6, self.fc7.weight[:, :, None, None], self.fc8.weight[:, :, None, None]]
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The class score map of a feature map of any size >= k x k."""
-        w6, w7, w8 = self.conv_weights()
-        x = self.dropout(torch.relu(F.conv2d(x, w6, self.fc6.bias)))
-        x = self.dropout(torch.relu(F.conv2d(x, w7, self.fc7.bias)))
-        return F.conv2d(x, w8, self.fc8.bias)
+        """Class score map (N, classes, H-k+1, W-k+1) of a feature map of any size >= k."""
+        n, _, height, width = x.shape
+        k = self.kernel
+        windows = F.unfold(x, k) if (height, width) != (k, k) else x.contiguous().view(n, -1, 1)
+        z = windows.transpose(1, 2).reshape(-1, windows.shape[1])  # (C, kh, kw) order
+        z = self.dropout(torch.relu(self.fc6(z)))
+        z = self.dropout(torch.relu(self.fc7(z)))
+        z = self.fc8(z)
+        return z.view(n, height - k + 1, width - k + 1, -1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores averaged over the score map; on a crop-sized input (a 1x1 map) the
-        plain FC classifier, which computes the same numbers faster."""
-        if x.shape[-2:] != (self.kernel, self.kernel):
-            return self.score_map(x).mean(dim=(2, 3))
-        x = x.contiguous().flatten(1)  # (C, kh, kw) order, as in the conv view of fc6
-        x = self.dropout(torch.relu(self.fc6(x)))
-        x = self.dropout(torch.relu(self.fc7(x)))
-        return self.fc8(x)
+        """Class scores averaged over the score map (a 1x1 map on a training crop)."""
+        return self.score_map(x).mean(dim=(2, 3))
 
 
 def _features(spec: NetSpec) -> nn.Sequential:

@@ -34,3 +34,24 @@ def train_command(
         rows = train_step_throughput(bench, lambda line: console.print(line))
         run.write_json("results.json", rows)
     typer.echo(f"done: {run.path}")
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_command(
+    q: Annotated[int, typer.Option("--q", help="Test scale Q (smallest image side).")] = 256,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions (median taken).")] = 2,
+    root: RunsRoot = None,
+) -> None:
+    """Per-image cost of dense evaluation against 150-crop evaluation, full-size net D, on a
+    500x375 image, measured side by side."""
+    from vggcli.bench import evaluation_cost
+    from vggcli.progress import console
+    from vggcli.runs import RunWriter
+
+    device = f"cpu ({len(os.sched_getaffinity(0))} cores)"
+    with RunWriter.open(runs_root(root), "bench-evaluate", config={"q": q, "repeats": repeats},
+                        device=device, resume=False) as run:
+        console.print(f"run directory: [bold]{run.path}[/]")
+        run.write_json("results.json", evaluation_cost(q, repeats, report=console.print))
+    typer.echo(f"done: {run.path}")

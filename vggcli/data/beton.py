@@ -205,28 +205,42 @@ def write_beton(
         raise WorkFailed(f"writing {path.name} produced an empty file")
 
 
-def read_samples(path: Path) -> list[tuple[np.ndarray, int]]:
-    """Every (RGB image, label) of a .beton written by `write_beton`, in file order, at its
-    stored size. FFCV's decoders want one output size; this reads the file directly."""
-    from ffcv.reader import Reader
+class BetonImages:
+    """Random access to the images of a .beton written by `write_beton`, at stored size.
 
-    reader = Reader(str(path))
-    sizes = dict(
-        zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist(), strict=True)
-    )
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    samples = []
-    for meta in reader.metadata:
-        image_meta, label = meta["f0"], int(meta["f1"])
-        ptr, height, width = (
-            int(image_meta["data_ptr"]),
-            int(image_meta["height"]),
-            int(image_meta["width"]),
+    FFCV's decoders produce one fixed output size; whole-image (dense) evaluation needs each
+    image as it is, so this reads the file directly: metadata gives mode, size and pointer,
+    the allocation table the byte length of each JPEG.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from ffcv.reader import Reader
+
+        reader = Reader(str(path))
+        self._sizes = dict(
+            zip(
+                reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist(), strict=True
+            )
         )
+        self._meta = reader.metadata
+        self._data = np.memmap(path, dtype=np.uint8, mode="r")
+        self.labels = np.array([int(m["f1"]) for m in self._meta], dtype=np.int64)
+        self.shapes = [(int(m["f0"]["height"]), int(m["f0"]["width"])) for m in self._meta]
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        image_meta = self._meta[index]["f0"]
+        ptr = int(image_meta["data_ptr"])
+        height, width = self.shapes[index]
         if image_meta["mode"] == 1:  # raw
-            image = np.array(data[ptr : ptr + height * width * 3]).reshape(height, width, 3)
-        else:
-            encoded = np.array(data[ptr : ptr + sizes[ptr]])
-            image = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        samples.append((image, label))
-    return samples
+            return np.array(self._data[ptr : ptr + height * width * 3]).reshape(height, width, 3)
+        encoded = np.array(self._data[ptr : ptr + self._sizes[ptr]])
+        return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def read_samples(path: Path) -> list[tuple[np.ndarray, int]]:
+    """Every (RGB image, label) of a .beton, in file order, at stored size (small files)."""
+    images = BetonImages(path)
+    return [(images[i], int(images.labels[i])) for i in range(len(images))]

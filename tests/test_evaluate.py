@@ -1,0 +1,157 @@
+"""`vgg evaluate` and `vgg fuse`: exact dense/crop geometry, error arithmetic, runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_train import TINY
+from vggcli.errors import VggError
+from vggcli.evaluate import (
+    EvalSettings,
+    Evaluator,
+    crop_views,
+    default_scales,
+    grid_offsets,
+    rescale,
+    rescaled_size,
+)
+from vggcli.fuse import average, check_compatible
+from vggcli.metrics import topk_errors
+from vggcli.models import VGG, NetSpec, initialise
+from vggcli.runs import resolve
+
+
+def _evaluator(crop: int = 224) -> Evaluator:
+    torch.manual_seed(0)
+    model = VGG(NetSpec("A", num_classes=10, width=1 / 16, crop=crop))
+    initialise(model, "kaiming")
+    settings = EvalSettings("dense", (crop,), crop, precision="fp32")
+    return Evaluator(model, [120.0, 110.0, 100.0], settings, torch.device("cpu"))
+
+
+def test_dense_equals_crop_on_a_crop_sized_image() -> None:
+    evaluator = _evaluator()
+    image = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    dense = evaluator.dense(image)
+    crops = evaluator.views(crop_views(image[0], 224), 50)  # 25 identical crops + mirrors
+    np.testing.assert_allclose(dense, crops, rtol=1e-4, atol=1e-6)
+    logits_dense = evaluator.model.score_map(evaluator._tensor(image)).flatten(1)
+    fc_path = evaluator.model(evaluator._tensor(image))
+    torch.testing.assert_close(logits_dense, fc_path, rtol=1e-4, atol=1e-3)
+
+
+def test_multi_crop_gives_150_views_over_three_scales_on_a_regular_grid() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    views = [crop_views(rescale(image, q), 224) for q in (256, 384, 512)]
+    assert [len(v) for v in views] == [50, 50, 50] and sum(len(v) for v in views) == 150
+    assert grid_offsets(341, 224) == [0, 29, 58, 88, 117]  # both borders, evenly spaced
+    scaled = rescale(image, 384)
+    assert scaled.shape[:2] == (384, 512)
+    first, last = views[1][0], views[1][24]
+    assert np.array_equal(first, scaled[:224, :224])
+    assert np.array_equal(last, scaled[384 - 224 :, 512 - 224 :])
+    assert np.array_equal(views[1][25], first[:, ::-1])  # the mirror of each crop follows
+
+
+def test_rescale_keeps_aspect_and_puts_q_on_the_smallest_side() -> None:
+    assert rescaled_size(300, 400, 256) == (256, 341)
+    assert rescaled_size(400, 300, 256) == (341, 256)
+    assert default_scales(256, 256, False) == (256,)
+    assert default_scales(256, 256, True) == (224, 256, 288)
+    assert default_scales(256, 512, False) == (384,)
+    assert default_scales(256, 512, True) == (256, 384, 512)
+    assert default_scales(96, 96, True, crop=64) == (87, 96, 105)
+
+
+def test_topk_errors_on_hand_made_cases_with_ties() -> None:
+    scores = np.array(
+        [
+            [0.1, 0.7, 0.2],  # right
+            [0.5, 0.3, 0.2],  # wrong at top-1, right at top-2
+            [0.4, 0.4, 0.2],  # tie with the true class 0: counts against
+            [1 / 3, 1 / 3, 1 / 3],  # constant prediction: never right at top-1 or top-2
+        ]
+    )
+    labels = np.array([1, 1, 0, 2])
+    errors = topk_errors(scores, labels, (1, 2, 3))
+    assert errors[1] == pytest.approx(3 / 4)
+    assert errors[2] == pytest.approx(1 / 4)
+    assert errors[3] == 0.0
+
+
+def test_fusion_averages_posteriors_with_equal_weights() -> None:
+    a = np.array([[0.6, 0.4], [0.2, 0.8]])
+    b = np.array([[0.2, 0.8], [0.4, 0.6]])
+    fused = average([a, b])
+    np.testing.assert_allclose(fused, [[0.4, 0.6], [0.3, 0.7]])
+    assert topk_errors(fused, np.array([1, 1]), (1,))[1] == 0.0
+    with pytest.raises(VggError, match="different shapes"):
+        average([a, a[:1]])
+    member = {
+        "model": "D/v1",
+        "dataset": "in/v1",
+        "val_index_sha256": "x",
+        "num_images": 2,
+        "num_classes": 2,
+    }
+    with pytest.raises(VggError, match="different dataset"):
+        check_compatible([member, {**member, "model": "E/v1", "dataset": "in/v2"}])
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(VggError, match="unknown mode"):
+        EvalSettings("sideways", (256,), 224)
+    with pytest.raises(VggError, match="smaller than the crop"):
+        EvalSettings("dense", (192,), 224)
+
+
+def test_evaluate_agrees_with_training_validation_and_fuse_writes_a_run(vgg, train_root):
+    args = ["--scale", "48", "--epochs", "2", *TINY]
+    assert vgg("train", "--net", "A", *args).exit_code == 0
+    assert vgg("train", "--net", "B", *args).exit_code == 0
+    trained = resolve("A", train_root)
+    result = vgg("evaluate", str(train_root / "A"), "--mode", "centre")
+    assert result.exit_code == 0, result.output
+    centre = resolve("A-eval", train_root)
+    (row,) = centre.results()["errors"]
+    assert abs(row["top1_err"] - trained.results()["training"]["val_top1_err"]) <= 0.04
+    assert centre.manifest()["parents"][0]["version"] == "v001"
+    result = vgg("evaluate", str(train_root / "A"), "--mode", "dense+crop", "--multi-scale")
+    assert result.exit_code == 0, result.output
+    evaluation = resolve("A-eval", train_root)
+    assert evaluation.manifest()["config"]["scales"] == [43, 48, 53]  # 48 +- 32 * 32 / 224
+    posteriors = np.load(evaluation.output("dense+crop.npy"))
+    assert posteriors.dtype == np.float16 and posteriors.shape == (50, 10)
+    np.testing.assert_allclose(posteriors.astype(np.float32).sum(axis=1), 1, atol=1e-2)
+    assert {r["method"] for r in evaluation.results()["errors"]} == {"dense", "crop", "dense+crop"}
+    fused = vgg("fuse", str(train_root / "A"), str(train_root / "B"), "--mode", "dense+crop")
+    assert fused.exit_code == 0, fused.output
+    fusion = resolve("fuse-A+B", train_root)
+    members = [resolve("A-eval", train_root), resolve("B-eval", train_root)]
+    expected = np.mean(
+        [np.load(m.output("dense+crop.npy")).astype(np.float64) for m in members], axis=0
+    )
+    np.testing.assert_allclose(np.load(fusion.output("dense+crop.npy")), expected, atol=1e-3)
+    names = [r["name"] for r in fusion.results()["errors"]]
+    assert names == ["A/v001", "B/v001", "fusion"]
+    # the A member reused the stored posteriors instead of evaluating again
+    assert len(list((train_root / "A-eval").iterdir())) == 2 + 1  # v001, v002, .lock
+
+
+def test_evaluate_and_fuse_bad_input(vgg, train_root) -> None:
+    result = vgg("evaluate", str(train_root / "tiny"))
+    assert result.exit_code == 2 and "not a trained model run" in result.output
+    assert vgg("train", "--net", "A", "--scale", "40", "--epochs", "1", *TINY).exit_code == 0
+    for args, message in (
+        (["--mode", "sideways"], "unknown mode"),
+        (["--scales", "24"], "smaller than the crop"),
+        (["--scales", "a,b"], "comma-separated"),
+    ):
+        result = vgg("evaluate", str(train_root / "A"), *args)
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = vgg("fuse", str(train_root / "A"), str(train_root / "tiny"))
+    assert result.exit_code == 2 and "not a trained model run" in result.output
+    result = vgg("fuse", str(train_root / "A"), str(train_root / "A"), "--mode", "centre")
+    assert result.exit_code == 2 and "unknown fusion mode" in result.output

@@ -1,0 +1,63 @@
+"""`vgg evaluate` and `vgg fuse`: options -> vggcli.eval_runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vggcli.commands.common import RunsRoot, runs_root, user_errors
+from vggcli.errors import VggError
+
+
+def _scales(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(q) for q in text.split(",")]
+    except ValueError:
+        raise VggError(f"--scales must be comma-separated integers, not '{text}'") from None
+
+
+def _precision(precision: str, device: str) -> str:
+    from vggcli.experiment import precision_for
+
+    return precision_for(device, precision)
+
+
+@user_errors
+def evaluate_command(
+    run: Annotated[str, typer.Argument(help="A trained run, e.g. runs/D (latest complete version) or runs/D/v002.")],
+    mode: Annotated[str, typer.Option(help="dense (fully convolutional over the whole image + flip), crop (5x5 grid of crops + flips, 50 per scale), dense+crop (both, averaged), centre (one centre crop: the training-time validation).")] = "dense",
+    multi_scale: Annotated[bool, typer.Option(help="Test scales Q = {S-32, S, S+32} for fixed S, {Smin, middle, Smax} for jittered S (Table 4); default a single Q = S or the jitter middle (Table 3).")] = False,
+    scales: Annotated[str | None, typer.Option(help="Explicit test scales Q, e.g. 256,384,512.")] = None,
+    precision: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")] = "auto",
+    root: RunsRoot = None,
+) -> None:
+    """Top-1/top-5 error of a trained run at test scale(s) Q, saving per-image posteriors."""
+    from vggcli.eval_runs import evaluate_run
+    from vggcli.train import pick_device
+
+    chosen = str(pick_device(device))
+    version = evaluate_run(run, runs_root(root), mode, multi_scale, _scales(scales),
+                           _precision(precision, device), chosen)
+    typer.echo(f"done: {version.path}")
+
+
+@user_errors
+def fuse_command(
+    runs: Annotated[list[str], typer.Argument(help="Two or more trained runs, e.g. runs/D runs/E.")],
+    mode: Annotated[str, typer.Option(help="dense, crop or dense+crop posteriors to average.")] = "dense",
+    multi_scale: Annotated[bool, typer.Option(help="Fuse multi-scale posteriors (Table 6 does); --no-multi-scale for single-scale.")] = True,
+    name: Annotated[str | None, typer.Option(help="Run to write (default fuse-D+E).")] = None,
+    precision: Annotated[str, typer.Option(help="auto, bf16 or fp32 (for members evaluated now).")] = "auto",
+    root: RunsRoot = None,
+) -> None:
+    """Average the softmax posteriors of several runs (ConvNet fusion, Table 6); members
+    without stored posteriors for the mode are evaluated first."""
+    from vggcli.eval_runs import fuse_runs
+
+    version = fuse_runs(runs, runs_root(root), mode, multi_scale, _precision(precision, "auto"),
+                        name)
+    typer.echo(f"done: {version.path}")

@@ -1,0 +1,190 @@
+"""Evaluation (Sect. 3.2): dense, multi-crop and multi-scale, with horizontal flips.
+
+Every image is rescaled isotropically so its smallest side is Q. Dense: the net runs fully
+convolutionally on the whole image, the class score map is averaged spatially, and the softmax
+posteriors of the image and its mirror are averaged. Multi-crop: a regular 5x5 grid of crops
+and their mirrors, 50 views per scale, softmax averaged. Scales and methods are combined by
+averaging posteriors. `centre` is the training-time validation (one centre crop, no flip).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from vggcli.data.beton import BetonImages
+from vggcli.errors import VggError
+from vggcli.metrics import topk_errors
+from vggcli.models import VGG
+
+MODES = ("dense", "crop", "dense+crop", "centre")
+GRID = 5
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    mode: str
+    scales: tuple[int, ...]
+    crop: int
+    precision: str = "bf16"
+    batch: int = 16
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise VggError(f"unknown mode '{self.mode}': choose one of {', '.join(MODES)}")
+        if not self.scales:
+            raise VggError("give at least one test scale Q")
+        if min(self.scales) < self.crop:
+            raise VggError(f"test scale Q={min(self.scales)} is smaller than the crop {self.crop}")
+
+    def methods(self) -> tuple[str, ...]:
+        """The posteriors this mode computes (dense+crop needs both)."""
+        return ("dense", "crop") if self.mode == "dense+crop" else (self.mode,)
+
+
+def default_scales(s_min: int, s_max: int, multi_scale: bool, crop: int = 224) -> tuple[int, ...]:
+    """Q = S (or the jitter middle); multi-scale {S-32, S, S+32} or {Smin, middle, Smax}.
+
+    For nets trained on smaller crops the 32 shrinks in proportion (32 * crop / 224), so
+    that the test scales stay as close to S, relative to the crop, as in the paper.
+    """
+    middle = (s_min + s_max) // 2
+    if not multi_scale:
+        return (middle,)
+    if s_min == s_max:
+        delta = round(32 * crop / 224)
+        return (s_min - delta, s_min, s_min + delta)
+    return (s_min, middle, s_max)
+
+
+def rescaled_size(height: int, width: int, q: int) -> tuple[int, int]:
+    """(height, width) with the smallest side exactly Q, aspect ratio kept."""
+    short = min(height, width)
+    return (
+        (q, max(q, round(width * q / short)))
+        if height == short
+        else (max(q, round(height * q / short)), q)
+    )
+
+
+def rescale(image: np.ndarray, q: int) -> np.ndarray:
+    height, width = rescaled_size(*image.shape[:2], q)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def grid_offsets(length: int, crop: int, count: int = GRID) -> list[int]:
+    """`count` crop origins evenly spaced from one border to the other."""
+    return [round(v) for v in np.linspace(0, length - crop, count)]
+
+
+def crop_views(image: np.ndarray, crop: int) -> np.ndarray:
+    """The 5x5 grid of crops of a rescaled image and their mirrors: (50, crop, crop, 3)."""
+    height, width = image.shape[:2]
+    crops = [
+        image[t : t + crop, s : s + crop]
+        for t in grid_offsets(height, crop)
+        for s in grid_offsets(width, crop)
+    ]
+    stacked = np.stack(crops)
+    return np.concatenate([stacked, stacked[:, :, ::-1]])
+
+
+def centre_view(image: np.ndarray, crop: int, q: int) -> np.ndarray:
+    """Training-time validation: the centre window of side crop*short/Q resized to the crop
+    (the same arithmetic and interpolation as the training loader's decoder)."""
+    height, width = image.shape[:2]
+    short = min(height, width)
+    side = max(1, min(short, int(round(crop * short / q))))
+    top, left = (height - side) // 2, (width - side) // 2
+    window = image[top : top + side, left : left + side]
+    return cv2.resize(window, (crop, crop), interpolation=cv2.INTER_AREA)[None]
+
+
+class Evaluator:
+    """Feeds views to a trained net and returns softmax posteriors."""
+
+    def __init__(
+        self, model: VGG, mean_rgb: list[float], settings: EvalSettings, device: torch.device
+    ) -> None:
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
+        self.mean = torch.tensor(mean_rgb, device=device).view(1, 3, 1, 1)
+        self.settings, self.device = settings, device
+
+    def _tensor(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float() - self.mean
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def posteriors(self, images: np.ndarray, dense: bool) -> torch.Tensor:
+        """Softmax over classes; dense runs score maps over whole images."""
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"
+        ):
+            x = self._tensor(images)
+            logits = self.model.score_map(x).mean(dim=(2, 3)) if dense else self.model(x)
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def dense(self, images: np.ndarray) -> np.ndarray:
+        """Same-size rescaled images (N, H, W, 3): mean of image and mirror posteriors."""
+        both = self.posteriors(np.concatenate([images, images[:, :, ::-1]]), True)
+        return ((both[: len(images)] + both[len(images) :]) / 2).numpy()
+
+    def views(self, views: np.ndarray, per_image: int) -> np.ndarray:
+        """Crop-sized views, `per_image` consecutive views per image: their mean posterior."""
+        chunks = [self.posteriors(views[i : i + 256], False) for i in range(0, len(views), 256)]
+        return torch.cat(chunks).view(-1, per_image, chunks[0].shape[1]).mean(1).numpy()
+
+
+def _size_groups(images: BetonImages, q: int, batch: int) -> Iterator[list[int]]:
+    """Indices grouped by rescaled size, so whole images batch without padding."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index, (height, width) in enumerate(images.shapes):
+        groups[rescaled_size(height, width, q)].append(index)
+    for members in groups.values():
+        for start in range(0, len(members), batch):
+            yield members[start : start + batch]
+
+
+def evaluate_method(
+    evaluator: Evaluator, images: BetonImages, method: str, q: int, advance: Callable[[int], None]
+) -> np.ndarray:
+    """(N, classes) posteriors of one method at one scale, in .beton order."""
+    settings = evaluator.settings
+    out: np.ndarray | None = None
+    if method == "dense":
+        batches = list(_size_groups(images, q, settings.batch))
+    else:
+        per = 4 if method == "crop" else settings.batch  # 4 images = 200 crop views
+        batches = [list(range(i, min(i + per, len(images)))) for i in range(0, len(images), per)]
+    for indices in batches:
+        if method == "dense":
+            result = evaluator.dense(np.stack([rescale(images[i], q) for i in indices]))
+        elif method == "crop":
+            views = np.concatenate(
+                [crop_views(rescale(images[i], q), settings.crop) for i in indices]
+            )
+            result = evaluator.views(views, 2 * GRID * GRID)
+        else:
+            views = np.concatenate([centre_view(images[i], settings.crop, q) for i in indices])
+            result = evaluator.views(views, 1)
+        if out is None:
+            out = np.zeros((len(images), result.shape[1]), dtype=np.float32)
+        out[indices] = result
+        advance(len(indices))
+    assert out is not None
+    return out
+
+
+def error_table(posteriors: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
+    """Top-1 / top-5 error of each named set of posteriors."""
+    rows = []
+    for name, probs in posteriors.items():
+        errors = topk_errors(probs, labels, (1, 5))
+        rows.append({"name": name, "top1_err": errors[1], "top5_err": errors[5]})
+    return rows
