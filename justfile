@@ -50,7 +50,7 @@ demo: setup
     export VGG_RUNS=runs/demo
     [ -d {{demo_data}}/train ] || {{bin}}/vgg make-demo-data {{demo_data}}
     {{bin}}/vgg preprocess {{demo_data}}
-    {{bin}}/vgg train --net A --data tiny-imagenet {{smoke}} --scale 96 --epochs 35
+    {{bin}}/vgg train --net A --data tiny-imagenet {{smoke}} --scale 80 --epochs 35
     {{bin}}/vgg evaluate runs/demo/A --mode dense+crop --multi-scale
     {{bin}}/vgg runs
 

@@ -106,17 +106,20 @@ class Head(nn.Module):
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         """Class score map (N, classes, H-k+1, W-k+1) of a feature map of any size >= k."""
         n, _, height, width = x.shape
-        k = self.kernel
-        windows = F.unfold(x, k) if (height, width) != (k, k) else x.contiguous().view(n, -1, 1)
-        z = windows.transpose(1, 2).reshape(-1, windows.shape[1])  # (C, kh, kw) order
-        z = self.dropout(torch.relu(self.fc6(z)))
-        z = self.dropout(torch.relu(self.fc7(z)))
-        z = self.fc8(z)
-        return z.view(n, height - k + 1, width - k + 1, -1).permute(0, 3, 1, 2)
+        windows = F.unfold(x, self.kernel)  # (N, C*k*k, windows), (C, kh, kw) order
+        z = self._classify(windows.transpose(1, 2).reshape(-1, windows.shape[1]))
+        return z.view(n, height - self.kernel + 1, width - self.kernel + 1, -1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores averaged over the score map (a 1x1 map on a training crop)."""
+        """Class scores averaged over the score map; a training crop has a single window."""
+        if x.shape[-2:] == (self.kernel, self.kernel):
+            return self._classify(x.contiguous().flatten(1))
         return self.score_map(x).mean(dim=(2, 3))
+
+    def _classify(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.dropout(torch.relu(self.fc6(z)))
+        z = self.dropout(torch.relu(self.fc7(z)))
+        return self.fc8(z)
 
 
 def _features(spec: NetSpec) -> nn.Sequential:
