@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from vggcli.commands import bench, demo_data, evaluate, preprocess, runs, train
+from vggcli.commands import (
+    bench,
+    demo_data,
+    evaluate,
+    pipeline,
+    preprocess,
+    report,
+    runs,
+    train,
+)
 
 app = typer.Typer(
     name="vgg",
@@ -23,5 +32,7 @@ app.command("train")(train.train_command)
 app.command("finetune-scale")(train.finetune_command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("fuse")(evaluate.fuse_command)
+app.command("report")(report.command)
 app.command("runs")(runs.command)
 app.add_typer(bench.app, name="bench")
+app.add_typer(pipeline.app, name="pipeline")

@@ -45,6 +45,7 @@ def evaluate_run(
     scales: list[int] | None,
     precision: str,
     device: str = "cpu",
+    name: str | None = None,
 ) -> RunVersion:
     """Evaluate a trained run; write and return the evaluation run."""
     import torch
@@ -65,7 +66,11 @@ def evaluate_run(
     }
     evaluator = Evaluator(model, payload["mean_rgb"], settings, torch.device(device))
     with RunWriter.open(
-        root, f"{model_run.name}-eval", config=config, parents=[model_run, dataset], device=device
+        root,
+        name or f"{model_run.name}-eval",
+        config=config,
+        parents=[model_run, dataset],
+        device=device,
     ) as run:
         console.print(f"run directory: [bold]{run.path}[/]")
         per_method = {}
@@ -166,7 +171,16 @@ def fuse_runs(
     evaluations = []
     for ref in refs:
         model_run = resolve(ref, root)
-        if checkpoints.MODEL_FILE not in model_run.manifest().get("outputs", {}):
+        outputs = model_run.manifest().get("outputs", {})
+        if "labels.npy" in outputs:  # an evaluation run: use it as it is
+            if f"{mode}.npy" not in outputs:
+                raise VggError(
+                    f"{model_run.label} has no '{mode}' posteriors (evaluated with "
+                    f"--mode {model_run.manifest()['config']['mode']})"
+                )
+            evaluations.append(model_run)
+            continue
+        if checkpoints.MODEL_FILE not in outputs:
             raise VggError(
                 f"{model_run.label} is not a trained model run; it cannot provide "
                 f"'{mode}' posteriors"
@@ -186,7 +200,7 @@ def fuse_runs(
     }
     fused = average(list(posteriors.values()))
     rows = error_table({**posteriors, "fusion": fused}, labels)
-    run_name = name or "fuse-" + "+".join(resolve(r, root).name for r in refs)
+    run_name = name or "fuse-" + "+".join(resolve(r, root).name.removesuffix("-eval") for r in refs)
     config = {"members": [m["model"] for m in members], "mode": mode, "multi_scale": multi_scale}
     with RunWriter.open(
         root, run_name, config=config, parents=evaluations, device=f"cpu ({os.cpu_count()} cores)"

@@ -33,6 +33,7 @@ def evaluate_command(
     scales: Annotated[str | None, typer.Option(help="Explicit test scales Q, e.g. 256,384,512.")] = None,
     precision: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")] = "auto",
+    name: Annotated[str | None, typer.Option(help="Run to write (default: <run>-eval, e.g. runs/D-eval).")] = None,
     root: RunsRoot = None,
 ) -> None:
     """Top-1/top-5 error of a trained run at test scale(s) Q, saving per-image posteriors."""
@@ -41,13 +42,13 @@ def evaluate_command(
 
     chosen = str(pick_device(device))
     version = evaluate_run(run, runs_root(root), mode, multi_scale, _scales(scales),
-                           _precision(precision, device), chosen)
+                           _precision(precision, device), chosen, name)
     typer.echo(f"done: {version.path}")
 
 
 @user_errors
 def fuse_command(
-    runs: Annotated[list[str], typer.Argument(help="Two or more trained runs, e.g. runs/D runs/E.")],
+    runs: Annotated[list[str], typer.Argument(help="Two or more trained runs (e.g. runs/D runs/E) or evaluation runs holding the mode's posteriors.")],
     mode: Annotated[str, typer.Option(help="dense, crop or dense+crop posteriors to average.")] = "dense",
     multi_scale: Annotated[bool, typer.Option(help="Fuse multi-scale posteriors (Table 6 does); --no-multi-scale for single-scale.")] = True,
     name: Annotated[str | None, typer.Option(help="Run to write (default fuse-D+E).")] = None,

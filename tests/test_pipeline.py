@@ -1,0 +1,133 @@
+"""Pipelines: order, skipping, resuming, bad files; the report's tables come from the runs."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_dataset
+from tests.test_train import TINY
+from vggcli import pipeline
+from vggcli.data.synthetic import SyntheticSpec
+from vggcli.errors import VggError
+from vggcli.runs import resolve, versions
+
+TINY_NET = " ".join(TINY)
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[[step]]\nname = 'a'\nrun = 'train --net A'\n[[step", "TOML error"),
+        ("[[step]]\nname = 'a'\nrun = 'dance'\n", "step a: unknown command 'dance'"),
+        ("[[step]]\nname = 'a'\nrun = 'train --init-from {b}'\n", "step a: {b} is neither"),
+        (
+            "[[step]]\nname = 'a'\nrun = 'train --data {b}'\n[[step]]\nname = 'b'\n"
+            "run = 'train --data {a}'\n",
+            "depend on each other in a cycle",
+        ),
+        ("[[step]]\nname = 'a'\nrun = 'train --data {a}'\n", "cannot use its own run"),
+        ("[vars]\nx = '1'\n", "no [[step]] tables"),
+    ],
+)
+def test_bad_pipeline_files_name_the_file_and_step(tmp_path, body, message) -> None:
+    path = _write(tmp_path, body)
+    with pytest.raises(VggError, match=re.escape(message)) as error:
+        pipeline.load(path)
+    assert str(path) in str(error.value)
+
+
+def test_steps_run_in_dependency_order_whatever_the_file_order(tmp_path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        [[step]]
+        name = "eval"
+        run = "evaluate {A}"
+        [[step]]
+        name = "A"
+        run = "train --net A --data {data}"
+        [[step]]
+        name = "data"
+        run = "preprocess somewhere"
+    """,
+    )
+    plan = pipeline.load(path, tmp_path / "runs")
+    assert [s.name for s in plan.steps] == ["data", "A", "eval"]
+    assert plan.steps[2].inputs == ("A",)
+
+
+def test_cli_reports_bad_pipeline_as_one_line(vgg, tmp_path) -> None:
+    path = _write(tmp_path, "[[step]]\nname = 'a'\nrun = 'dance'\n")
+    result = vgg("pipeline", "run", str(path))
+    assert result.exit_code == 2 and "unknown command" in result.output
+    assert result.output.strip().count("\n") == 0
+
+
+@pytest.mark.slow
+def test_pipeline_runs_skips_finished_steps_and_reports_from_the_runs(vgg, tmp_path) -> None:
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(10, 20, 5, seed=2))
+    path = _write(
+        tmp_path,
+        f"""
+        [pipeline]
+        runs_root = "{tmp_path / "runs"}"
+        [vars]
+        net = "{TINY_NET} --epochs 1"
+        [[step]]
+        name = "data"
+        run = "preprocess {source} --max-side 128"
+        [[step]]
+        name = "A"
+        run = "train --net A --scale 40 --data {{data}} {{net}}"
+        [[step]]
+        name = "D"
+        run = "train --net D --scale 40 --init-from {{A}} --data {{data}} {{net}}"
+        [[step]]
+        name = "D-jitter"
+        run = "finetune-scale {{D}} --scale 32-48 --epochs 1"
+        [[step]]
+        name = "eval-A"
+        run = "evaluate {{A}} --multi-scale"
+        [[step]]
+        name = "eval-D-jitter"
+        run = "evaluate {{D-jitter}} --multi-scale --mode dense+crop"
+        [[step]]
+        name = "fuse"
+        run = "fuse {{eval-A}} {{eval-D-jitter}} --mode dense"
+    """,
+    )
+    dry = vgg("pipeline", "run", str(path), "--dry-run")
+    assert dry.exit_code == 0 and "to run data" in dry.output.replace("\n", " ")
+    first = vgg("pipeline", "run", str(path))
+    assert first.exit_code == 0, first.output
+    assert "7 step(s) run" in first.output
+    root = tmp_path / "runs"
+    assert resolve("D-jitter", root).manifest()["parents"][0]["run"] == "D"
+    again = vgg("pipeline", "run", str(path))
+    assert again.exit_code == 0 and "0 step(s) run" in again.output
+    assert all(len(versions(root / s)) == 1 for s in ("data", "A", "D", "fuse"))
+    status = vgg("pipeline", "status", str(path))
+    assert status.output.count("done") == 7
+
+    report = vgg("report", "--pipeline", str(path))
+    assert report.exit_code == 0, report.output
+    text = (resolve("report", root).path / "report.md").read_text()
+    evaluation = resolve("eval-A", root).results()["errors"]
+    single = next(r for r in evaluation if r["method"] == "dense" and r["scales"] == [40])
+    expected = f"| A | 40 | 40 | {100 * single['top1_err']:.1f} | {100 * single['top5_err']:.1f} |"
+    assert expected in text  # Table 3 is read from the evaluation run
+    fusion = next(r for r in resolve("fuse", root).results()["errors"] if r["name"] == "fusion")
+    assert f"| dense | fusion | {100 * fusion['top1_err']:.1f} |" in text
+    assert "29.6 / 10.4" in text  # the paper's A beside ours
+    for plot in ("training-curves.png", "error-vs-scale.png"):
+        assert (resolve("report", root).path / plot).read_bytes()[:4] == b"\x89PNG"

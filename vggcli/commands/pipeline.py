@@ -1,0 +1,49 @@
+"""`vgg pipeline run|status FILE`: the declarative, resumable experiment pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vggcli.commands.common import RunsRoot, user_errors
+
+app = typer.Typer(help="Run a pipelines/*.toml file step by step, skipping finished steps.",
+                  no_args_is_help=True)
+File = Annotated[Path, typer.Argument(help="A pipeline file, e.g. pipelines/smoke.toml.")]
+
+
+@app.command("run")
+@user_errors
+def run_command(
+    file: File,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan (each step's state and command) and stop.")] = False,
+    root: RunsRoot = None,
+) -> None:
+    """Run the steps in dependency order; finished steps are skipped, interrupted ones resume."""
+    from vggcli import pipeline
+    from vggcli.progress import console
+
+    plan = pipeline.load(file, root)
+    console.print(f"runs root: [bold]{plan.runs_root}[/]")
+    executed = pipeline.run(plan, dry_run, console.print)
+    if not dry_run:
+        typer.echo(f"done: {len(executed)} step(s) run, runs in {plan.runs_root}")
+
+
+@app.command("status")
+@user_errors
+def status_command(file: File, root: RunsRoot = None) -> None:
+    """Show each step's state: done, to run, interrupted, waiting for inputs."""
+    from rich.table import Table
+
+    from vggcli import pipeline
+    from vggcli.progress import console
+
+    plan = pipeline.load(file, root)
+    table = Table("step", "state", "run", "command", title=f"{file} (runs in {plan.runs_root})")
+    for step in plan.steps:
+        state, version = pipeline.state(plan, step)
+        table.add_row(step.name, state, version.label if version else "", step.command)
+    console.print(table)
