@@ -6,8 +6,6 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 venv := ".venv"
 bin := venv / "bin"
 demo_data := "data/tiny-imagenet"
-# the small-net recipe of docs/train.md
-smoke := "--width 0.25 --crop 64 --batch-size 16 --init kaiming --input-scale 0.0156 --lr 0.003 --dropout 0 --patience 5"
 
 default:
     @just --list
@@ -43,16 +41,13 @@ setup:
         echo "$want" > {{venv}}/.installed
     fi
 
-# On the embedded tiny dataset: preprocess, train a small net A, evaluate it (about 2 min)
+# The paper's whole protocol on the embedded tiny dataset (pipelines/smoke.toml), then the report
 demo: setup
     #!/usr/bin/env bash
     set -euo pipefail
-    export VGG_RUNS=runs/demo
     [ -d {{demo_data}}/train ] || {{bin}}/vgg make-demo-data {{demo_data}}
-    {{bin}}/vgg preprocess {{demo_data}}
-    {{bin}}/vgg train --net A --data tiny-imagenet {{smoke}} --scale 80 --epochs 35
-    {{bin}}/vgg evaluate runs/demo/A --mode dense+crop --multi-scale
-    {{bin}}/vgg runs
+    {{bin}}/vgg pipeline run pipelines/smoke.toml
+    {{bin}}/vgg report --pipeline pipelines/smoke.toml
 
 # Lint and the whole test suite
 test: setup

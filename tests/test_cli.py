@@ -13,13 +13,38 @@ from vggcli.data.synthetic import SyntheticSpec, render
 def test_top_level_help_names_the_paper_terms(vgg) -> None:
     result = vgg("--help")
     assert result.exit_code == 0
-    for term in ("preprocess", "make-demo-data", "runs", "configs A", "S is the training scale"):
+    for term in (
+        "preprocess",
+        "train",
+        "evaluate",
+        "fuse",
+        "pipeline",
+        "report",
+        "configs A",
+        "S is the training scale",
+    ):
         assert term in result.output
 
 
-@pytest.mark.parametrize("command", ["preprocess", "make-demo-data", "runs"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "preprocess",
+        "make-demo-data",
+        "runs",
+        "train",
+        "finetune-scale",
+        "evaluate",
+        "fuse",
+        "report",
+        "pipeline run",
+        "pipeline status",
+        "bench train",
+        "bench evaluate",
+    ],
+)
 def test_every_command_has_help(vgg, command: str) -> None:
-    result = vgg(command, "--help")
+    result = vgg(*command.split(), "--help")
     assert result.exit_code == 0 and "Usage" in result.output
 
 
