@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,3 +66,22 @@ def train_root(dataset_runs: Path, runs_root: Path) -> Path:
 
     shutil.copytree(dataset_runs, runs_root)
     return runs_root
+
+
+def vgg_process(*args: str, runs_root: Path, **popen) -> subprocess.Popen:
+    """The real CLI in its own process (to kill it, or to limit its file sizes)."""
+    env = {**os.environ, "VGG_RUNS": str(runs_root)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vggcli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def metrics_rows(version_path: Path) -> list[dict]:
+    """The rows of a training run's metrics.jsonl."""
+    lines = (version_path / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]

@@ -7,35 +7,19 @@ variance, lr 3e-3, no dropout.
 
 from __future__ import annotations
 
-import json
+import shlex
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_dataset
+from tests.conftest import make_dataset, metrics_rows
 from vggcli.data.synthetic import SyntheticSpec
 from vggcli.runs import resolve
 
-SMOKE = [
-    "--width",
-    "0.25",
-    "--crop",
-    "64",
-    "--scale",
-    "64",
-    "--batch-size",
-    "16",
-    "--init",
-    "kaiming",
-    "--input-scale",
-    "0.0156",
-    "--lr",
-    "0.003",
-    "--dropout",
-    "0",
-    "--patience",
-    "5",
-]
+SMOKE = shlex.split(
+    "--width 0.25 --crop 64 --scale 64 --batch-size 16 --init kaiming --input-scale 0.0156 "
+    "--lr 0.003 --dropout 0 --patience 5"
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +34,7 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _val_errors(version_path: Path) -> list[float]:
-    rows = [json.loads(line) for line in (version_path / "metrics.jsonl").read_text().splitlines()]
-    return [r["val_top1_err"] for r in rows if r["kind"] == "epoch"]
+    return [r["val_top1_err"] for r in metrics_rows(version_path) if r["kind"] == "epoch"]
 
 
 @pytest.mark.slow

@@ -127,7 +127,7 @@ def test_pipeline_runs_skips_finished_steps_and_reports_from_the_runs(vgg, tmp_p
     expected = f"| A | 40 | 40 | {100 * single['top1_err']:.1f} | {100 * single['top5_err']:.1f} |"
     assert expected in text  # Table 3 is read from the evaluation run
     fusion = next(r for r in resolve("fuse", root).results()["errors"] if r["name"] == "fusion")
-    assert f"| dense | fusion | {100 * fusion['top1_err']:.1f} |" in text
+    assert f"| dense, 2 nets | fusion | {100 * fusion['top1_err']:.1f} |" in text
     assert "29.6 / 10.4" in text  # the paper's A beside ours
     for plot in ("training-curves.png", "error-vs-scale.png"):
         assert (resolve("report", root).path / plot).read_bytes()[:4] == b"\x89PNG"

@@ -8,8 +8,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TINY, make_dataset
+from tests.conftest import TINY, make_dataset, vgg_process
 from vggcli.data.beton import read_samples
 from vggcli.data.synthetic import SyntheticSpec, wnid
 from vggcli.runs import COMPLETE, INTERRUPTED, resolve, versions
@@ -228,23 +226,11 @@ def test_unknown_val_folder_class_is_rejected(vgg, tmp_path, runs_root) -> None:
     assert result.exit_code == 2 and "unknown val label" in result.output
 
 
-def _cli(*args: str, runs_root: Path, **popen) -> subprocess.Popen:
-    env = {**os.environ, "VGG_RUNS": str(runs_root)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "vggcli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **popen,
-    )
-
-
 def test_full_disk_fails_cleanly(tmp_path: Path, tiny_source: Path, runs_root: Path) -> None:
     def small_files() -> None:  # every file this process writes is capped at 1 MB
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
-    process = _cli(
+    process = vgg_process(
         "preprocess", str(tiny_source), *RAW, runs_root=runs_root, preexec_fn=small_files
     )
     output, _ = process.communicate(timeout=120)
@@ -259,7 +245,7 @@ def test_full_disk_fails_cleanly(tmp_path: Path, tiny_source: Path, runs_root: P
 @pytest.mark.slow
 def test_killed_preprocess_leaves_no_complete_version_and_resumes(tmp_path, runs_root) -> None:
     source = make_dataset(tmp_path / "big", SyntheticSpec(10, 40, 4))
-    process = _cli("preprocess", str(source), "--workers", "1", runs_root=runs_root)
+    process = vgg_process("preprocess", str(source), "--workers", "1", runs_root=runs_root)
     partial = runs_root / "big" / "v001" / ".train.beton.partial"
     deadline = time.time() + 120
     while not partial.exists() and time.time() < deadline and process.poll() is None:
@@ -271,7 +257,7 @@ def test_killed_preprocess_leaves_no_complete_version_and_resumes(tmp_path, runs
     assert version.status() == INTERRUPTED
     assert not (version.path / "train.beton").exists()
     assert "train.beton" not in version.manifest()["outputs"]
-    rerun = _cli("preprocess", str(source), runs_root=runs_root)
+    rerun = vgg_process("preprocess", str(source), runs_root=runs_root)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     assert "resuming" in output

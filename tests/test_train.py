@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
+import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import metrics_rows, vgg_process
 from vggcli.checkpoints import load, load_model
 from vggcli.data.loader import LoaderSpec, crop_window, make_loader
 from vggcli.models import VGG, NetSpec, initialise
@@ -22,26 +21,10 @@ from vggcli.runs import COMPLETE, INTERRUPTED, resolve, versions
 from vggcli.train import PlateauSchedule, TrainConfig, build_model
 
 # A net small enough to train in seconds: width 1/16, 32 px crops, 16-image batches.
-TINY = [
-    "--width",
-    "0.0625",
-    "--crop",
-    "32",
-    "--batch-size",
-    "16",
-    "--init",
-    "kaiming",
-    "--input-scale",
-    "0.0156",
-    "--last-std",
-    "0.01",
-    "--lr",
-    "0.003",
-]
-
-
-def _rows(version_path: Path) -> list[dict]:
-    return [json.loads(line) for line in (version_path / "metrics.jsonl").read_text().splitlines()]
+TINY = shlex.split(
+    "--width 0.0625 --crop 32 --batch-size 16 --init kaiming --input-scale 0.0156 "
+    "--last-std 0.01 --lr 0.003"
+)
 
 
 def test_train_writes_weights_metrics_and_lineage(vgg, train_root: Path) -> None:
@@ -52,7 +35,7 @@ def test_train_writes_weights_metrics_and_lineage(vgg, train_root: Path) -> None
     model, payload = load_model(version)
     assert model.spec == NetSpec("A", 10, 0.0625, 32, 0.5, 0.0156)
     assert (payload["s_min"], payload["s_max"], payload["stage"]) == (32, 48, "A/S=32-48")
-    rows = _rows(version.path)
+    rows = metrics_rows(version.path)
     steps = [r for r in rows if r["kind"] == "step"]
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert len(steps) == 2 * (200 // 16) and len(epochs) == 2
@@ -171,14 +154,7 @@ def _train_process(root: Path, name: str, *extra: str) -> subprocess.Popen:
         *TINY,
         *extra,
     ]
-    env = {**os.environ, "VGG_RUNS": str(root)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "vggcli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return vgg_process(*args, runs_root=root)
 
 
 def _kill_after_steps(process: subprocess.Popen, metrics: Path, steps: int) -> None:
@@ -212,7 +188,7 @@ def test_killed_training_resumes_bit_identical(train_root: Path) -> None:
         assert torch.equal(a, b), name
     timing = ("img_per_s", "wall_s")
     rows = [
-        [{k: v for k, v in r.items() if k not in timing} for r in _rows(v.path)]
+        [{k: v for k, v in r.items() if k not in timing} for r in metrics_rows(v.path)]
         for v in (version, resolve("reference", train_root))
     ]
     assert rows[0] == rows[1]  # the metrics continue exactly too

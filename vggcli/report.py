@@ -29,6 +29,7 @@ PAPER_T5 = {("D", "dense"): (24.8, 7.5), ("D", "crop"): (24.6, 7.5),
             ("D", "dense+crop"): (24.4, 7.2), ("E", "dense"): (24.8, 7.5),
             ("E", "crop"): (24.6, 7.4), ("E", "dense+crop"): (24.4, 7.1)}
 PAPER_T6 = {"dense": (24.0, 7.1), "crop": (23.9, 7.2), "dense+crop": (23.7, 6.8)}
+PAPER_T6_SUBMISSION = (24.7, 7.5)  # 7 nets, dense
 # fmt: on
 
 
@@ -106,61 +107,47 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def table3(evaluated: list[Evaluated], small: int) -> tuple[str, dict]:
+SCALE_HEADER = [
+    "ConvNet config.",
+    "train S",
+    "test Q",
+    "top-1 val err. (%)",
+    "top-5 val err. (%)",
+    "paper top-1 / top-5",
+]
+
+
+def _scale_table(evaluated: list[Evaluated], small: int, multi: bool) -> tuple[str, dict]:
+    """Table 3 (single Q: S, or the jitter middle) or Table 4 (all evaluated scales)."""
     rows, values = [], {}
     for e in evaluated:
-        q = (e.s_min + e.s_max) // 2
-        row = e.row("dense", [q]) or e.row("dense", e.scales)
+        middle = (e.s_min + e.s_max) // 2
+        scales = e.scales if multi else [middle]
+        row = e.row("dense", scales) if len(e.scales) > 1 or not multi else None
         if row is None:
             continue
-        values[(e.net, e.stage(small))] = row["top1_err"]
+        key = (e.net, e.stage(small))
+        values[key] = row["top1_err"]
+        paper = _paper(PAPER_T4 if multi else PAPER_T3, key)
         rows.append(
             [
                 e.net,
                 e.train_scale(),
-                str(q),
+                ",".join(map(str, scales)),
                 _pct(row["top1_err"]),
                 _pct(row["top5_err"]),
-                _paper(PAPER_T3, (e.net, e.stage(small))),
+                paper,
             ]
         )
-    header = [
-        "ConvNet config.",
-        "train S",
-        "test Q",
-        "top-1 val err. (%)",
-        "top-5 val err. (%)",
-        "paper top-1 / top-5",
-    ]
-    return _table(header, rows), values
+    return _table(SCALE_HEADER, rows), values
+
+
+def table3(evaluated: list[Evaluated], small: int) -> tuple[str, dict]:
+    return _scale_table(evaluated, small, multi=False)
 
 
 def table4(evaluated: list[Evaluated], small: int) -> tuple[str, dict]:
-    rows, values = [], {}
-    for e in evaluated:
-        row = e.row("dense", e.scales)
-        if row is None or len(e.scales) < 2:
-            continue
-        values[(e.net, e.stage(small))] = row["top1_err"]
-        rows.append(
-            [
-                e.net,
-                e.train_scale(),
-                ",".join(map(str, e.scales)),
-                _pct(row["top1_err"]),
-                _pct(row["top5_err"]),
-                _paper(PAPER_T4, (e.net, e.stage(small))),
-            ]
-        )
-    header = [
-        "ConvNet config.",
-        "train S",
-        "test Q",
-        "top-1 val err. (%)",
-        "top-5 val err. (%)",
-        "paper top-1 / top-5",
-    ]
-    return _table(header, rows), values
+    return _scale_table(evaluated, small, multi=True)
 
 
 def table5(evaluated: list[Evaluated]) -> tuple[str, dict]:
@@ -195,21 +182,27 @@ def table5(evaluated: list[Evaluated]) -> tuple[str, dict]:
 
 
 def table6(fused: list[RunVersion]) -> tuple[str, dict]:
+    """Fusion rows; two members compare with the paper's D & E rows, more with its
+    7-net ILSVRC submission."""
     rows, values = [], {}
     for version in fused:
-        mode = version.manifest()["config"]["mode"]
+        config = version.manifest()["config"]
+        mode, members = config["mode"], len(config["members"])
+        group = f"{mode}, {members} nets"
+        paper = PAPER_T6.get(mode) if members == 2 else PAPER_T6_SUBMISSION
         for row in version.results()["errors"]:
-            label = "fusion" if row["name"] == "fusion" else f"member {row['name']}"
-            values[(mode, row["name"])] = row["top1_err"]
-            paper = _paper(PAPER_T6, mode) if row["name"] == "fusion" else ""
-            rows.append([mode, label, _pct(row["top1_err"]), _pct(row["top5_err"]), paper])
-    header = [
-        "evaluation",
-        "model",
-        "top-1 val err. (%)",
-        "top-5 val err. (%)",
-        "paper top-1 / top-5 (D & E)",
-    ]
+            is_fusion = row["name"] == "fusion"
+            values[(group, row["name"])] = row["top1_err"]
+            rows.append(
+                [
+                    group,
+                    "fusion" if is_fusion else f"member {row['name']}",
+                    _pct(row["top1_err"]),
+                    _pct(row["top5_err"]),
+                    f"{paper[0]:.1f} / {paper[1]:.1f}" if is_fusion and paper else "",
+                ]
+            )
+    header = ["fusion", "model", "top-1 val err. (%)", "top-5 val err. (%)", "paper top-1 / top-5"]
     return _table(header, rows), values
 
 
