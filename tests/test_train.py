@@ -198,8 +198,10 @@ def test_corrupted_checkpoint_is_a_clear_error(train_root: Path) -> None:
     process = _train_process(train_root, "broken")
     _kill_after_steps(process, train_root / "broken" / "v001" / "metrics.jsonl", 3)
     (version,) = versions(train_root / "broken")
-    (name,) = [o for o in version.manifest()["outputs"] if o.startswith("checkpoint-")]
-    checkpoint = version.path / name
+    # the newest recorded checkpoint is the one a resume reads (a kill can land between
+    # recording a new one and dropping the old, so there may briefly be two)
+    recorded = sorted(o for o in version.manifest()["outputs"] if o.startswith("checkpoint-"))
+    checkpoint = version.path / recorded[-1]
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     rerun = _train_process(train_root, "broken")
     output, _ = rerun.communicate(timeout=120)

@@ -41,11 +41,16 @@ def model_payload(model: VGG, extra: dict[str, Any]) -> dict[str, Any]:
     return {"spec": model.spec.as_dict(), "state_dict": model.state_dict(), **extra}
 
 
-def load_model(version: RunVersion) -> tuple[VGG, dict[str, Any]]:
-    """The trained net of a run version; a clear error if the run holds none."""
+def model_file(version: RunVersion) -> Path:
+    """The weights file of a trained run; a clear error if the run holds none."""
     if MODEL_FILE not in version.manifest().get("outputs", {}):
         raise VggError(f"{version.label} is not a trained model run (it has no {MODEL_FILE})")
-    payload = load(version.path / MODEL_FILE)
+    return version.path / MODEL_FILE
+
+
+def load_model(version: RunVersion) -> tuple[VGG, dict[str, Any]]:
+    """The trained net of a run version and everything saved with it."""
+    payload = load(model_file(version))
     model = VGG(NetSpec(**payload["spec"]))
     model.load_state_dict(payload["state_dict"])
     return model, payload

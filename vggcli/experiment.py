@@ -83,11 +83,11 @@ def execute(config: TrainConfig, root: Path, name: str, runtime: Runtime) -> Run
     parents, a_run, start = [dataset], None, None
     if config.init_from is not None:
         a_version = resolve(config.init_from, root)
-        a_run = checkpoints.load(_model_file(a_version))
+        a_run = checkpoints.load(checkpoints.model_file(a_version))
         parents.append(a_version)
     if config.finetune_from is not None:
         parent = resolve(config.finetune_from, root)
-        start = checkpoints.load(_model_file(parent))
+        start = checkpoints.load(checkpoints.model_file(parent))
         parents.insert(0, parent)
     model = build_model(config, start, a_run)
     with RunWriter.open(
@@ -150,7 +150,7 @@ def finetune(
 ) -> RunVersion:
     """`vgg finetune-scale`: all layers from a trained run, at a new scale (Sect. 3.1)."""
     parent = resolve(source, root)
-    _model_file(parent)
+    checkpoints.model_file(parent)
     previous = TrainConfig.from_manifest(parent.manifest()["config"])
     recipe = replace(previous.recipe, lr=lr, epochs=epochs or previous.recipe.epochs, max_steps=0)
     s_min, s_max = parse_scale(scale)
@@ -185,9 +185,3 @@ def resume(ref: str, root: Path, runtime: Runtime) -> RunVersion:
         raise VggError(f"{version.label} is not the latest version of {version.name}")
     config = TrainConfig.from_manifest(version.manifest()["config"])
     return execute(config, root, version.name, runtime)
-
-
-def _model_file(version: RunVersion) -> Path:
-    if checkpoints.MODEL_FILE not in version.manifest().get("outputs", {}):
-        raise VggError(f"{version.label} is not a trained model run (no model.pt)")
-    return version.path / checkpoints.MODEL_FILE

@@ -28,17 +28,11 @@ from typing import Any, BinaryIO
 from vggcli.errors import VggError
 
 SCHEMA_VERSION = 1
-RUNS_ROOT_ENV = "VGG_RUNS"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 VERSION_PREFIX = "v"
 
 COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
-
-
-def default_runs_root() -> Path:
-    """`$VGG_RUNS` if set, else `./runs`."""
-    return Path(os.environ.get(RUNS_ROOT_ENV, "runs"))
 
 
 def _now() -> str:

@@ -201,33 +201,29 @@ class Trainer:
         self.augment = ColourShift(
             dataset.results()["colour_statistics"], self.recipe.colour_sigma, self.device
         )
-        micro = self.recipe.batch_size // self.recipe.accumulation()
-        self.train_loader, self.train_order = make_loader(
-            LoaderSpec(
-                dataset.output("train.beton"),
-                micro,
-                config.net.crop,
-                config.s_min,
-                config.s_max,
-                self.recipe.seed,
-                train=True,
-                workers=runtime.workers,
-            )
+        self.train_loader, self.train_order = self._loader(
+            dataset, "train", config.s_min, config.s_max
         )
-        self.val_loader, self.val_order = make_loader(
-            LoaderSpec(
-                dataset.output("val.beton"),
-                micro,
-                config.net.crop,
-                config.val_scale,
-                config.val_scale,
-                self.recipe.seed,
-                train=False,
-                workers=runtime.workers,
-            )
+        self.val_loader, self.val_order = self._loader(
+            dataset, "val", config.val_scale, config.val_scale
         )
         self.loss_fn = nn.CrossEntropyLoss()
         self.metrics_path = run.path / METRICS_FILE
+
+    def _loader(self, dataset: RunVersion, split: str, s_min: int, s_max: int) -> tuple:
+        """Training: random crops at S in [s_min, s_max]; validation: centre crop at Q."""
+        micro = self.recipe.batch_size // self.recipe.accumulation()
+        spec = LoaderSpec(
+            dataset.output(f"{split}.beton"),
+            micro,
+            self.config.net.crop,
+            s_min,
+            s_max,
+            self.recipe.seed,
+            train=split == "train",
+            workers=self.runtime.workers,
+        )
+        return make_loader(spec)
 
     # -- state ------------------------------------------------------------------------
     def autocast(self) -> torch.autocast:
