@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import signal
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_dataset
+from tests.conftest import make_dataset, vgg_process
 from tests.test_train import TINY
 from vggcli import pipeline
 from vggcli.data.synthetic import SyntheticSpec
@@ -131,3 +133,44 @@ def test_pipeline_runs_skips_finished_steps_and_reports_from_the_runs(vgg, tmp_p
     assert "29.6 / 10.4" in text  # the paper's A beside ours
     for plot in ("training-curves.png", "error-vs-scale.png"):
         assert (resolve("report", root).path / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_killed_pipeline_resumes_inside_its_training_step(tmp_path) -> None:
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(10, 20, 5, seed=2))
+    root = tmp_path / "runs"
+    path = _write(
+        tmp_path,
+        f"""
+        [pipeline]
+        runs_root = "{root}"
+        [[step]]
+        name = "data"
+        run = "preprocess {source} --max-side 128"
+        [[step]]
+        name = "A"
+        run = "train --net A --scale 40 --epochs 3 --checkpoint-steps 1 --data {{data}} {TINY_NET}"
+    """,
+    )
+    process = vgg_process("pipeline", "run", str(path), runs_root=root)
+    metrics = root / "A" / "v001" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"kind": "step"') >= 4:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the pipeline finished before it could be killed"
+    process.send_signal(signal.SIGKILL)  # the pipeline only: its step must not live on
+    process.wait()
+    deadline = time.time() + 30
+    while versions(root / "A")[0].status() == "running" and time.time() < deadline:
+        time.sleep(0.1)
+    assert versions(root / "A")[0].status() == "interrupted"
+    plan = pipeline.load(path)
+    assert pipeline.state(plan, plan.steps[1])[0] == "interrupted: resumes"
+    rerun = vgg_process("pipeline", "run", str(path), runs_root=root)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert "skip data" in output and "resuming at epoch" in output
+    (version,) = versions(root / "A")
+    assert version.status() == "complete" and version.manifest()["attempts"] == 2

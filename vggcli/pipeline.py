@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vggcli.errors import VggError, WorkFailed
+from vggcli.processes import die_with_parent
 from vggcli.runs import COMPLETE, RunVersion, versions
 
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
@@ -156,7 +157,8 @@ def run(pipeline: Pipeline, dry_run: bool, report: callable = print) -> list[str
         assert args is not None  # inputs ran before this step
         report(f"[bold]run[/] {step.name}: vgg {' '.join(args)}")
         env = {**os.environ, "VGG_RUNS": str(pipeline.runs_root)}
-        result = subprocess.run([sys.executable, "-m", "vggcli", *args], env=env, check=False)
+        result = subprocess.run([sys.executable, "-m", "vggcli", *args], env=env, check=False,
+                                preexec_fn=die_with_parent)
         if result.returncode != 0:
             raise WorkFailed(
                 f"{pipeline.path}: step {step.name} failed (exit "

@@ -8,12 +8,10 @@ line, and reports progress to our rich bar instead of tqdm.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
 import queue
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from ffcv.writer import DatasetWriter, worker_job_indexed_dataset
 
 from vggcli.data.images import load_rgb
 from vggcli.errors import VggError, WorkFailed
+from vggcli.processes import die_with_parent
 
 MIN_PAGE = 8 << 20
 WRITE_MODES = ("jpg", "raw", "proportion", "smart")
@@ -80,15 +79,8 @@ class _Images:
         return load_rgb(path)[0], label
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to stop this worker when its parent dies, so a killed preprocess leaves
-    no orphan still writing."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _guarded_worker(errors: Queue, *args: object) -> None:
-    _die_with_parent()
+    die_with_parent()
     try:
         worker_job_indexed_dataset(*args)
     except BaseException as exc:  # report, don't print a traceback
