@@ -73,25 +73,23 @@ def evaluate_run(
         device=device,
     ) as run:
         console.print(f"run directory: [bold]{run.path}[/]")
-        per_method = {}
+        per_method, per_scale = {}, {}
         with progress_bar() as bar:
             for method in settings.methods():
-                per_scale = []
                 for q in settings.scales:
                     task = bar.add_task(f"{method} Q={q}", total=len(images))
-                    probs = evaluate_method(
+                    per_scale[(method, q)] = evaluate_method(
                         evaluator, images, method, q, lambda n, t=task: bar.advance(t, n)
                     )
-                    _save(run, f"{method}-Q{q}.npy", probs)
-                    per_scale.append(probs)
-                per_method[method] = average(per_scale)
+                    _save(run, f"{method}-Q{q}.npy", per_scale[(method, q)])
+                per_method[method] = average([per_scale[(method, q)] for q in settings.scales])
                 _save(run, f"{method}.npy", per_method[method])
         if mode == "dense+crop":
             per_method["dense+crop"] = average([per_method["dense"], per_method["crop"]])
             _save(run, "dense+crop.npy", per_method["dense+crop"])
         with run.writing("labels.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, images.labels)
-        rows = _rows(run, settings, images.labels, per_method)
+        rows = _rows(settings, images.labels, per_scale, per_method)
         run.set_result("errors", rows)
         for key, value in _provenance(model_run, dataset, images).items():
             run.set_result(key, value)
@@ -100,22 +98,20 @@ def evaluate_run(
 
 
 def _rows(
-    run: RunWriter, settings: EvalSettings, labels: np.ndarray, per_method: dict[str, np.ndarray]
+    settings: EvalSettings,
+    labels: np.ndarray,
+    per_scale: dict[tuple[str, int], np.ndarray],
+    per_method: dict[str, np.ndarray],
 ) -> list[dict[str, Any]]:
+    """Error rows: each method at each scale (when there are several), then combined."""
+    named = {}
+    if len(settings.scales) > 1:
+        named = {(method, (q,)): probs for (method, q), probs in per_scale.items()}
+    named |= {(method, tuple(settings.scales)): probs for method, probs in per_method.items()}
     rows = []
-    for method in settings.methods():
-        if len(settings.scales) > 1:
-            for q in settings.scales:
-                probs = np.load(run.path / f"{method}-Q{q}.npy")
-                rows += [
-                    {**r, "method": method, "scales": [q]}
-                    for r in error_table({method: probs}, labels)
-                ]
-    for method, probs in per_method.items():
-        rows += [
-            {**r, "method": method, "scales": list(settings.scales)}
-            for r in error_table({method: probs}, labels)
-        ]
+    for (method, scales), probs in named.items():
+        (row,) = error_table({method: probs}, labels)
+        rows.append({**row, "method": method, "scales": list(scales)})
     return rows
 
 
@@ -168,9 +164,10 @@ def fuse_runs(
         raise VggError(f"unknown fusion mode '{mode}': choose dense, crop or dense+crop")
     if len(refs) < 2:
         raise VggError("give at least two runs to fuse")
-    evaluations = []
+    evaluations, names = [], []
     for ref in refs:
         model_run = resolve(ref, root)
+        names.append(model_run.name.removesuffix("-eval"))
         outputs = model_run.manifest().get("outputs", {})
         if "labels.npy" in outputs:  # an evaluation run: use it as it is
             if f"{mode}.npy" not in outputs:
@@ -200,7 +197,7 @@ def fuse_runs(
     }
     fused = average(list(posteriors.values()))
     rows = error_table({**posteriors, "fusion": fused}, labels)
-    run_name = name or "fuse-" + "+".join(resolve(r, root).name.removesuffix("-eval") for r in refs)
+    run_name = name or "fuse-" + "+".join(names)
     config = {"members": [m["model"] for m in members], "mode": mode, "multi_scale": multi_scale}
     with RunWriter.open(
         root, run_name, config=config, parents=evaluations, device=f"cpu ({os.cpu_count()} cores)"

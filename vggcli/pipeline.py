@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def state(pipeline: Pipeline, step: Step) -> tuple[str, RunVersion | None]:
     return "to run", None
 
 
-def run(pipeline: Pipeline, dry_run: bool, report: callable = print) -> list[str]:  # type: ignore[valid-type]
+def run(pipeline: Pipeline, dry_run: bool, report: Callable[[str], None] = print) -> list[str]:
     """Run every step not yet done, in dependency order; return the names of those run."""
     executed = []
     for step in pipeline.steps:
@@ -157,8 +158,12 @@ def run(pipeline: Pipeline, dry_run: bool, report: callable = print) -> list[str
         assert args is not None  # inputs ran before this step
         report(f"[bold]run[/] {step.name}: vgg {' '.join(args)}")
         env = {**os.environ, "VGG_RUNS": str(pipeline.runs_root)}
-        result = subprocess.run([sys.executable, "-m", "vggcli", *args], env=env, check=False,
-                                preexec_fn=die_with_parent)
+        result = subprocess.run(
+            [sys.executable, "-m", "vggcli", *args],
+            env=env,
+            check=False,
+            preexec_fn=die_with_parent,
+        )
         if result.returncode != 0:
             raise WorkFailed(
                 f"{pipeline.path}: step {step.name} failed (exit "

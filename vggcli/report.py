@@ -76,8 +76,7 @@ def collect(root: Path) -> tuple[list[RunVersion], list[Evaluated], list[RunVers
         if "model.pt" in outputs:
             trained.append(version)
         elif "labels.npy" in outputs:
-            model = Path(manifest["parents"][0]["path"])
-            model_config = json.loads((model / "manifest.json").read_text())["config"]
+            model_config = RunVersion(Path(manifest["parents"][0]["path"])).manifest()["config"]
             evaluated.append(
                 Evaluated(
                     version,
