@@ -22,6 +22,7 @@ from vggcli.data.beton import StorageSettings, write_beton
 from vggcli.data.images import BadImage, ColourSums, colour_statistics, fit_longer_side, load_rgb
 from vggcli.data.layout import Layout, Sample, Subset, discover
 from vggcli.errors import WorkFailed
+from vggcli.processes import die_with_parent
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
 
@@ -107,7 +108,7 @@ def _scan_split(
     want_sums = split == "train"
     jobs = [(str(s.path), config.storage.max_side, want_sums) for s in samples]
     results: list[ScanResult] = []
-    with progress_bar() as bar, Pool(workers) as pool:
+    with progress_bar() as bar, Pool(workers, initializer=die_with_parent) as pool:
         task = bar.add_task(f"checking {split}", total=len(jobs))
         for result in pool.imap(_scan_one, jobs, chunksize=8):
             results.append(result)
