@@ -49,13 +49,13 @@ def vgg(runs_root: Path) -> Callable[..., Result]:
 def dataset_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A runs root holding one preprocessed dataset run, `tiny` (10 classes, 20 + 5 images
     each), made once per session; copy it with `train_root` before writing to it."""
-    from vggcli.data.beton import StorageSettings
-    from vggcli.preprocess import PreprocessConfig, preprocess
+    from vggcli.stages import preprocess
 
     base = tmp_path_factory.mktemp("dataset")
     source = make_dataset(base / "tiny", SyntheticSpec(10, 20, 5, seed=2))
-    config = PreprocessConfig(source, storage=StorageSettings(max_side=128))
-    preprocess(config, base / "runs", "tiny", workers=2)
+    storage = preprocess.StorageSettings(max_side=128)
+    config = preprocess.PreprocessConfig(source, name="tiny", workers=2, storage=storage)
+    preprocess.run(config, base / "runs")
     return base / "runs"
 
 

@@ -8,15 +8,8 @@ import torch
 
 from tests.test_train import TINY
 from vggcli.errors import VggError
-from vggcli.evaluate import (
-    EvalSettings,
-    Evaluator,
-    crop_views,
-    default_scales,
-    grid_offsets,
-    rescale,
-    rescaled_size,
-)
+from vggcli.eval_settings import EvalSettings, default_scales
+from vggcli.evaluate import Evaluator, crop_views, grid_offsets, rescale, rescaled_size
 from vggcli.fuse import average, check_compatible
 from vggcli.metrics import topk_errors
 from vggcli.models import VGG, NetSpec, initialise
@@ -27,8 +20,9 @@ def _evaluator(crop: int = 224) -> Evaluator:
     torch.manual_seed(0)
     model = VGG(NetSpec("A", num_classes=10, width=1 / 16, crop=crop))
     initialise(model, "kaiming")
+    model.set_normalisation([120.0, 110.0, 100.0])
     settings = EvalSettings("dense", (crop,), crop, precision="fp32")
-    return Evaluator(model, [120.0, 110.0, 100.0], settings, torch.device("cpu"))
+    return Evaluator(model, settings, torch.device("cpu"))
 
 
 def test_dense_equals_crop_on_a_crop_sized_image() -> None:

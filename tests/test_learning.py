@@ -25,11 +25,11 @@ SMOKE = shlex.split(
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo dataset (10 classes, 100 + 20 images each), preprocessed once."""
-    from vggcli.preprocess import PreprocessConfig, preprocess
+    from vggcli.stages import preprocess
 
     base = tmp_path_factory.mktemp("demo")
     source = make_dataset(base / "tiny-imagenet", SyntheticSpec())
-    preprocess(PreprocessConfig(source), base / "runs", "tiny-imagenet", workers=2)
+    preprocess.run(preprocess.PreprocessConfig(source, workers=2), base / "runs")
     return base / "runs"
 
 

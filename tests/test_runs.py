@@ -13,7 +13,7 @@ from vggcli.runs import COMPLETE, FAILED, INTERRUPTED, RunVersion, RunWriter, re
 
 
 def _finish(root: Path, name: str, config: dict | None = None, **kwargs) -> RunVersion:
-    with RunWriter.open(root, name, config=config or {"a": 1}, **kwargs) as run:
+    with RunWriter.open(root, name, kind="model", config=config or {"a": 1}, **kwargs) as run:
         run.write_json("out.json", {"ok": True})
     return run.version
 
@@ -44,7 +44,7 @@ def test_failure_marks_version_failed_and_leaves_no_output(tmp_path: Path) -> No
     good = _finish(tmp_path, "D")
     with (
         pytest.raises(RuntimeError),
-        RunWriter.open(tmp_path, "D", config={"b": 2}) as run,
+        RunWriter.open(tmp_path, "D", kind="model", config={"b": 2}) as run,
         run.writing("weights.pt") as tmp,
     ):
         tmp.write_bytes(b"half")
@@ -61,7 +61,7 @@ def test_failure_marks_version_failed_and_leaves_no_output(tmp_path: Path) -> No
 def test_unlocked_running_version_reads_as_interrupted_and_resumes_with_same_config(
     tmp_path: Path,
 ) -> None:
-    run = RunWriter.open(tmp_path, "D", config={"lr": 0.01})
+    run = RunWriter.open(tmp_path, "D", kind="model", config={"lr": 0.01})
     run.write_json("half.json", {})
     # simulate a kill: the process is gone, so its lock is gone, the manifest says running
     run._lock.close()
@@ -69,7 +69,7 @@ def test_unlocked_running_version_reads_as_interrupted_and_resumes_with_same_con
     assert version.status() == INTERRUPTED
     with pytest.raises(VggError, match="no complete version"):
         resolve("D", tmp_path)
-    with RunWriter.open(tmp_path, "D", config={"lr": 0.01}) as resumed:
+    with RunWriter.open(tmp_path, "D", kind="model", config={"lr": 0.01}) as resumed:
         assert resumed.path == version.path and resumed.resumed
         assert resumed.has_output("half.json")
     assert version.status() == COMPLETE and version.manifest()["attempts"] == 2
@@ -78,9 +78,9 @@ def test_unlocked_running_version_reads_as_interrupted_and_resumes_with_same_con
 
 
 def test_running_version_is_not_resumed_by_a_second_writer(tmp_path: Path) -> None:
-    with RunWriter.open(tmp_path, "D", config={}) as first:
+    with RunWriter.open(tmp_path, "D", kind="model", config={}) as first:
         assert first.version.status() == "running"
-        with RunWriter.open(tmp_path, "D", config={}) as second:
+        with RunWriter.open(tmp_path, "D", kind="model", config={}) as second:
             assert second.path != first.path
 
 
@@ -108,4 +108,4 @@ def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(VggError, match="no run at"):
         resolve("nope", tmp_path)
     with pytest.raises(VggError, match="invalid run name"):
-        RunWriter.open(tmp_path, "../x", config={})
+        RunWriter.open(tmp_path, "../x", kind="model", config={})

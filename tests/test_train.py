@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import metrics_rows, vgg_process
+from vggcli.artifacts import ModelRun
 from vggcli.checkpoints import load, load_model
 from vggcli.data.loader import LoaderSpec, crop_window, make_loader
 from vggcli.models import VGG, NetSpec, initialise
@@ -32,7 +33,7 @@ def test_train_writes_weights_metrics_and_lineage(vgg, train_root: Path) -> None
     assert result.exit_code == 0, result.output
     version = resolve("A", train_root)
     assert f"run directory: {version.path}" in result.output.replace("\n", "")
-    model, payload = load_model(version)
+    model, payload = load_model(ModelRun(version))
     assert model.spec == NetSpec("A", 10, 0.0625, 32, 0.5, 0.0156)
     assert (payload["s_min"], payload["s_max"], payload["stage"]) == (32, 48, "A/S=32-48")
     rows = metrics_rows(version.path)
@@ -182,8 +183,8 @@ def test_killed_training_resumes_bit_identical(train_root: Path) -> None:
     assert "resuming" in output
     (version,) = versions(train_root / "killed")
     assert version.status() == COMPLETE and version.manifest()["attempts"] == 2
-    expected, _ = load_model(resolve("reference", train_root))
-    got, _ = load_model(version)
+    expected, _ = load_model(ModelRun(resolve("reference", train_root)))
+    got, _ = load_model(ModelRun(version))
     for (name, a), b in zip(expected.state_dict().items(), got.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     timing = ("img_per_s", "wall_s")

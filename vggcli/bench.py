@@ -25,6 +25,12 @@ class TrainBench:
     precisions: tuple[str, ...] = ("fp32", "bf16")
 
 
+@dataclass(frozen=True)
+class EvaluateBench:
+    q: int = 256
+    repeats: int = 2
+
+
 def _ours() -> nn.Module:
     return VGG(NetSpec("D"))
 
@@ -85,18 +91,22 @@ def train_step_throughput(bench: TrainBench, report: Callable[[str], None] = pri
 
 
 def evaluation_cost(
-    q: int = 256, repeats: int = 2, precision: str = "bf16", report: Callable[[str], None] = print
+    bench: EvaluateBench, precision: str = "bf16", report: Callable[[str], None] = print
 ) -> dict:
     """Seconds per image of dense evaluation (whole image + mirror) against multi-crop
     (5x5 grid + mirrors = 50 views per scale) for full-size D, at Q and over three scales
     {Q-32, Q, Q+32}; one run, interleaved, medians."""
     import numpy as np
 
-    from vggcli.evaluate import EvalSettings, Evaluator, crop_views, rescale
+    from vggcli.eval_settings import EvalSettings, Mode
+    from vggcli.evaluate import Evaluator, crop_views, rescale
 
+    q, repeats = bench.q, bench.repeats
     scales = (q - 32, q, q + 32)
-    settings = EvalSettings("dense+crop", scales, 224, precision)
-    evaluator = Evaluator(VGG(NetSpec("D")), [123.7, 116.8, 103.9], settings, torch.device("cpu"))
+    settings = EvalSettings(Mode.DENSE_CROP, scales, 224, precision)
+    model = VGG(NetSpec("D"))
+    model.set_normalisation([123.7, 116.8, 103.9])
+    evaluator = Evaluator(model, settings, torch.device("cpu"))
     image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
 
     def dense(at: int) -> None:

@@ -1,21 +1,26 @@
-"""Saving and loading model weights and training state, safely.
+"""Model weights and training state on disk, safely, for the stages that own the runs.
 
 Files are written to a temporary name and renamed (through RunWriter.writing), and loaded
-with `weights_only=True`: a checkpoint can never run code when it is read.
+with `weights_only=True`: a checkpoint can never run code when it is read. Weights written
+before the model owned its input normalisation are completed in memory when loaded, never
+rewritten, so their recorded sha256 stays true.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vggcli.artifacts import ModelRun
 from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec
-from vggcli.runs import RunVersion, RunWriter
+from vggcli.runs import RunWriter
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = ModelRun.WEIGHTS
+METRICS_FILE = ModelRun.METRICS
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -35,22 +40,95 @@ def load(path: Path) -> dict[str, Any]:
         ) from exc
 
 
+def with_normalisation(
+    state: dict[str, torch.Tensor], mean_rgb: list[float], input_scale: float
+) -> dict[str, torch.Tensor]:
+    """A state dict from before the model held `mean` and `std`, completed: the mean that
+    travelled beside the weights, and std 1 / input_scale (what the model multiplied by)."""
+    if "mean" in state:
+        return state
+    mean = torch.tensor(mean_rgb, dtype=torch.float32)
+    return {"mean": mean, "std": torch.full((3,), 1.0 / input_scale), **state}
+
+
 def model_payload(model: VGG, extra: dict[str, Any]) -> dict[str, Any]:
-    """What model.pt holds: the net's shape, its weights (never a compiled wrapper's) and
-    what evaluation needs to feed it (mean RGB, training scales)."""
+    """What model.pt holds: the net's shape, its weights (never a compiled wrapper's, and
+    with the input normalisation inside) and what evaluation needs (training scales)."""
     return {"spec": model.spec.as_dict(), "state_dict": model.state_dict(), **extra}
 
 
-def model_file(version: RunVersion) -> Path:
-    """The weights file of a trained run; a clear error if the run holds none."""
-    if MODEL_FILE not in version.manifest().get("outputs", {}):
-        raise VggError(f"{version.label} is not a trained model run (it has no {MODEL_FILE})")
-    return version.path / MODEL_FILE
+def load_payload(path: Path) -> dict[str, Any]:
+    """A model.pt payload, old ones completed with their normalisation."""
+    payload = load(path)
+    if "mean_rgb" in payload:
+        spec = NetSpec(**payload["spec"])
+        state = with_normalisation(payload["state_dict"], payload["mean_rgb"], spec.input_scale)
+        payload = {**payload, "state_dict": state}
+    return payload
 
 
-def load_model(version: RunVersion) -> tuple[VGG, dict[str, Any]]:
-    """The trained net of a run version and everything saved with it."""
-    payload = load(model_file(version))
+def load_model(run: ModelRun) -> tuple[VGG, dict[str, Any]]:
+    """The trained net of a model run and everything saved with it."""
+    payload = load_payload(run.weights())
     model = VGG(NetSpec(**payload["spec"]))
     model.load_state_dict(payload["state_dict"])
     return model, payload
+
+
+class RunCheckpoints:
+    """The training loop's checkpoint store inside a run version being written.
+
+    Every save takes a new name (checkpoint-000001.pt, -000002, ...) and only then drops the
+    older ones, so a kill between the rename and the manifest update leaves the previous,
+    recorded checkpoint intact.
+    """
+
+    def __init__(self, run: RunWriter) -> None:
+        self.run = run
+
+    def recorded(self) -> list[str]:
+        return [n for n in self.run.recorded() if n.startswith(CHECKPOINT_PREFIX)]
+
+    def save(self, state: dict[str, Any]) -> None:
+        previous = self.recorded()
+        number = int(previous[-1][len(CHECKPOINT_PREFIX) : -3]) + 1 if previous else 1
+        save(self.run, f"{CHECKPOINT_PREFIX}{number:06d}.pt", state)
+        for name in previous:
+            self.run.remove_output(name)
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest recorded checkpoint, verified against its sha256; None if there is none."""
+        recorded = self.recorded()
+        if not recorded:
+            return None
+        name = recorded[-1]
+        if not self.run.has_output(name):
+            raise VggError(
+                f"{self.run.path / name} does not match its recorded sha256 (corrupted); "
+                "restore it, or train a new version with different options",
+                exit_code=1,
+            )
+        return load(self.run.path / name)
+
+    def clear(self) -> None:
+        for name in self.recorded():
+            self.run.remove_output(name)
+
+
+class RunMetrics:
+    """metrics.jsonl of a run version being written: one JSON object per line, cut back to
+    what the restored checkpoint had seen when a run resumes."""
+
+    def __init__(self, run: RunWriter) -> None:
+        self.run, self.path = run, run.path / METRICS_FILE
+
+    def truncate(self, lines: int) -> None:
+        kept = self.path.read_text().splitlines(keepends=True)[:lines] if lines else []
+        self.path.write_text("".join(kept))
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def record(self) -> None:
+        self.run.record_output(METRICS_FILE)

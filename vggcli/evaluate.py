@@ -11,55 +11,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
 from vggcli.data.beton import BetonImages
-from vggcli.errors import VggError
-from vggcli.metrics import topk_errors
+from vggcli.eval_settings import EvalSettings, Mode
 from vggcli.models import VGG
 
-MODES = ("dense", "crop", "dense+crop", "centre")
 GRID = 5
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    mode: str
-    scales: tuple[int, ...]
-    crop: int
-    precision: str = "bf16"
-    batch: int = 16
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise VggError(f"unknown mode '{self.mode}': choose one of {', '.join(MODES)}")
-        if not self.scales:
-            raise VggError("give at least one test scale Q")
-        if min(self.scales) < self.crop:
-            raise VggError(f"test scale Q={min(self.scales)} is smaller than the crop {self.crop}")
-
-    def methods(self) -> tuple[str, ...]:
-        """The posteriors this mode computes (dense+crop needs both)."""
-        return ("dense", "crop") if self.mode == "dense+crop" else (self.mode,)
-
-
-def default_scales(s_min: int, s_max: int, multi_scale: bool, crop: int = 224) -> tuple[int, ...]:
-    """Q = S (or the jitter middle); multi-scale {S-32, S, S+32} or {Smin, middle, Smax}.
-
-    For nets trained on smaller crops the 32 shrinks in proportion (32 * crop / 224), so
-    that the test scales stay as close to S, relative to the crop, as in the paper.
-    """
-    middle = (s_min + s_max) // 2
-    if not multi_scale:
-        return (middle,)
-    if s_min == s_max:
-        delta = round(32 * crop / 224)
-        return (s_min - delta, s_min, s_min + delta)
-    return (s_min, middle, s_max)
 
 
 def rescaled_size(height: int, width: int, q: int) -> tuple[int, int]:
@@ -108,17 +69,14 @@ def centre_view(image: np.ndarray, crop: int, q: int) -> np.ndarray:
 class Evaluator:
     """Feeds views to a trained net and returns softmax posteriors."""
 
-    def __init__(
-        self, model: VGG, mean_rgb: list[float], settings: EvalSettings, device: torch.device
-    ) -> None:
+    def __init__(self, model: VGG, settings: EvalSettings, device: torch.device) -> None:
         self.model = model.to(device, memory_format=torch.channels_last).eval()
-        self.mean = torch.tensor(mean_rgb, device=device).view(1, 3, 1, 1)
         self.settings, self.device = settings, device
 
     def _tensor(self, images: np.ndarray) -> torch.Tensor:
+        """0-255 RGB as the model takes it (it subtracts its own mean)."""
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float() - self.mean
-        return x.contiguous(memory_format=torch.channels_last)
+        return x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def posteriors(self, images: np.ndarray, dense: bool) -> torch.Tensor:
@@ -152,20 +110,20 @@ def _size_groups(images: BetonImages, q: int, batch: int) -> Iterator[list[int]]
 
 
 def evaluate_method(
-    evaluator: Evaluator, images: BetonImages, method: str, q: int, advance: Callable[[int], None]
+    evaluator: Evaluator, images: BetonImages, method: Mode, q: int, advance: Callable[[int], None]
 ) -> np.ndarray:
     """(N, classes) posteriors of one method at one scale, in .beton order."""
     settings = evaluator.settings
     out: np.ndarray | None = None
-    if method == "dense":
+    if method == Mode.DENSE:
         batches = list(_size_groups(images, q, settings.batch))
     else:
-        per = 4 if method == "crop" else settings.batch  # 4 images = 200 crop views
+        per = 4 if method == Mode.CROP else settings.batch  # 4 images = 200 crop views
         batches = [list(range(i, min(i + per, len(images)))) for i in range(0, len(images), per)]
     for indices in batches:
-        if method == "dense":
+        if method == Mode.DENSE:
             result = evaluator.dense(np.stack([rescale(images[i], q) for i in indices]))
-        elif method == "crop":
+        elif method == Mode.CROP:
             views = np.concatenate(
                 [crop_views(rescale(images[i], q), settings.crop) for i in indices]
             )
@@ -179,12 +137,3 @@ def evaluate_method(
         advance(len(indices))
     assert out is not None
     return out
-
-
-def error_table(posteriors: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
-    """Top-1 / top-5 error of each named set of posteriors."""
-    rows = []
-    for name, probs in posteriors.items():
-        errors = topk_errors(probs, labels, (1, 5))
-        rows.append({"name": name, "top1_err": errors[1], "top5_err": errors[5]})
-    return rows

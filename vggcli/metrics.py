@@ -30,3 +30,12 @@ def counts_correct(
     """How many images are right at each k (for accumulating over batches)."""
     errors = topk_errors(scores, labels, ks)
     return {k: int(round((1 - e) * len(labels))) for k, e in errors.items()}
+
+
+def error_table(posteriors: dict[str, np.ndarray], labels: np.ndarray) -> list[dict]:
+    """Top-1 / top-5 error of each named set of posteriors."""
+    rows = []
+    for name, probs in posteriors.items():
+        errors = topk_errors(probs, labels, (1, 5))
+        rows.append({"name": name, "top1_err": errors[1], "top5_err": errors[5]})
+    return rows

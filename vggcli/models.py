@@ -1,6 +1,9 @@
 """Table 1 of the paper as data, one builder, and init-from-A.
 
-The classifier is fully convolutional (fc6 as a k x k conv with k = crop/32, fc7 and fc8 as
+The model owns its input normalisation: it takes 0-255 RGB and subtracts its `mean` buffer
+(the training set's mean RGB, the paper's only preprocessing) and divides by its `std`
+buffer (1 for the paper's nets; 1 / input_scale for CPU-sized runs), both saved with the
+weights. The classifier is fully convolutional (fc6 as a k x k conv with k = crop/32, fc7 and fc8 as
 1x1 convs), so the same weights serve 224 training crops (a 1x1 score map) and dense
 evaluation of whole images (a larger map, averaged spatially).
 """
@@ -62,6 +65,8 @@ class NetSpec:
             raise VggError(f"crop size {self.crop} is not a positive multiple of 32")
         if not 0 < self.width <= 1 or self.num_classes < 2:
             raise VggError("width must be in (0, 1] and there must be at least 2 classes")
+        if not self.input_scale > 0:
+            raise VggError(f"input scale must be positive, not {self.input_scale}")
 
     def channels(self, n: int) -> int:
         return max(1, round(n * self.width))
@@ -142,24 +147,34 @@ def _features(spec: NetSpec) -> nn.Sequential:
 
 
 class VGG(nn.Module):
-    """features (Table 1's conv stack) then head (fully convolutional classifier)."""
+    """Input normalisation, features (Table 1's conv stack), then head (fully convolutional
+    classifier). Takes 0-255 RGB; `mean` and `std` start at 0 and 1 / input_scale until
+    `set_normalisation` gives the training set's mean."""
 
     def __init__(self, spec: NetSpec) -> None:
         super().__init__()
         self.spec = spec
+        self.register_buffer("mean", torch.zeros(3))
+        self.register_buffer("std", torch.full((3,), 1.0 / spec.input_scale))
         self.features = _features(spec)
         last = [m for m in self.features if isinstance(m, nn.Conv2d)][-1]
         self.head = Head(spec, last.out_channels)
 
+    def set_normalisation(self, mean_rgb: list[float], std_rgb: list[float] | None = None) -> None:
+        """Per-channel mean (and std, default 1 / input_scale) of the 0-255 RGB input."""
+        self.mean.copy_(torch.tensor(mean_rgb, dtype=torch.float32))
+        if std_rgb is not None:
+            self.std.copy_(torch.tensor(std_rgb, dtype=torch.float32))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, spatially averaged: for a crop-sized input exactly the FC classifier."""
-        return self.head(self.features(self._scaled(x)))
+        return self.head(self.features(self._normalised(x)))
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.score_map(self.features(self._scaled(x)))
+        return self.head.score_map(self.features(self._normalised(x)))
 
-    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.spec.input_scale == 1.0 else x * self.spec.input_scale
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
 
     def convs(self) -> list[nn.Conv2d]:
         return [m for m in self.features if isinstance(m, nn.Conv2d)]
@@ -204,9 +219,9 @@ def init_from_a(model: VGG, a_state: dict[str, torch.Tensor], a_spec: NetSpec) -
         or a_spec.num_classes != model.spec.num_classes
     ):
         raise VggError(
-            f"--init-from run is {a_spec.net} (width {a_spec.width}, crop {a_spec.crop}, "
-            f"{a_spec.num_classes} classes); need net A with width {model.spec.width}, "
-            f"crop {model.spec.crop}, {model.spec.num_classes} classes"
+            f"the net to initialise from is {a_spec.net} (width {a_spec.width}, crop "
+            f"{a_spec.crop}, {a_spec.num_classes} classes); need net A with width "
+            f"{model.spec.width}, crop {model.spec.crop}, {model.spec.num_classes} classes"
         )
     source = VGG(a_spec)
     source.load_state_dict(a_state)

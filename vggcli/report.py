@@ -1,17 +1,15 @@
 """`vgg report`: Tables 3-6 from the runs, beside the paper's, with plots, as Markdown.
 
-Every number in our columns is read from a run's manifest (evaluation errors) or metrics
-file (training curves); nothing is recomputed here.
+Every number in our columns was read from a run's manifest (evaluation errors) or metrics
+file (training curves) by the report stage; nothing is recomputed here, and nothing here
+reads a run.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from vggcli.runs import COMPLETE, RunVersion, list_runs, versions
 
 # The paper's Tables 3-6 (top-1, top-5 val error %), keyed by (net, stage); stages are the
 # fixed small scale ("256"), the fixed large scale ("384") and scale jitter ("jitter").
@@ -33,11 +31,10 @@ PAPER_T6_SUBMISSION = (24.7, 7.5)  # 7 nets, dense
 # fmt: on
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evaluated:
-    """One evaluation run and the trained model it describes."""
+    """One evaluation run's errors and the trained model it describes."""
 
-    run: RunVersion
     net: str
     s_min: int
     s_max: int
@@ -58,38 +55,21 @@ class Evaluated:
         )
 
 
-def _complete(root: Path) -> list[RunVersion]:
-    found = []
-    for run_dir in list_runs(root):
-        done = [v for v in versions(run_dir) if v.status() == COMPLETE]
-        if done:
-            found.append(done[-1])
-    return found
+@dataclass(frozen=True)
+class Fused:
+    """One fusion run: its mode, how many nets, every member's errors and the fusion's."""
+
+    mode: str
+    members: int
+    errors: list[dict[str, Any]]
 
 
-def collect(root: Path) -> tuple[list[RunVersion], list[Evaluated], list[RunVersion]]:
-    """Training runs, evaluation runs, fusion runs under a runs root (latest versions)."""
-    trained, evaluated, fused = [], [], []
-    for version in _complete(root):
-        manifest = version.manifest()
-        outputs, config = manifest.get("outputs", {}), manifest.get("config", {})
-        if "model.pt" in outputs:
-            trained.append(version)
-        elif "labels.npy" in outputs:
-            model_config = RunVersion(Path(manifest["parents"][0]["path"])).manifest()["config"]
-            evaluated.append(
-                Evaluated(
-                    version,
-                    model_config["net"]["net"],
-                    model_config["s_min"],
-                    model_config["s_max"],
-                    config["scales"],
-                    manifest["results"]["errors"],
-                )
-            )
-        elif "members" in config:
-            fused.append(version)
-    return trained, evaluated, fused
+@dataclass(frozen=True)
+class Curve:
+    """A training run's metrics rows (JSON lines), named after the run."""
+
+    name: str
+    rows: list[dict[str, Any]]
 
 
 def _pct(value: float) -> str:
@@ -180,16 +160,15 @@ def table5(evaluated: list[Evaluated]) -> tuple[str, dict]:
     return _table(header, rows), values
 
 
-def table6(fused: list[RunVersion]) -> tuple[str, dict]:
+def table6(fused: list[Fused]) -> tuple[str, dict]:
     """Fusion rows; two members compare with the paper's D & E rows, more with its
     7-net ILSVRC submission."""
     rows, values = [], {}
-    for version in fused:
-        config = version.manifest()["config"]
-        mode, members = config["mode"], len(config["members"])
+    for fusion in fused:
+        mode, members = fusion.mode, fusion.members
         group = f"{mode}, {members} nets"
         paper = PAPER_T6.get(mode) if members == 2 else PAPER_T6_SUBMISSION
-        for row in version.results()["errors"]:
+        for row in fusion.errors:
             is_fusion = row["name"] == "fusion"
             values[(group, row["name"])] = row["top1_err"]
             rows.append(
@@ -235,7 +214,7 @@ def orderings(t3: dict, t4: dict, t5: dict, t6: dict) -> list[str]:
     return lines
 
 
-def plot_training(trained: list[RunVersion], path: Path) -> None:
+def plot_training(curves: list[Curve], path: Path) -> None:
     """Validation top-1 error and training loss per epoch of every training run."""
     import matplotlib
 
@@ -243,21 +222,18 @@ def plot_training(trained: list[RunVersion], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for version in trained:
-        rows = [
-            json.loads(line) for line in (version.path / "metrics.jsonl").read_text().splitlines()
-        ]
-        epochs = [r for r in rows if r["kind"] == "epoch"]
+    for curve in curves:
+        epochs = [r for r in curve.rows if r["kind"] == "epoch"]
         ax_err.plot(
             [r["epoch"] for r in epochs],
             [100 * r["val_top1_err"] for r in epochs],
-            label=version.name,
+            label=curve.name,
         )
         losses: dict[int, list[float]] = {}
-        for r in rows:
+        for r in curve.rows:
             if r["kind"] == "step":
                 losses.setdefault(r["epoch"], []).append(r["loss"])
-        ax_loss.plot(list(losses), [sum(v) / len(v) for v in losses.values()], label=version.name)
+        ax_loss.plot(list(losses), [sum(v) / len(v) for v in losses.values()], label=curve.name)
     ax_err.set(xlabel="epoch", ylabel="val top-1 error (%)", title="validation error")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss", yscale="log")
     ax_err.legend(fontsize=7)
@@ -293,16 +269,17 @@ def plot_scales(evaluated: list[Evaluated], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(root: Path, out_dir: Path) -> str:
+def write_report(
+    root: Path, curves: list[Curve], evaluated: list[Evaluated], fused: list[Fused], out_dir: Path
+) -> str:
     """The Markdown report for the runs under `root`; plots go beside it in `out_dir`."""
-    trained, evaluated, fused = collect(root)
     fixed = [e.s_min for e in evaluated if e.s_min == e.s_max]
     small = min(fixed) if fixed else 0
     t3, v3 = table3(evaluated, small)
     t4, v4 = table4(evaluated, small)
     t5, v5 = table5(evaluated)
     t6, v6 = table6(fused)
-    plot_training(trained, out_dir / "training-curves.png")
+    plot_training(curves, out_dir / "training-curves.png")
     plot_scales(evaluated, out_dir / "error-vs-scale.png")
     best = min((v for (_, name), v in v6.items() if name == "fusion"), default=None)
     parts = [

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,7 +33,17 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 VERSION_PREFIX = "v"
 
-COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
+
+class Status(StrEnum):
+    """A version's state; stored as its plain string in the manifest."""
+
+    COMPLETE = "complete"
+    RUNNING = "running"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # 'running' in the manifest, but nobody holds the lock
+
+
+COMPLETE, RUNNING, FAILED, INTERRUPTED = Status
 
 
 def _now() -> str:
@@ -106,11 +117,11 @@ class RunVersion:
     def manifest_sha256(self) -> str:
         return sha256_file(self.path / MANIFEST)
 
-    def status(self) -> str:
+    def status(self) -> Status:
         """complete / failed / running, or interrupted when 'running' but nobody holds the lock."""
         try:
-            status = self.manifest().get("status", INTERRUPTED)
-        except VggError:
+            status = Status(self.manifest().get("status", INTERRUPTED))
+        except (VggError, ValueError):
             return INTERRUPTED
         if status != RUNNING:
             return status
@@ -147,6 +158,11 @@ def versions(run_dir: Path) -> list[RunVersion]:
     return [RunVersion(p) for p in sorted(found, key=_version_number)]
 
 
+def latest_complete(run_dir: Path) -> RunVersion | None:
+    """The newest complete version of a run, or None."""
+    return next((v for v in reversed(versions(run_dir)) if v.status() == COMPLETE), None)
+
+
 def list_runs(root: Path) -> list[Path]:
     """Run directories under a runs root (those holding at least one version)."""
     if not root.is_dir():
@@ -170,10 +186,9 @@ def resolve(ref: str | Path, root: Path | None = None) -> RunVersion:
         return version
     if not path.is_dir():
         raise VggError(f"no run at {ref}")
-    complete = [v for v in versions(path) if v.status() == COMPLETE]
-    if not complete:
+    if (latest := latest_complete(path)) is None:
         raise VggError(f"{path} has no complete version; re-run its command to finish it")
-    return complete[-1]
+    return latest
 
 
 def _git_commit() -> str | None:
@@ -232,13 +247,16 @@ class RunWriter:
         root: Path,
         name: str,
         *,
+        kind: str,
         config: dict[str, Any],
         parents: list[RunVersion] = (),  # type: ignore[assignment]
         device: str = "cpu",
         argv: list[str] | None = None,
         resume: bool = True,
     ) -> RunWriter:
-        """Resume the latest unfinished version started with this config, else make a new one."""
+        """Resume the latest unfinished version started with this config, else make a new one.
+
+        `kind` (dataset, model, ...: see artifacts.py) is recorded so readers need not guess."""
         if not name or "/" in name or name.startswith("."):
             raise VggError(f"invalid run name '{name}'")
         run_dir = root / name
@@ -247,7 +265,7 @@ class RunWriter:
             fcntl.flock(run_lock, fcntl.LOCK_EX)  # serialise version choice per run name
             if resume and (found := cls._resumable(run_dir, config)) is not None:
                 return found
-            return cls._create(run_dir, config, parents, device, argv or sys.argv)
+            return cls._create(run_dir, kind, config, parents, device, argv or sys.argv)
 
     @classmethod
     def _resumable(cls, run_dir: Path, config: dict[str, Any]) -> RunWriter | None:
@@ -274,6 +292,7 @@ class RunWriter:
     def _create(
         cls,
         run_dir: Path,
+        kind: str,
         config: dict[str, Any],
         parents: list[RunVersion],
         device: str,
@@ -294,6 +313,7 @@ class RunWriter:
             "schema_version": SCHEMA_VERSION,
             "run": run_dir.name,
             "version": path.name,
+            "kind": str(kind),
             "status": RUNNING,
             "command": argv,
             "config": config,

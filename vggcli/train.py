@@ -1,29 +1,27 @@
 """The training loop (Sect. 3.1): SGD with momentum, batch 256, weight decay, dropout,
 lr divided by 10 when validation accuracy stops improving, checkpoints that resume exactly.
 
-No paths or CLI here: `commands/train.py` resolves runs and builds the config.
+No paths, runs or CLI here: the train stage resolves the runs, builds the config and hands
+the loop its inputs, a checkpoint store and a metrics log.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from vggcli import checkpoints
 from vggcli.data.loader import ColourShift, LoaderSpec, make_loader
+from vggcli.device import Precision
 from vggcli.errors import VggError
 from vggcli.metrics import counts_correct
 from vggcli.models import VGG, NetSpec, init_from_a, initialise
 from vggcli.progress import console, progress_bar
-from vggcli.runs import RunVersion, RunWriter
-
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Recipe:
     def accumulation(self) -> int:
         micro = self.micro_batch or self.batch_size
         if self.batch_size % micro:
-            raise VggError(f"--micro-batch {micro} must divide --batch-size {self.batch_size}")
+            raise VggError(f"micro-batch {micro} must divide the batch size {self.batch_size}")
         return self.batch_size // micro
 
 
@@ -58,7 +56,7 @@ class TrainConfig:
     s_min: int
     s_max: int
     recipe: Recipe = field(default_factory=Recipe)
-    precision: str = "bf16"
+    precision: Precision = "bf16"
     compile: bool = False
     dataset: str = ""  # label of the dataset run version
     init_from: str | None = None  # label of the A run version (deeper nets)
@@ -71,7 +69,7 @@ class TrainConfig:
                 f"size {self.net.crop}"
             )
         if self.precision not in ("bf16", "fp32"):
-            raise VggError("--precision must be bf16 or fp32")
+            raise VggError(f"precision must be bf16 or fp32, not '{self.precision}'")
 
     @property
     def val_scale(self) -> int:
@@ -136,10 +134,29 @@ class PlateauSchedule:
         self.bad_epochs, self.drops = state["bad_epochs"], state["drops"]
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+@dataclass(frozen=True)
+class TrainData:
+    """What the loop reads: the two betons and the training set's colour statistics."""
+
+    train_beton: Path
+    val_beton: Path
+    colour_statistics: dict[str, Any]
+
+
+class CheckpointStore(Protocol):
+    """Where the loop keeps its state; the stage backs it with the run version."""
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+    def latest(self) -> dict[str, Any] | None: ...
+
+
+class MetricsLog(Protocol):
+    """One JSON row per step and per epoch; cut back to a line count when resuming."""
+
+    def truncate(self, lines: int) -> None: ...
+
+    def append(self, row: dict[str, Any]) -> None: ...
 
 
 def build_model(
@@ -160,9 +177,10 @@ def build_model(
 
 
 def _optimizer(model: VGG, recipe: Recipe) -> torch.optim.SGD:
-    """Weight decay on weights only (Caffe's usual decay_mult 0 for biases)."""
-    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
-    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    """Weight decay on the conv and FC weights only (Caffe's usual decay_mult 0 for biases)."""
+    layers = list(model.weight_layers())
+    weights = [layer.weight for layer in layers]
+    biases = [layer.bias for layer in layers]
     return torch.optim.SGD(
         [
             {"params": weights, "weight_decay": recipe.weight_decay},
@@ -186,11 +204,18 @@ class Position:
 
 class Trainer:
     def __init__(
-        self, config: TrainConfig, run: RunWriter, model: VGG, dataset: RunVersion, runtime: Runtime
+        self,
+        config: TrainConfig,
+        data: TrainData,
+        model: VGG,
+        runtime: Runtime,
+        device: torch.device,
+        checkpoints: CheckpointStore,
+        metrics: MetricsLog,
     ) -> None:
-        self.config, self.run, self.runtime = config, run, runtime
+        self.config, self.runtime, self.device = config, runtime, device
+        self.checkpoints, self.metrics = checkpoints, metrics
         self.recipe = config.recipe
-        self.device = pick_device(runtime.device)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.optimizer = _optimizer(self.model, self.recipe)
@@ -198,29 +223,26 @@ class Trainer:
             self.recipe.lr, self.recipe.plateau_patience, self.recipe.max_lr_drops
         )
         self.position = Position()
-        self.augment = ColourShift(
-            dataset.results()["colour_statistics"], self.recipe.colour_sigma, self.device
-        )
+        self.augment = ColourShift(data.colour_statistics, self.recipe.colour_sigma, self.device)
         self.train_loader, self.train_order = self._loader(
-            dataset, "train", config.s_min, config.s_max
+            data.train_beton, True, config.s_min, config.s_max
         )
         self.val_loader, self.val_order = self._loader(
-            dataset, "val", config.val_scale, config.val_scale
+            data.val_beton, False, config.val_scale, config.val_scale
         )
         self.loss_fn = nn.CrossEntropyLoss()
-        self.metrics_path = run.path / METRICS_FILE
 
-    def _loader(self, dataset: RunVersion, split: str, s_min: int, s_max: int) -> tuple:
+    def _loader(self, beton: Path, train: bool, s_min: int, s_max: int) -> tuple:
         """Training: random crops at S in [s_min, s_max]; validation: centre crop at Q."""
         micro = self.recipe.batch_size // self.recipe.accumulation()
         spec = LoaderSpec(
-            dataset.output(f"{split}.beton"),
+            beton,
             micro,
             self.config.net.crop,
             s_min,
             s_max,
             self.recipe.seed,
-            train=split == "train",
+            train=train,
             workers=self.runtime.workers,
         )
         return make_loader(spec)
@@ -241,46 +263,31 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        # A new name each time: a kill between the rename and the manifest update leaves the
-        # previous, recorded checkpoint intact.
-        previous = self.checkpoints_recorded()
-        number = int(previous[-1][len(checkpoints.CHECKPOINT_PREFIX) : -3]) + 1 if previous else 1
-        checkpoints.save(self.run, f"{checkpoints.CHECKPOINT_PREFIX}{number:06d}.pt", state)
-        for name in previous:
-            self.run.remove_output(name)
+        self.checkpoints.save(state)
         self.last_checkpoint = time.monotonic()
 
-    def checkpoints_recorded(self) -> list[str]:
-        return [n for n in self.run.recorded() if n.startswith(checkpoints.CHECKPOINT_PREFIX)]
-
     def restore(self) -> None:
-        """Continue from the checkpoint if this version has one (a resumed run)."""
-        recorded = self.checkpoints_recorded()
-        if not recorded:
-            self.metrics_path.write_text("")
+        """Continue from the latest checkpoint if there is one (a resumed run); the metrics
+        log is cut back to the rows that checkpoint had written."""
+        state = self.checkpoints.latest()
+        if state is None:
+            self.metrics.truncate(0)
             return
-        name = recorded[-1]
-        if not self.run.has_output(name):
-            raise VggError(
-                f"{self.run.path / name} does not match its recorded sha256 (corrupted); "
-                "restore it, or train a new version with different options",
-                exit_code=1,
-            )
-        state = checkpoints.load(self.run.path / name)
-        self.model.load_state_dict(state["model"])
+        model_state = state["model"]
+        if "mean" not in model_state:  # a checkpoint from before the model held its mean
+            model_state = {**model_state, "mean": self.model.mean, "std": self.model.std}
+        self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.position = Position(**state["position"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        lines = self.metrics_path.read_text().splitlines(keepends=True)
-        self.metrics_path.write_text("".join(lines[: self.position.metrics_lines]))
+        self.metrics.truncate(self.position.metrics_lines)
         console.print(f"resuming at epoch {self.position.epoch + 1}, step {self.position.step}")
 
     def log(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        self.metrics.append(row)
         self.position.metrics_lines += 1
 
     # -- loop -------------------------------------------------------------------------
@@ -406,43 +413,16 @@ class Trainer:
         return {"top1_err": 1 - correct[1] / total, "top5_err": 1 - correct[5] / total}
 
 
-def train(
-    config: TrainConfig,
-    run: RunWriter,
-    model: VGG,
-    dataset: RunVersion,
-    runtime: Runtime,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """Train (or continue training) into `run`; write model.pt and metrics; return results."""
-    trainer = Trainer(config, run, model, dataset, runtime)
-    trainer.fit()
+def results(trainer: Trainer) -> dict[str, Any]:
+    """The summary a finished training stores: epochs, steps, final and best val error."""
     history = trainer.position.history
     final = history[-1] if history else {}
-    checkpoints.save(
-        run,
-        checkpoints.MODEL_FILE,
-        checkpoints.model_payload(
-            trainer.model,
-            {
-                **extra,
-                "mean_rgb": dataset.results()["colour_statistics"]["mean_rgb"],
-                "s_min": config.s_min,
-                "s_max": config.s_max,
-            },
-        ),
-    )
-    run.record_output(METRICS_FILE)
-    for name in trainer.checkpoints_recorded():
-        run.remove_output(name)
-    results = {
+    return {
         "epochs": trainer.position.epoch,
         "steps": trainer.position.step,
         "val_top1_err": final.get("val_top1_err"),
         "val_top5_err": final.get("val_top5_err"),
         "best_val_top1_err": min((r["val_top1_err"] for r in history), default=None),
-        "val_scale": config.val_scale,
+        "val_scale": trainer.config.val_scale,
         "lr_drops": trainer.schedule.drops,
     }
-    run.set_result("training", results)
-    return results

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, runs_root, user_errors
+from vggcli.commands.common import RunsRoot, done, runs_root, user_errors
 
 app = typer.Typer(help="Benchmarks: ours against a reference on the same cores, in one run.",
                   no_args_is_help=True)
@@ -22,18 +21,9 @@ def train_command(
 ) -> None:
     """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last)
     beside torchvision's vgg16 under identical settings."""
-    from vggcli.bench import TrainBench, train_step_throughput
-    from vggcli.progress import console
-    from vggcli.runs import RunWriter
+    from vggcli.stages import bench as stage
 
-    bench = TrainBench(batch=batch, repeats=repeats)
-    device = f"cpu ({len(os.sched_getaffinity(0))} cores)"
-    with RunWriter.open(runs_root(root), "bench-train", config=vars(bench) | {},
-                        device=device, resume=False) as run:
-        console.print(f"run directory: [bold]{run.path}[/]")
-        rows = train_step_throughput(bench, lambda line: console.print(line))
-        run.write_json("results.json", rows)
-    typer.echo(f"done: {run.path}")
+    done(stage.train(stage.TrainBench(batch=batch, repeats=repeats), runs_root(root)).path)
 
 
 @app.command("evaluate")
@@ -45,13 +35,6 @@ def evaluate_command(
 ) -> None:
     """Per-image cost of dense evaluation against 150-crop evaluation, full-size net D, on a
     500x375 image, measured side by side."""
-    from vggcli.bench import evaluation_cost
-    from vggcli.progress import console
-    from vggcli.runs import RunWriter
+    from vggcli.stages import bench as stage
 
-    device = f"cpu ({len(os.sched_getaffinity(0))} cores)"
-    with RunWriter.open(runs_root(root), "bench-evaluate", config={"q": q, "repeats": repeats},
-                        device=device, resume=False) as run:
-        console.print(f"run directory: [bold]{run.path}[/]")
-        run.write_json("results.json", evaluation_cost(q, repeats, report=console.print))
-    typer.echo(f"done: {run.path}")
+    done(stage.evaluate(stage.EvaluateBench(q=q, repeats=repeats), runs_root(root)).path)

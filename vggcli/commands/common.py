@@ -1,11 +1,12 @@
-"""What every subcommand shares: the runs-root option and one-line error reporting."""
+"""What every subcommand shares: common options, option parsing, one-line error reporting."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -33,12 +34,44 @@ Workers = Annotated[
 ]
 
 
+Precision = Annotated[
+    str,
+    typer.Option(help="auto (bf16 autocast where the CPU/GPU supports it natively), bf16 or fp32."),
+]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
+
+
 def runs_root(value: Path | None) -> Path:
     return value if value is not None else Path("runs")
 
 
 def workers(value: int | None) -> int:
     return value or len(os.sched_getaffinity(0))
+
+
+def parse_scale(text: str) -> tuple[int, int]:
+    """--scale '256' -> (256, 256); '256-512' -> scale jitter S in [256, 512]."""
+    try:
+        parts = [int(p) for p in text.split("-")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or parts[0] > parts[-1] or parts[0] <= 0:
+        raise VggError(f"--scale must be S (e.g. 256) or Smin-Smax (e.g. 256-512), not '{text}'")
+    return parts[0], parts[-1]
+
+
+@contextlib.contextmanager
+def option(flag: str) -> Iterator[None]:
+    """Name the option a core error came from: the core names the problem, we the flag."""
+    try:
+        yield
+    except VggError as exc:
+        raise VggError(f"{flag}: {exc}", exc.exit_code) from None
+
+
+def done(path: Path) -> None:
+    """The last line of every command that writes something: where it went."""
+    typer.echo(f"done: {path}")
 
 
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:

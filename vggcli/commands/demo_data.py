@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import user_errors
+from vggcli.commands.common import done, user_errors
 
 
 @user_errors
@@ -21,12 +21,7 @@ def command(
 ) -> None:
     """Generate a tiny, deterministic ILSVRC-layout dataset (shapes at varied scales and
     positions) for the demo and for smoke tests; no download needed."""
-    from vggcli.data.synthetic import SyntheticSpec, generate
-    from vggcli.progress import progress_bar
+    from vggcli.stages import demo_data as stage
 
-    spec = SyntheticSpec(classes, train_per_class, val_per_class, seed, val_layout=val_layout)
-    total = classes * (train_per_class + val_per_class)
-    with progress_bar() as bar:
-        task = bar.add_task("drawing images", total=total)
-        generate(out, spec, lambda: bar.advance(task))
-    typer.echo(f"done: {out}")
+    spec = stage.SyntheticSpec(classes, train_per_class, val_per_class, seed, val_layout=val_layout)
+    done(stage.run(spec, out))

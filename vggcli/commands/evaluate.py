@@ -1,4 +1,4 @@
-"""`vgg evaluate` and `vgg fuse`: options -> vggcli.eval_runs."""
+"""`vgg evaluate` and `vgg fuse`: options -> request -> the evaluate / fuse stage."""
 
 from __future__ import annotations
 
@@ -6,23 +6,17 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, runs_root, user_errors
+from vggcli.commands.common import Device, Precision, RunsRoot, done, runs_root, user_errors
 from vggcli.errors import VggError
 
 
-def _scales(text: str | None) -> list[int] | None:
+def _scales(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        return [int(q) for q in text.split(",")]
+        return tuple(int(q) for q in text.split(","))
     except ValueError:
         raise VggError(f"--scales must be comma-separated integers, not '{text}'") from None
-
-
-def _precision(precision: str, device: str) -> str:
-    from vggcli.experiment import precision_for
-
-    return precision_for(device, precision)
 
 
 @user_errors
@@ -31,19 +25,17 @@ def evaluate_command(
     mode: Annotated[str, typer.Option(help="dense (fully convolutional over the whole image + flip), crop (5x5 grid of crops + flips, 50 per scale), dense+crop (both, averaged), centre (one centre crop: the training-time validation).")] = "dense",
     multi_scale: Annotated[bool, typer.Option(help="Test scales Q = {S-32, S, S+32} for fixed S, {Smin, middle, Smax} for jittered S (Table 4); default a single Q = S or the jitter middle (Table 3).")] = False,
     scales: Annotated[str | None, typer.Option(help="Explicit test scales Q, e.g. 256,384,512.")] = None,
-    precision: Annotated[str, typer.Option(help="auto, bf16 or fp32.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")] = "auto",
+    precision: Precision = "auto",
+    device: Device = "auto",
     name: Annotated[str | None, typer.Option(help="Run to write (default: <run>-eval, e.g. runs/D-eval).")] = None,
     root: RunsRoot = None,
 ) -> None:
     """Top-1/top-5 error of a trained run at test scale(s) Q, saving per-image posteriors."""
-    from vggcli.eval_runs import evaluate_run
-    from vggcli.train import pick_device
+    from vggcli.stages import evaluate as stage
 
-    chosen = str(pick_device(device))
-    version = evaluate_run(run, runs_root(root), mode, multi_scale, _scales(scales),
-                           _precision(precision, device), chosen, name)
-    typer.echo(f"done: {version.path}")
+    request = stage.EvaluateRequest(run, mode, multi_scale, _scales(scales), precision, device,
+                                    name)
+    done(stage.run(request, runs_root(root)).path)
 
 
 @user_errors
@@ -53,12 +45,12 @@ def fuse_command(
     multi_scale: Annotated[bool, typer.Option(help="Fuse multi-scale posteriors (Table 6 does); --no-multi-scale for single-scale.")] = True,
     name: Annotated[str | None, typer.Option(help="Run to write (default fuse-D+E).")] = None,
     precision: Annotated[str, typer.Option(help="auto, bf16 or fp32 (for members evaluated now).")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N] (for members evaluated now).")] = "auto",
     root: RunsRoot = None,
 ) -> None:
     """Average the softmax posteriors of several runs (ConvNet fusion, Table 6); members
     without stored posteriors for the mode are evaluated first."""
-    from vggcli.eval_runs import fuse_runs
+    from vggcli.stages import fuse as stage
 
-    version = fuse_runs(runs, runs_root(root), mode, multi_scale, _precision(precision, "auto"),
-                        name)
-    typer.echo(f"done: {version.path}")
+    request = stage.FuseRequest(tuple(runs), mode, multi_scale, precision, device, name)
+    done(stage.run(request, runs_root(root)).path)

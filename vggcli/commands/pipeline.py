@@ -22,8 +22,8 @@ def run_command(
     root: RunsRoot = None,
 ) -> None:
     """Run the steps in dependency order; finished steps are skipped, interrupted ones resume."""
-    from vggcli import pipeline
     from vggcli.progress import console
+    from vggcli.stages import pipeline
 
     plan = pipeline.load(file, root)
     console.print(f"runs root: [bold]{plan.runs_root}[/]")
@@ -38,8 +38,8 @@ def status_command(file: File, root: RunsRoot = None) -> None:
     """Show each step's state: done, to run, interrupted, waiting for inputs."""
     from rich.table import Table
 
-    from vggcli import pipeline
     from vggcli.progress import console
+    from vggcli.stages import pipeline
 
     plan = pipeline.load(file, root)
     table = Table("step", "state", "run", "command", title=f"{file} (runs in {plan.runs_root})")

@@ -1,4 +1,4 @@
-"""`vgg preprocess DIR`: options -> PreprocessConfig -> vggcli.preprocess.preprocess."""
+"""`vgg preprocess DIR`: options -> PreprocessConfig -> the preprocess stage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, Workers, runs_root, user_errors, workers
+from vggcli.commands.common import RunsRoot, Workers, done, runs_root, user_errors, workers
 
 
 @user_errors
@@ -29,20 +29,18 @@ def command(
 ) -> None:
     """Write an ILSVRC-layout folder into FFCV train.beton / val.beton and compute the
     training set's mean RGB (the paper's only preprocessing) and RGB covariance."""
-    from vggcli.data.beton import StorageSettings
-    from vggcli.data.layout import Subset
-    from vggcli.preprocess import PreprocessConfig, preprocess
+    from vggcli.stages import preprocess as stage
 
-    storage = StorageSettings(max_side or None, write_mode, jpeg_quality,
+    storage = stage.StorageSettings(max_side or None, write_mode, jpeg_quality,
                               compress_probability if write_mode == "proportion" else 1.0)
-    config = PreprocessConfig(
+    config = stage.PreprocessConfig(
         source=source,
-        subset=Subset(classes, train_per_class, val_per_class),
+        name=name or source.resolve().name,
+        workers=workers(jobs),
+        subset=stage.Subset(classes, train_per_class, val_per_class),
         storage=storage,
         val_labels=val_labels,
         synsets=synsets,
         max_skipped_fraction=max_skipped_fraction,
     )
-    run_name = name or source.resolve().name
-    version = preprocess(config, runs_root(root), run_name, workers(jobs))
-    typer.echo(f"done: {version.path}")
+    done(stage.run(config, runs_root(root)).path)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, user_errors
+from vggcli.commands.common import RunsRoot, runs_root, user_errors
 
 
 @user_errors
@@ -17,16 +17,7 @@ def command(
 ) -> None:
     """Write report.md (Tables 3-6 beside the paper's, the paper's orderings checked, plots of
     training curves and error against test scale) as a new version of the run `report`."""
-    from vggcli import pipeline as pipelines
-    from vggcli.progress import console
-    from vggcli.report import write_report
-    from vggcli.runs import RunWriter
+    from vggcli.stages import report as stage
 
-    folder = pipelines.load(pipeline, root).runs_root if pipeline else (root or Path("runs"))
-    with RunWriter.open(folder, "report", config={"root": str(folder)}, resume=False) as run:
-        console.print(f"run directory: [bold]{run.path}[/]")
-        text = write_report(folder, run.path)
-        for plot in ("training-curves.png", "error-vs-scale.png"):
-            run.record_output(plot)
-        run.write_text("report.md", text)
-    typer.echo(f"report: {run.path / 'report.md'}")
+    version = stage.run(stage.ReportRequest(pipeline, root), runs_root(root))
+    typer.echo(f"report: {version.path / 'report.md'}")

@@ -11,18 +11,15 @@ from vggcli.commands.common import RunsRoot, runs_root, user_errors
 
 @user_errors
 def command(root: RunsRoot = None) -> None:
-    """List every run and version with its status, start time and parents."""
-    from vggcli.runs import list_runs, versions
+    """List every run and version with its kind, status, start time and parents."""
+    from vggcli.stages.listing import rows
 
-    table = Table("run", "version", "status", "started", "parents")
     folder = runs_root(root)
-    for run_dir in list_runs(folder):
-        for version in versions(run_dir):
-            manifest = version.manifest()
-            parents = ", ".join(f"{p['run']}/{p['version']}" for p in manifest.get("parents", []))
-            table.add_row(run_dir.name, version.path.name, version.status(),
-                          str(manifest.get("started", "")), parents)
-    if not table.rows:
+    found = rows(folder)
+    if not found:
         typer.echo(f"no runs under {folder}")
         return
+    table = Table("run", "version", "kind", "status", "started", "parents")
+    for row in found:
+        table.add_row(row.run, row.version, row.kind, row.status, row.started, row.parents)
     Console().print(table)

@@ -1,4 +1,4 @@
-"""`vgg train` and `vgg finetune-scale`: options -> config -> vggcli.experiment."""
+"""`vgg train` and `vgg finetune-scale`: options -> request -> the train / finetune stage."""
 
 from __future__ import annotations
 
@@ -6,18 +6,27 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, Workers, runs_root, user_errors, workers
+from vggcli.commands.common import (
+    Device,
+    Precision,
+    RunsRoot,
+    Workers,
+    done,
+    option,
+    parse_scale,
+    runs_root,
+    user_errors,
+    workers,
+)
 from vggcli.errors import VggError
 
-Precision = Annotated[str, typer.Option(help="auto (bf16 autocast where the CPU/GPU supports it natively), bf16 or fp32.")]
 CheckpointMinutes = Annotated[float, typer.Option(help="Also checkpoint every this many minutes (always at each epoch's end).")]
 CheckpointSteps = Annotated[int, typer.Option(help="Also checkpoint every N optimizer steps (0 = off).")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
 Name = Annotated[str | None, typer.Option(help="Run name to write (default: the net letter, e.g. runs/D).")]
 
 
 def _runtime(jobs: int | None, checkpoint_minutes: float, checkpoint_steps: int, device: str):
-    from vggcli.train import Runtime
+    from vggcli.stages.train import Runtime
 
     return Runtime(workers(jobs), checkpoint_minutes, checkpoint_steps, device)
 
@@ -58,27 +67,27 @@ def train_command(
 ) -> None:
     """Train a net with the paper's recipe (SGD, batch 256, lr 1e-2 /10 on plateau, random
     crops of images rescaled to smallest side S, flips, PCA colour shift)."""
-    from vggcli.experiment import resume as resume_run
-    from vggcli.experiment import train_new
-    from vggcli.models import NetSpec
-    from vggcli.train import Recipe
+    from vggcli.stages import train as stage
 
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
     if resume is not None:
-        typer.echo(f"done: {resume_run(resume, runs_root(root), runtime).path}")
+        done(stage.resume(stage.ResumeRequest(resume, runtime), runs_root(root)).path)
         return
     if not net:
         raise VggError("give --net (A, A-LRN, B, C, D or E), or --resume RUN")
 
-    spec = NetSpec(net=net, width=width, crop=crop, dropout=dropout, input_scale=input_scale)
-    recipe = Recipe(epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
-                    momentum=momentum, weight_decay=weight_decay, plateau_patience=patience,
-                    max_lr_drops=max_lr_drops, init=init, init_std=init_std, last_std=last_std,
-                    colour_sigma=colour_sigma, seed=seed, max_steps=max_steps)
-    recipe.accumulation()
-    version = train_new(spec, scale, recipe, precision, compile, runs_root(root), name, data,
-                        init_from, runtime)
-    typer.echo(f"done: {version.path}")
+    spec = stage.NetSpec(net=net, width=width, crop=crop, dropout=dropout, input_scale=input_scale)
+    recipe = stage.Recipe(epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
+                          momentum=momentum, weight_decay=weight_decay, plateau_patience=patience,
+                          max_lr_drops=max_lr_drops, init=init, init_std=init_std,
+                          last_std=last_std, colour_sigma=colour_sigma, seed=seed,
+                          max_steps=max_steps)
+    with option("--micro-batch"):
+        recipe.accumulation()
+    s_min, s_max = parse_scale(scale)
+    request = stage.TrainRequest(spec, s_min, s_max, recipe, runtime, precision, compile, name,
+                                 data, init_from)
+    done(stage.run(request, runs_root(root)).path)
 
 
 @user_errors
@@ -97,8 +106,9 @@ def finetune_command(
 ) -> None:
     """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512],
     all layers fine-tuned; the new version records its parent."""
-    from vggcli.experiment import finetune
+    from vggcli.stages import finetune as stage
 
-    version = finetune(run, scale, lr, epochs, runs_root(root), name,
-                       _runtime(jobs, checkpoint_minutes, checkpoint_steps, device), precision)
-    typer.echo(f"done: {version.path}")
+    s_min, s_max = parse_scale(scale)
+    runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
+    request = stage.FinetuneRequest(run, s_min, s_max, runtime, lr, epochs, precision, name)
+    done(stage.run(request, runs_root(root)).path)

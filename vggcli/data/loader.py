@@ -196,7 +196,8 @@ def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
 
 
 class ColourShift:
-    """AlexNet-style PCA colour augmentation then mean subtraction, in torch on the device.
+    """AlexNet-style PCA colour augmentation, in torch on the device, on 0-255 RGB (the model
+    subtracts its mean itself).
 
     Each image gets sum_i alpha_i * sqrt(lambda_i) * p_i added to every pixel, alpha_i ~
     N(0, sigma^2); (lambda_i, p_i) are the eigenpairs of the training RGB covariance that
@@ -205,14 +206,13 @@ class ColourShift:
     """
 
     def __init__(self, stats: dict, sigma: float, device: torch.device) -> None:
-        self.mean = torch.tensor(stats["mean_rgb"], device=device).view(1, 3, 1, 1)
         vectors = torch.tensor(stats["eigenvectors"], device=device)  # rows are eigenvectors
         stds = torch.tensor(stats["eigenvalues"], device=device).clamp(min=0).sqrt()
         self.basis = vectors.T * stds  # column i = sqrt(lambda_i) p_i
         self.sigma = sigma
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        x = images.float() - self.mean
+        x = images.float()
         if generator is not None and self.sigma > 0:
             alpha = torch.randn(len(x), 3, generator=generator) * self.sigma
             x = x + (alpha.to(x.device) @ self.basis.T).view(-1, 3, 1, 1)

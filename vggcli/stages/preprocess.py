@@ -1,4 +1,5 @@
-"""`vgg preprocess`: an ILSVRC folder -> train.beton, val.beton and the training colour statistics.
+"""The preprocess stage: an ILSVRC folder -> a dataset run (train.beton, val.beton and the
+training colour statistics).
 
 Two passes per split. The first decodes every image (in parallel) to validate it and to sum
 its colours in float64; it is also what makes resumption cheap, since its outcome is saved as
@@ -11,27 +12,36 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
+from vggcli.artifacts import Kind
 from vggcli.data.beton import StorageSettings, write_beton
 from vggcli.data.images import BadImage, ColourSums, colour_statistics, fit_longer_side, load_rgb
 from vggcli.data.layout import Layout, Sample, Subset, discover
+from vggcli.device import cpu_label
 from vggcli.errors import WorkFailed
 from vggcli.processes import die_with_parent
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
+from vggcli.stages.common import announce
 
 SPLITS = ("train", "val")
+
+__all__ = ["PreprocessConfig", "StorageSettings", "Subset", "run"]
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
+    """What to read and how to store it; `name` and `workers` never change the result, so
+    they are not part of the manifest's config."""
+
     source: Path
+    name: str = ""  # run to write (default: the source folder's name)
+    workers: int = 1
     subset: Subset = Subset()
     storage: StorageSettings = StorageSettings()
     val_labels: Path | None = None
@@ -72,24 +82,29 @@ def _scan_one(job: tuple[str, int | None, bool]) -> ScanResult:
     return ScanResult(True, "", kind, stored.shape[0], stored.shape[1], sums)
 
 
-def preprocess(config: PreprocessConfig, runs_root: Path, name: str, workers: int) -> RunVersion:
+def run(config: PreprocessConfig, runs_root: Path) -> RunVersion:
+    """Write (or resume) the dataset run."""
     layout = discover(config.source, config.subset, config.val_labels, config.synsets)
-    device = f"cpu ({os.cpu_count()} cores, {workers} workers)"
-    with RunWriter.open(runs_root, name, config=config.as_manifest(), device=device) as run:
-        console.print(
-            f"run directory: [bold]{run.path}[/]" + (" (resuming)" if run.resumed else "")
-        )
-        if not run.has_output("classes.json"):
-            run.write_json("classes.json", _classes(layout))
-            run.set_result(
+    name, workers = config.name or config.source.resolve().name, config.workers
+    with RunWriter.open(
+        runs_root,
+        name,
+        kind=Kind.DATASET,
+        config=config.as_manifest(),
+        device=cpu_label(workers),
+    ) as writer:
+        announce(writer)
+        if not writer.has_output("classes.json"):
+            writer.write_json("classes.json", _classes(layout))
+            writer.set_result(
                 "ignored_files", [str(p.relative_to(layout.root)) for p in layout.ignored]
             )
         for split in SPLITS:
-            kept = _scan_split(run, split, layout, config, workers)
-            if not run.has_output(f"{split}.beton"):
-                _write_split(run, split, kept, config.storage, workers)
-        _summarise(run, layout)
-    return run.version
+            kept = _scan_split(writer, split, layout, config, workers)
+            if not writer.has_output(f"{split}.beton"):
+                _write_split(writer, split, kept, config.storage, workers)
+        _summarise(writer, layout)
+    return writer.version
 
 
 def _classes(layout: Layout) -> list[dict]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from vggcli.errors import VggError, WorkFailed
 from vggcli.processes import die_with_parent
-from vggcli.runs import COMPLETE, RunVersion, versions
+from vggcli.runs import COMPLETE, RUNNING, RunVersion, latest_complete, versions
 
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_+-]+)\}")
@@ -107,11 +107,6 @@ def _ordered(path: Path, steps: list[Step]) -> tuple[Step, ...]:
     return tuple(done)
 
 
-def _latest_complete(pipeline: Pipeline, step: str) -> RunVersion | None:
-    complete = [v for v in versions(pipeline.runs_root / step) if v.status() == COMPLETE]
-    return complete[-1] if complete else None
-
-
 def resolve_args(pipeline: Pipeline, step: Step) -> list[str] | None:
     """The step's argv, or None while one of its inputs has no complete run yet."""
     text = step.command
@@ -119,7 +114,7 @@ def resolve_args(pipeline: Pipeline, step: Step) -> list[str] | None:
         if ref in pipeline.variables:
             replacement = pipeline.variables[ref]
         else:
-            version = _latest_complete(pipeline, ref)
+            version = latest_complete(pipeline.runs_root / ref)
             if version is None:
                 return None
             replacement = str(version.path)
@@ -138,7 +133,7 @@ def state(pipeline: Pipeline, step: Step) -> tuple[str, RunVersion | None]:
             status = version.status()
             if status == COMPLETE:
                 return "done", version
-            return ("interrupted: resumes" if status != "running" else "running"), version
+            return ("interrupted: resumes" if status != RUNNING else "running"), version
     return "to run", None
 
 

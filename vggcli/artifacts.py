@@ -1,0 +1,266 @@
+"""Typed run kinds: what each kind of run holds, and the one place that reads it.
+
+A run version is a folder with a manifest (`runs.py`); its *kind* says what it holds: a
+dataset (betons and colour statistics), a model (weights and the config that trained
+them), an evaluation (posteriors per method and scale), a fusion, a benchmark or a report.
+The stage that writes a kind records it in the manifest as `kind`; manifests written before
+kinds were recorded are inferred once, in `kind_of`. Every file handed out goes through
+`Artifact.file`, the one place to verify a file before it is read.
+
+No torch here: fusion and listing runs must stay light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from vggcli.errors import VggError
+from vggcli.eval_settings import default_scales
+from vggcli.runs import COMPLETE, RunVersion, latest_complete, list_runs, resolve, versions
+
+
+class Kind(StrEnum):
+    DATASET = "dataset"
+    MODEL = "model"
+    EVALUATION = "evaluation"
+    FUSION = "fusion"
+    BENCH = "bench"
+    REPORT = "report"
+
+    @property
+    def described(self) -> str:
+        """How messages name it: 'a trained model run', 'an evaluation run'."""
+        noun = "trained model" if self == Kind.MODEL else self.value
+        return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} run"
+
+
+def kind_of(version: RunVersion) -> Kind | None:
+    """The recorded kind; for older manifests, inferred from what the version holds."""
+    manifest = version.manifest()
+    if "kind" in manifest:
+        try:
+            return Kind(manifest["kind"])
+        except ValueError:
+            return None
+    outputs, config = manifest.get("outputs", {}), manifest.get("config", {})
+    if "train.beton" in outputs:
+        return Kind.DATASET
+    if ModelRun.WEIGHTS in outputs:
+        return Kind.MODEL
+    if EvaluationRun.LABELS in outputs:
+        return Kind.EVALUATION
+    if "members" in config:
+        return Kind.FUSION
+    if ReportRun.REPORT in outputs:
+        return Kind.REPORT
+    if BenchRun.RESULTS in outputs:
+        return Kind.BENCH
+    return None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A complete run version of a known kind."""
+
+    version: RunVersion
+    kind: ClassVar[Kind]
+
+    @property
+    def label(self) -> str:
+        return self.version.label
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+    @property
+    def path(self) -> Path:
+        return self.version.path
+
+    def manifest(self) -> dict[str, Any]:
+        return self.version.manifest()
+
+    def config(self) -> dict[str, Any]:
+        return self.manifest().get("config", {})
+
+    def results(self) -> dict[str, Any]:
+        return self.version.results()
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest().get("outputs", {})
+
+    def file(self, name: str) -> Path:
+        """A recorded output's path; a clear error if the run never finished writing it."""
+        return self.version.output(name)
+
+
+A = TypeVar("A", bound=Artifact)
+
+
+class DatasetRun(Artifact):
+    """`vgg preprocess`: train/val betons, their image order, the training colour statistics."""
+
+    kind = Kind.DATASET
+
+    def beton(self, split: str) -> Path:
+        return self.file(f"{split}.beton")
+
+    def colour_statistics(self) -> dict[str, Any]:
+        return self.results()["colour_statistics"]
+
+    def mean_rgb(self) -> list[float]:
+        return list(self.colour_statistics()["mean_rgb"])
+
+    def num_classes(self) -> int:
+        return int(self.results()["num_classes"])
+
+    def val_index_sha256(self) -> str:
+        """Identifies the validation images and their order (what fusion must agree on)."""
+        return self.manifest()["outputs"]["val.csv"]["sha256"]
+
+
+class ModelRun(Artifact):
+    """`vgg train` / `vgg finetune-scale`: the weights and the config that trained them."""
+
+    kind = Kind.MODEL
+    WEIGHTS = "model.pt"
+    METRICS = "metrics.jsonl"
+
+    def weights(self) -> Path:
+        return self.file(self.WEIGHTS)
+
+    def net(self) -> str:
+        return self.config()["net"]["net"]
+
+    def crop(self) -> int:
+        return int(self.config()["net"]["crop"])
+
+    def train_scales(self) -> tuple[int, int]:
+        config = self.config()
+        return int(config["s_min"]), int(config["s_max"])
+
+    def dataset(self) -> str:
+        """Label of the dataset run version it was trained on."""
+        return self.config()["dataset"]
+
+    def default_test_scales(self, multi_scale: bool) -> tuple[int, ...]:
+        """The paper's test scales Q for this model's training scale (Sect. 4.1, 4.2)."""
+        return default_scales(*self.train_scales(), multi_scale, self.crop())
+
+    def metrics(self) -> Path:
+        return self.file(self.METRICS)
+
+
+class EvaluationRun(Artifact):
+    """`vgg evaluate`: float16 posteriors per method (and per scale), in .beton order."""
+
+    kind = Kind.EVALUATION
+    LABELS = "labels.npy"
+
+    @staticmethod
+    def posteriors_name(method: str, scale: int | None = None) -> str:
+        return f"{method}.npy" if scale is None else f"{method}-Q{scale}.npy"
+
+    def posteriors(self, method: str, scale: int | None = None) -> Path:
+        return self.file(self.posteriors_name(method, scale))
+
+    def has_posteriors(self, method: str) -> bool:
+        return self.has(self.posteriors_name(method))
+
+    def labels(self) -> Path:
+        return self.file(self.LABELS)
+
+    def model(self) -> str:
+        return self.config()["model"]
+
+    def mode(self) -> str:
+        return self.config()["mode"]
+
+    def scales(self) -> tuple[int, ...]:
+        return tuple(self.config()["scales"])
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self.results()["errors"]
+
+    def membership(self) -> dict[str, Any]:
+        """What fusion checks: same dataset version, image order, classes."""
+        keys = ("model", "dataset", "val_index_sha256", "num_images", "num_classes")
+        return {key: self.results()[key] for key in keys}
+
+
+class FusionRun(Artifact):
+    """`vgg fuse`: the averaged posteriors and every member's errors beside the fusion's."""
+
+    kind = Kind.FUSION
+
+    def members(self) -> list[str]:
+        return self.config()["members"]
+
+    def mode(self) -> str:
+        return self.config()["mode"]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self.results()["errors"]
+
+
+class BenchRun(Artifact):
+    kind = Kind.BENCH
+    RESULTS = "results.json"
+
+
+class ReportRun(Artifact):
+    kind = Kind.REPORT
+    REPORT = "report.md"
+
+
+def as_kind(version: RunVersion, cls: type[A]) -> A:
+    """`version` as a `cls` run; a clear error naming what it is instead."""
+    found = kind_of(version)
+    if found != cls.kind:
+        what = found.described if found else "of no known kind"
+        raise VggError(f"{version.label} is {what}, not {cls.kind.described}")
+    return cls(version)
+
+
+def resolve_as(ref: str | Path, root: Path, cls: type[A]) -> A:
+    """What the user typed (`runs/D`, `D`, `runs/D/v002`) as a complete `cls` run."""
+    return as_kind(resolve(ref, root), cls)
+
+
+def latest_of_kind(root: Path, cls: type[A]) -> list[A]:
+    """The newest complete version of every run under `root` whose kind is `cls`'s."""
+    found = []
+    for run_dir in list_runs(root):
+        version = latest_complete(run_dir)
+        if version is not None and kind_of(version) == cls.kind:
+            found.append(cls(version))
+    return found
+
+
+def find_evaluation(
+    model: ModelRun, root: Path, method: str, scales: tuple[int, ...]
+) -> EvaluationRun | None:
+    """The newest complete evaluation of exactly this model version, at these scales, that
+    holds `method`'s posteriors (in the default evaluation run, `<model>-eval`)."""
+    for version in reversed(versions(root / f"{model.name}-eval")):
+        if version.status() != COMPLETE or kind_of(version) != Kind.EVALUATION:
+            continue
+        evaluation = EvaluationRun(version)
+        if (
+            evaluation.model() == model.label
+            and evaluation.scales() == scales
+            and evaluation.has_posteriors(method)
+        ):
+            return evaluation
+    return None
+
+
+def parent(version: RunVersion, index: int, root: Path) -> RunVersion:
+    """A recorded parent, found by its run/version label under `root` (so a moved runs
+    root still resolves), else by the absolute path recorded when it was written."""
+    record = version.manifest()["parents"][index]
+    moved = root / record["run"] / record["version"]
+    return RunVersion(moved if moved.is_dir() else Path(record["path"]))

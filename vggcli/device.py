@@ -1,0 +1,70 @@
+"""Which device and precision a command runs on, and how runs name it.
+
+Torch is imported inside the functions, so that `cpu_label` (used by the stages that need no
+torch, such as fusing stored posteriors) costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from vggcli.errors import VggError
+
+if TYPE_CHECKING:
+    import torch
+
+Precision = Literal["bf16", "fp32"]
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def pick(name: str) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'; a clear error for anything else
+    and for a CUDA device this machine does not have."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", name):
+        raise VggError(f"unknown device '{name}': choose auto, cpu, cuda or cuda:N")
+    device = torch.device(name)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (device.index or 0) >= count:
+        raise VggError(f"device {name} asked for, but this machine has {count} CUDA device(s)")
+    return device
+
+
+def precision_for(device: torch.device, requested: str) -> Precision:
+    """'auto' means bf16 where the hardware does it natively (AVX512-BF16/AMX, CUDA)."""
+    if requested not in PRECISIONS:
+        raise VggError(f"unknown precision '{requested}': choose auto, bf16 or fp32")
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    import torch
+
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "fp32"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+def cpu_label(workers: int | None = None) -> str:
+    """'cpu (N cores)', with the worker count where it differs from the cores."""
+    cores = len(os.sched_getaffinity(0))
+    return f"cpu ({cores} cores)" if workers is None else f"cpu ({cores} cores, {workers} workers)"
+
+
+def label(device: torch.device) -> str:
+    """How a run's manifest names the device: the GPU's model, or the CPU's core count."""
+    if device.type == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return cpu_label()

@@ -1,0 +1,36 @@
+"""What every stage does the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vggcli.progress import console
+from vggcli.runs import RunWriter
+
+
+def announce(writer: RunWriter) -> None:
+    """Every command says where its run directory is (and whether it resumes one)."""
+    resumed = " (resuming)" if writer.resumed else ""
+    console.print(f"run directory: [bold]{writer.path}[/]{resumed}")
+
+
+def save_posteriors(writer: RunWriter, name: str, posteriors: np.ndarray) -> None:
+    """Posteriors are stored as float16: half the disk, far below the error's resolution."""
+    with writer.writing(name) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, posteriors.astype(np.float16))
+
+
+def print_errors(title: str, rows: list[dict[str, Any]]) -> None:
+    """Top-1 / top-5 error rows as a table on the terminal."""
+    from rich.table import Table
+
+    table = Table(
+        "method", "test scale Q", "top-1 val error (%)", "top-5 val error (%)", title=title
+    )
+    for row in rows:
+        name = row.get("method", row.get("name"))
+        scales = ",".join(str(q) for q in row.get("scales", []))
+        table.add_row(name, scales, f"{100 * row['top1_err']:.1f}", f"{100 * row['top5_err']:.1f}")
+    console.print(table)

@@ -1,0 +1,133 @@
+"""The evaluate stage: a model run -> an evaluation run.
+
+`vgg evaluate runs/D` writes `runs/D-eval/vNNN` holding float16 posteriors per method and
+scale (`dense.npy`, `crop-Q384.npy`, ...), the labels, and the dataset version and image
+order they belong to, so that `vgg fuse` never recomputes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vggcli import checkpoints, device
+from vggcli.artifacts import DatasetRun, EvaluationRun, Kind, ModelRun, resolve_as
+from vggcli.data.beton import BetonImages
+from vggcli.eval_settings import EvalSettings, Mode, parse_mode
+from vggcli.evaluate import Evaluator, evaluate_method
+from vggcli.fuse import average
+from vggcli.metrics import error_table
+from vggcli.progress import progress_bar
+from vggcli.runs import RunVersion, RunWriter
+from vggcli.stages.common import announce, print_errors, save_posteriors
+
+__all__ = ["EvaluateRequest", "run"]
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    run: str  # a model run: runs/D, D or runs/D/v002
+    mode: str = Mode.DENSE
+    multi_scale: bool = False
+    scales: tuple[int, ...] | None = None  # default: the paper's for the training scale
+    precision: str = "auto"
+    device: str = "auto"
+    name: str | None = None  # default: <model run>-eval
+
+
+def run(request: EvaluateRequest, root: Path) -> RunVersion:
+    """Evaluate a trained run; write and return the evaluation run."""
+    model_run = resolve_as(request.run, root, ModelRun)
+    model, payload = checkpoints.load_model(model_run)
+    chosen = device.pick(request.device)
+    settings = EvalSettings(
+        parse_mode(request.mode),
+        request.scales or model_run.default_test_scales(request.multi_scale),
+        model_run.crop(),
+        device.precision_for(chosen, request.precision),
+    )
+    dataset = resolve_as(model_run.dataset(), root, DatasetRun)
+    images = BetonImages(dataset.beton("val"))
+    config = {
+        "model": model_run.label,
+        "mode": settings.mode,
+        "scales": list(settings.scales),
+        "crop": settings.crop,
+        "precision": settings.precision,
+    }
+    evaluator = Evaluator(model, settings, chosen)
+    with RunWriter.open(
+        root,
+        request.name or f"{model_run.name}-eval",
+        kind=Kind.EVALUATION,
+        config=config,
+        parents=[model_run.version, dataset.version],
+        device=device.label(chosen),
+    ) as writer:
+        announce(writer)
+        per_scale, per_method = _posteriors(writer, evaluator, images)
+        if settings.mode == Mode.DENSE_CROP:
+            both = average([per_method[Mode.DENSE], per_method[Mode.CROP]])
+            per_method[Mode.DENSE_CROP] = both
+            save_posteriors(writer, EvaluationRun.posteriors_name(Mode.DENSE_CROP), both)
+        with writer.writing(EvaluationRun.LABELS) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, images.labels)
+        rows = _rows(settings, images.labels, per_scale, per_method)
+        writer.set_result("errors", rows)
+        for key, value in _membership(model_run, dataset, len(images)).items():
+            writer.set_result(key, value)
+    print_errors(f"{model_run.label} ({payload.get('stage', '')})", rows)
+    return writer.version
+
+
+def _posteriors(
+    writer: RunWriter, evaluator: Evaluator, images: BetonImages
+) -> tuple[dict[tuple[Mode, int], np.ndarray], dict[Mode, np.ndarray]]:
+    """Each method at each scale, then each method over its scales; saved as they come."""
+    settings = evaluator.settings
+    per_scale, per_method = {}, {}
+    with progress_bar() as bar:
+        for method in settings.methods():
+            for q in settings.scales:
+                task = bar.add_task(f"{method} Q={q}", total=len(images))
+                per_scale[(method, q)] = evaluate_method(
+                    evaluator, images, method, q, lambda n, t=task: bar.advance(t, n)
+                )
+                save_posteriors(
+                    writer, EvaluationRun.posteriors_name(method, q), per_scale[(method, q)]
+                )
+            per_method[method] = average([per_scale[(method, q)] for q in settings.scales])
+            save_posteriors(writer, EvaluationRun.posteriors_name(method), per_method[method])
+    return per_scale, per_method
+
+
+def _rows(
+    settings: EvalSettings,
+    labels: np.ndarray,
+    per_scale: dict[tuple[Mode, int], np.ndarray],
+    per_method: dict[Mode, np.ndarray],
+) -> list[dict[str, Any]]:
+    """Error rows: each method at each scale (when there are several), then combined."""
+    named = {}
+    if len(settings.scales) > 1:
+        named = {(method, (q,)): probs for (method, q), probs in per_scale.items()}
+    named |= {(method, tuple(settings.scales)): probs for method, probs in per_method.items()}
+    rows = []
+    for (method, scales), probs in named.items():
+        (row,) = error_table({method: probs}, labels)
+        rows.append({**row, "method": str(method), "scales": list(scales)})
+    return rows
+
+
+def _membership(model_run: ModelRun, dataset: DatasetRun, num_images: int) -> dict[str, Any]:
+    """What fusion checks: same dataset version, same image order, same classes."""
+    return {
+        "model": model_run.label,
+        "dataset": dataset.label,
+        "val_index_sha256": dataset.val_index_sha256(),
+        "num_images": num_images,
+        "num_classes": dataset.num_classes(),
+    }

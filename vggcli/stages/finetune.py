@@ -1,0 +1,50 @@
+"""The finetune stage: `vgg finetune-scale`, all layers from a trained run at a new training
+scale (Sect. 3.1: S=256 -> 384 -> [256, 512]), written as the next version of the same run
+with the previous one as its parent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from vggcli import device
+from vggcli.artifacts import ModelRun, resolve_as
+from vggcli.runs import RunVersion
+from vggcli.stages.train import execute
+from vggcli.train import Runtime, TrainConfig
+
+__all__ = ["FinetuneRequest", "Runtime", "run"]
+
+
+@dataclass(frozen=True)
+class FinetuneRequest:
+    source: str  # the trained run to start from
+    s_min: int
+    s_max: int
+    runtime: Runtime
+    lr: float = 1e-3
+    epochs: int | None = None  # default: the parent's
+    precision: str = "auto"
+    name: str | None = None  # default: the parent's run name
+
+
+def run(request: FinetuneRequest, root: Path) -> RunVersion:
+    parent = resolve_as(request.source, root, ModelRun)
+    parent.weights()
+    previous = TrainConfig.from_manifest(parent.config())
+    recipe = replace(
+        previous.recipe,
+        lr=request.lr,
+        epochs=request.epochs or previous.recipe.epochs,
+        max_steps=0,
+    )
+    config = replace(
+        previous,
+        s_min=request.s_min,
+        s_max=request.s_max,
+        recipe=recipe,
+        init_from=None,
+        finetune_from=parent.label,
+        precision=device.precision_for(device.pick(request.runtime.device), request.precision),
+    )
+    return execute(config, root, request.name or parent.name, request.runtime)
