@@ -48,6 +48,27 @@ def test_every_command_has_help(vgg, command: str) -> None:
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_help_texts_reflow_with_the_terminal() -> None:
+    """A hard line break inside a command's help sentence shows up verbatim in the command
+    list of `vgg --help`; every help text is one paragraph per line."""
+    import typer.main
+
+    from vggcli.cli import app
+
+    group = typer.main.get_command(app)
+    pending = [group]
+    seen = 0
+    while pending:
+        command = pending.pop()
+        pending += list(getattr(command, "commands", {}).values())
+        texts = [command.help or "", *(p.help or "" for p in command.params)]
+        for text in texts:
+            for paragraph in text.strip().split("\n\n"):
+                assert "\n" not in paragraph.strip(), (command.name, paragraph)
+        seen += 1
+    assert seen == 15  # vgg, its 8 commands, the bench and pipeline groups and their 4
+
+
 def test_demo_data_is_a_pure_function_of_the_seed(vgg, tmp_path: Path) -> None:
     spec = SyntheticSpec(seed=3)
     first, again = render(spec, "train", 2, 5), render(spec, "train", 2, 5)

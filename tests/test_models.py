@@ -101,12 +101,32 @@ def test_small_nets_follow_width_and_crop() -> None:
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
 
 
+def test_the_model_owns_its_normalisation_and_saves_it() -> None:
+    """0-255 RGB in: the model subtracts its mean and divides by its std (1 / input_scale),
+    and both travel in its state dict."""
+    torch.manual_seed(0)
+    spec = NetSpec("A", num_classes=5, width=1 / 16, crop=32, dropout=0, input_scale=1 / 64)
+    model = VGG(spec).eval()
+    mean = [120.0, 110.0, 100.0]
+    model.set_normalisation(mean)
+    bare = VGG(NetSpec("A", num_classes=5, width=1 / 16, crop=32, dropout=0)).eval()
+    bare.load_state_dict({**model.state_dict(), "mean": torch.zeros(3), "std": torch.ones(3)})
+    x = torch.randint(0, 256, (2, 3, 32, 32)).float()
+    expected = bare((x - torch.tensor(mean).view(1, 3, 1, 1)) / 64)
+    torch.testing.assert_close(model(x), expected)
+    torch.testing.assert_close(model.score_map(x).mean(dim=(2, 3)), expected)
+    state = model.state_dict()
+    assert state["mean"].tolist() == mean and state["std"].tolist() == [64.0] * 3
+    assert count_parameters(model) == count_parameters(bare)  # buffers, not parameters
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"net": "F"}, "unknown net"),
         ({"crop": 100}, "multiple of 32"),
         ({"width": 0}, "width"),
+        ({"input_scale": 0}, "input scale must be positive"),
     ],
 )
 def test_bad_specs_are_clear_errors(kwargs: dict, message: str) -> None:

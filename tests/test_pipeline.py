@@ -12,10 +12,10 @@ import pytest
 
 from tests.conftest import make_dataset, vgg_process
 from tests.test_train import TINY
-from vggcli.stages import pipeline
 from vggcli.data.synthetic import SyntheticSpec
 from vggcli.errors import VggError
 from vggcli.runs import resolve, versions
+from vggcli.stages import pipeline
 
 TINY_NET = " ".join(TINY)
 

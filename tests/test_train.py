@@ -17,7 +17,7 @@ from tests.conftest import metrics_rows, vgg_process
 from vggcli.artifacts import ModelRun
 from vggcli.checkpoints import load, load_model
 from vggcli.data.loader import LoaderSpec, crop_window, make_loader
-from vggcli.models import VGG, NetSpec, initialise
+from vggcli.models import VGG, NetSpec, count_parameters, initialise
 from vggcli.runs import COMPLETE, INTERRUPTED, resolve, versions
 from vggcli.train import PlateauSchedule, TrainConfig, build_model
 
@@ -35,6 +35,8 @@ def test_train_writes_weights_metrics_and_lineage(vgg, train_root: Path) -> None
     assert f"run directory: {version.path}" in result.output.replace("\n", "")
     model, payload = load_model(ModelRun(version))
     assert model.spec == NetSpec("A", 10, 0.0625, 32, 0.5, 0.0156)
+    mean = resolve("tiny", train_root).results()["colour_statistics"]["mean_rgb"]
+    torch.testing.assert_close(model.mean, torch.tensor(mean, dtype=torch.float32))
     assert (payload["s_min"], payload["s_max"], payload["stage"]) == (32, 48, "A/S=32-48")
     rows = metrics_rows(version.path)
     steps = [r for r in rows if r["kind"] == "step"]
@@ -103,7 +105,10 @@ def test_init_from_a_is_recorded_as_a_parent(vgg, train_root: Path) -> None:
         (["--net", "A", "--crop", "32", "--scale", "24"], "at least the crop"),
         (["--net", "A", "--scale", "512-256"], "--scale must be"),
         (["--net", "A", "--data", "nothing"], "no run at"),
-        (["--net", "A", "--batch-size", "16", "--micro-batch", "5"], "must divide"),
+        (["--net", "A", "--batch-size", "16", "--micro-batch", "5"], "--micro-batch: 5 images"),
+        (["--net", "A", "--device", "garbage"], "unknown device 'garbage'"),
+        (["--net", "A", "--device", "cuda:7"], "CUDA device(s)"),
+        (["--net", "A", "--precision", "fp8"], "unknown precision 'fp8'"),
         ([], "give --net"),
     ],
 )
@@ -264,3 +269,17 @@ def test_plateau_schedule_divides_by_ten_at_most_three_times() -> None:
     restored = PlateauSchedule(0.01, 2, 3)
     restored.load_state_dict(schedule.state_dict())
     assert restored.state_dict() == schedule.state_dict()
+
+
+def test_weight_decay_falls_on_every_conv_and_fc_weight_and_no_bias() -> None:
+    from vggcli.train import Recipe, _optimizer
+
+    model = VGG(NetSpec("C", num_classes=10, width=1 / 16, crop=32))
+    decayed, plain = _optimizer(model, Recipe()).param_groups
+    layers = list(model.weight_layers())
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(layer.weight) for layer in layers}
+    assert {id(p) for p in plain["params"]} == {id(layer.bias) for layer in layers}
+    assert len(layers) == 16 and count_parameters(model) == sum(
+        p.numel() for group in (decayed, plain) for p in group["params"]
+    )

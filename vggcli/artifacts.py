@@ -45,20 +45,11 @@ def kind_of(version: RunVersion) -> Kind | None:
             return Kind(manifest["kind"])
         except ValueError:
             return None
-    outputs, config = manifest.get("outputs", {}), manifest.get("config", {})
-    if "train.beton" in outputs:
-        return Kind.DATASET
-    if ModelRun.WEIGHTS in outputs:
-        return Kind.MODEL
-    if EvaluationRun.LABELS in outputs:
-        return Kind.EVALUATION
-    if "members" in config:
-        return Kind.FUSION
-    if ReportRun.REPORT in outputs:
-        return Kind.REPORT
-    if BenchRun.RESULTS in outputs:
-        return Kind.BENCH
-    return None
+    outputs = manifest.get("outputs", {})
+    for kind, marker in _MARKERS:
+        if marker in outputs:
+            return kind
+    return Kind.FUSION if "members" in manifest.get("config", {}) else None
 
 
 @dataclass(frozen=True)
@@ -214,6 +205,16 @@ class BenchRun(Artifact):
 class ReportRun(Artifact):
     kind = Kind.REPORT
     REPORT = "report.md"
+
+
+# How a manifest without `kind` shows what it is: an output only that kind writes.
+_MARKERS = (
+    (Kind.DATASET, "train.beton"),
+    (Kind.MODEL, ModelRun.WEIGHTS),
+    (Kind.EVALUATION, EvaluationRun.LABELS),
+    (Kind.REPORT, ReportRun.REPORT),
+    (Kind.BENCH, BenchRun.RESULTS),
+)
 
 
 def as_kind(version: RunVersion, cls: type[A]) -> A:

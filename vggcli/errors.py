@@ -9,12 +9,14 @@ class VggError(Exception):
     """A failure the user can act on; its message is the whole story, in one line.
 
     `exit_code` is 2 for usage mistakes (bad option, missing input) and 1 for failures
-    while doing the work (corrupt data, full disk).
+    while doing the work (corrupt data, full disk). `field` names the config field at fault
+    (`micro_batch`); the CLI turns it into the option (`--micro-batch`), so the core never
+    names a flag.
     """
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
+    def __init__(self, message: str, exit_code: int = 2, field: str | None = None) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.field = exit_code, field
 
 
 class WorkFailed(VggError):

@@ -46,7 +46,10 @@ class Recipe:
     def accumulation(self) -> int:
         micro = self.micro_batch or self.batch_size
         if self.batch_size % micro:
-            raise VggError(f"micro-batch {micro} must divide the batch size {self.batch_size}")
+            raise VggError(
+                f"{micro} images per pass must divide the batch size {self.batch_size}",
+                field="micro_batch",
+            )
         return self.batch_size // micro
 
 

@@ -19,8 +19,7 @@ def train_command(
     repeats: Annotated[int, typer.Option(help="Timed steps per model and precision (median taken).")] = 3,
     root: RunsRoot = None,
 ) -> None:
-    """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last)
-    beside torchvision's vgg16 under identical settings."""
+    """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last) beside torchvision's vgg16 under identical settings."""
     from vggcli.stages import bench as stage
 
     done(stage.train(stage.TrainBench(batch=batch, repeats=repeats), runs_root(root)).path)
@@ -33,8 +32,7 @@ def evaluate_command(
     repeats: Annotated[int, typer.Option(help="Timed repetitions (median taken).")] = 2,
     root: RunsRoot = None,
 ) -> None:
-    """Per-image cost of dense evaluation against 150-crop evaluation, full-size net D, on a
-    500x375 image, measured side by side."""
+    """Per-image cost of dense evaluation against 150-crop evaluation, full-size net D, on a 500x375 image, measured side by side."""
     from vggcli.stages import bench as stage
 
     done(stage.evaluate(stage.EvaluateBench(q=q, repeats=repeats), runs_root(root)).path)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -30,7 +29,9 @@ RunsRoot = Annotated[
 
 Workers = Annotated[
     int | None,
-    typer.Option("--workers", min=1, help="Processes for decoding and writing (default: all cores)."),
+    typer.Option(
+        "--workers", min=1, help="Processes for decoding and writing (default: all cores)."
+    ),
 ]
 
 
@@ -60,15 +61,6 @@ def parse_scale(text: str) -> tuple[int, int]:
     return parts[0], parts[-1]
 
 
-@contextlib.contextmanager
-def option(flag: str) -> Iterator[None]:
-    """Name the option a core error came from: the core names the problem, we the flag."""
-    try:
-        yield
-    except VggError as exc:
-        raise VggError(f"{flag}: {exc}", exc.exit_code) from None
-
-
 def done(path: Path) -> None:
     """The last line of every command that writes something: where it went."""
     typer.echo(f"done: {path}")
@@ -83,7 +75,8 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except VggError as exc:
-            err.print(f"[red]error:[/] {exc}")
+            flag = f"--{exc.field.replace('_', '-')}: " if exc.field else ""
+            err.print(f"[red]error:[/] {flag}{exc}")
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             what = "disk full" if exc.errno in (errno.ENOSPC, errno.EFBIG) else "I/O error"

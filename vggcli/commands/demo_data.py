@@ -19,8 +19,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Everything follows from this seed.")] = 0,
     val_layout: Annotated[str, typer.Option(help="folders (val/<wnid>/), loc (flat + LOC_val_solution.csv) or devkit (flat + ILSVRC2012 devkit ground truth and meta.mat).")] = "loc",
 ) -> None:
-    """Generate a tiny, deterministic ILSVRC-layout dataset (shapes at varied scales and
-    positions) for the demo and for smoke tests; no download needed."""
+    """Generate a tiny, deterministic ILSVRC-layout dataset (shapes at varied scales and positions) for the demo and for smoke tests; no download needed."""
     from vggcli.stages import demo_data as stage
 
     spec = stage.SyntheticSpec(classes, train_per_class, val_per_class, seed, val_layout=val_layout)

@@ -48,8 +48,7 @@ def fuse_command(
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N] (for members evaluated now).")] = "auto",
     root: RunsRoot = None,
 ) -> None:
-    """Average the softmax posteriors of several runs (ConvNet fusion, Table 6); members
-    without stored posteriors for the mode are evaluated first."""
+    """Average the softmax posteriors of several runs (ConvNet fusion, Table 6); members without stored posteriors for the mode are evaluated first."""
     from vggcli.stages import fuse as stage
 
     request = stage.FuseRequest(tuple(runs), mode, multi_scale, precision, device, name)

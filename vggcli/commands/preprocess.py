@@ -27,8 +27,7 @@ def command(
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:
-    """Write an ILSVRC-layout folder into FFCV train.beton / val.beton and compute the
-    training set's mean RGB (the paper's only preprocessing) and RGB covariance."""
+    """Write an ILSVRC-layout folder into FFCV train.beton / val.beton and compute the training set's mean RGB (the paper's only preprocessing) and RGB covariance."""
     from vggcli.stages import preprocess as stage
 
     storage = stage.StorageSettings(max_side or None, write_mode, jpeg_quality,

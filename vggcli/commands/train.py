@@ -12,7 +12,6 @@ from vggcli.commands.common import (
     RunsRoot,
     Workers,
     done,
-    option,
     parse_scale,
     runs_root,
     user_errors,
@@ -65,8 +64,7 @@ def train_command(
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:
-    """Train a net with the paper's recipe (SGD, batch 256, lr 1e-2 /10 on plateau, random
-    crops of images rescaled to smallest side S, flips, PCA colour shift)."""
+    """Train a net with the paper's recipe (SGD, batch 256, lr 1e-2 /10 on plateau, random crops of images rescaled to smallest side S, flips, PCA colour shift)."""
     from vggcli.stages import train as stage
 
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
@@ -82,8 +80,7 @@ def train_command(
                           max_lr_drops=max_lr_drops, init=init, init_std=init_std,
                           last_std=last_std, colour_sigma=colour_sigma, seed=seed,
                           max_steps=max_steps)
-    with option("--micro-batch"):
-        recipe.accumulation()
+    recipe.accumulation()
     s_min, s_max = parse_scale(scale)
     request = stage.TrainRequest(spec, s_min, s_max, recipe, runtime, precision, compile, name,
                                  data, init_from)
@@ -104,8 +101,7 @@ def finetune_command(
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:
-    """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512],
-    all layers fine-tuned; the new version records its parent."""
+    """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512], all layers fine-tuned; the new version records its parent."""
     from vggcli.stages import finetune as stage
 
     s_min, s_max = parse_scale(scale)

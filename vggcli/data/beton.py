@@ -43,13 +43,23 @@ class StorageSettings:
 
     def __post_init__(self) -> None:
         if self.write_mode not in WRITE_MODES:
-            raise VggError(f"--write-mode must be one of {', '.join(WRITE_MODES)}")
+            raise VggError(
+                f"unknown write mode '{self.write_mode}': choose {', '.join(WRITE_MODES)}",
+                field="write_mode",
+            )
         if self.max_side is not None and self.max_side < 32:
-            raise VggError("--max-side must be at least 32 pixels")
+            raise VggError(
+                f"a stored longer side of {self.max_side} px is below 32", field="max_side"
+            )
         if not 1 <= self.jpeg_quality <= 100:
-            raise VggError("--jpeg-quality must be between 1 and 100")
+            raise VggError(
+                f"JPEG quality {self.jpeg_quality} is outside 1-100", field="jpeg_quality"
+            )
         if not 0.0 <= self.compress_probability <= 1.0:
-            raise VggError("--compress-probability must be between 0 and 1")
+            raise VggError(
+                f"probability {self.compress_probability} is outside 0-1",
+                field="compress_probability",
+            )
 
     def field(self) -> RGBImageField:
         return RGBImageField(

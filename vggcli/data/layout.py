@@ -64,7 +64,7 @@ def _pick_classes(all_wnids: list[str], count: int | None) -> list[str]:
     if count is None or count >= len(all_wnids):
         return all_wnids
     if count < 1:
-        raise VggError("--classes must be at least 1")
+        raise VggError("keep at least one class", field="classes")
     step = len(all_wnids) / count
     return [all_wnids[int(i * step)] for i in range(count)]
 
@@ -179,8 +179,9 @@ def _flat_val_labels(
     source = next((p for p in candidates if p is not None and p.is_file()), None)
     if source is None:
         raise VggError(
-            f"{root}/val is flat but no labels were found: give --val-labels "
-            f"({LOC_SOLUTION} or {DEVKIT_GROUND_TRUTH})"
+            f"{root}/val is flat but no labels were found: give the labels file "
+            f"({LOC_SOLUTION} or {DEVKIT_GROUND_TRUTH})",
+            field="val_labels",
         )
     if source.suffix == ".csv":
         return _read_loc_solution(source), source
@@ -206,8 +207,9 @@ def _synset_order(devkit_data: Path, synsets: Path | None) -> list[str]:
     )
     if path is None:
         raise VggError(
-            f"{DEVKIT_GROUND_TRUTH} needs the devkit's synset order: give --synsets "
-            "(meta.mat, or a text file with one wnid per line in ILSVRC2012_ID order)"
+            f"{DEVKIT_GROUND_TRUTH} needs the devkit's synset order: give meta.mat, or a "
+            "text file with one wnid per line in ILSVRC2012_ID order",
+            field="synsets",
         )
     if path.suffix == ".mat":
         from scipy.io import loadmat

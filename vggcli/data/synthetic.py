@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vggcli.errors import VggError
-from vggcli.runs import atomic_write_bytes
+from vggcli.files import atomic_write_bytes
 
 Box = tuple[float, float, float, float]
 VAL_LAYOUTS = ("folders", "loc", "devkit")
@@ -113,9 +113,11 @@ class SyntheticSpec:
 
     def __post_init__(self) -> None:
         if not 1 <= self.classes <= len(SHAPES):
-            raise VggError(f"--classes must be between 1 and {len(SHAPES)}")
+            raise VggError(f"there are 1 to {len(SHAPES)} shape classes", field="classes")
         if self.val_layout not in VAL_LAYOUTS:
-            raise VggError(f"--val-layout must be one of {', '.join(VAL_LAYOUTS)}")
+            raise VggError(
+                f"unknown validation layout: choose {', '.join(VAL_LAYOUTS)}", field="val_layout"
+            )
         if self.train_per_class < 1 or self.val_per_class < 1:
             raise VggError("images per class must be at least 1")
 

@@ -1,0 +1,116 @@
+"""The layering is a test, not a promise (docs/design.md draws it).
+
+commands -> stages -> {runs, artifacts, checkpoints, device} and the core; the core never
+sees a run directory; run directories never need torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "vggcli"
+CORE = (
+    "vggcli.train",
+    "vggcli.evaluate",
+    "vggcli.eval_settings",
+    "vggcli.fuse",
+    "vggcli.models",
+    "vggcli.metrics",
+    "vggcli.bench",
+    "vggcli.report",
+    "vggcli.data",
+)
+RUN_LAYER = ("vggcli.runs", "vggcli.artifacts", "vggcli.checkpoints", "vggcli.stages")
+HEAVY = ("torch", "torchvision", "ffcv", "numba", "cv2")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module imported anywhere in the file (inside functions too), as dotted names;
+    `from vggcli.stages import train` counts as vggcli.stages.train."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+MODULES = _modules()
+
+
+def _imports_of(prefixes: tuple[str, ...]) -> dict[str, set[str]]:
+    return {m: _imports(p) for m, p in MODULES.items() if _within(m, prefixes)}
+
+
+def test_the_layers_exist() -> None:
+    for name in (*CORE, *RUN_LAYER, "vggcli.commands", "vggcli.device"):
+        assert name in MODULES, name
+
+
+def test_commands_import_only_stages_and_cli_helpers() -> None:
+    allowed = ("vggcli.stages", "vggcli.commands", "vggcli.errors", "vggcli.progress")
+    for module, imports in _imports_of(("vggcli.commands",)).items():
+        ours = {i for i in imports if _within(i, ("vggcli",))}
+        assert all(_within(i, allowed) for i in ours), (module, ours)
+
+
+def test_the_core_never_sees_a_run_directory() -> None:
+    for module, imports in _imports_of(CORE).items():
+        wrong = {i for i in imports if _within(i, (*RUN_LAYER, "vggcli.commands", "typer"))}
+        assert not wrong, (module, wrong)
+
+
+def test_only_stages_open_runs() -> None:
+    """RunWriter appears in runs.py (its home), checkpoints.py (files inside a run being
+    written) and the stages; nowhere else."""
+    for module, path in MODULES.items():
+        if "RunWriter" in path.read_text():
+            assert _within(module, ("vggcli.runs", "vggcli.checkpoints", "vggcli.stages")), module
+
+
+@pytest.mark.parametrize("module", ["vggcli.runs", "vggcli.artifacts", "vggcli.eval_settings"])
+def test_run_layer_imports_nothing_heavy(module: str) -> None:
+    """Statically (no heavy import written) and at run time (none pulled in transitively)."""
+    heavy = {i for i in _imports(MODULES[module]) if _within(i, HEAVY)}
+    assert not heavy, heavy
+    code = f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_nothing_below_commands_imports_typer() -> None:
+    for module, path in MODULES.items():
+        if not _within(module, ("vggcli.commands", "vggcli.cli")):
+            assert "typer" not in {i.split(".")[0] for i in _imports(path)}, module
+
+
+def test_fuse_help_imports_no_torch() -> None:
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "vggcli", "fuse", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "ffcv" not in imported
+    assert "Average the softmax posteriors" in out.stdout
