@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vggcli.artifacts import ModelRun
+from vggcli.distributed import Cluster
 from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec
 from vggcli.runs import RunWriter
@@ -115,6 +116,28 @@ class RunCheckpoints:
             self.run.remove_output(name)
 
 
+class LeadCheckpoints:
+    """The checkpoint store of every rank: rank 0 writes into the run (`RunCheckpoints`)
+    while the others wait at a barrier; on resume rank 0 reads and verifies the checkpoint
+    and sends it to all, so no rank needs to see rank 0's filesystem."""
+
+    def __init__(self, cluster: Cluster, run: RunWriter | None) -> None:
+        self.cluster = cluster
+        self.store = RunCheckpoints(run) if run is not None else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.save(state)
+        self.cluster.barrier()
+
+    def latest(self) -> dict[str, Any] | None:
+        return self.cluster.broadcast(self.store.latest() if self.store is not None else None)
+
+    def clear(self) -> None:
+        if self.store is not None:
+            self.store.clear()
+
+
 class RunMetrics:
     """metrics.jsonl of a run version being written: one JSON object per line, cut back to
     what the restored checkpoint had seen when a run resumes."""
@@ -132,3 +155,16 @@ class RunMetrics:
 
     def record(self) -> None:
         self.run.record_output(METRICS_FILE)
+
+
+class _NoMetrics:
+    """What ranks other than 0 log to: nothing."""
+
+    def truncate(self, lines: int) -> None:
+        pass
+
+    def append(self, row: dict[str, Any]) -> None:
+        pass
+
+
+NO_METRICS = _NoMetrics()

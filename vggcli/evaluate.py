@@ -110,17 +110,26 @@ def _size_groups(images: BetonImages, q: int, batch: int) -> Iterator[list[int]]
 
 
 def evaluate_method(
-    evaluator: Evaluator, images: BetonImages, method: Mode, q: int, advance: Callable[[int], None]
-) -> np.ndarray:
-    """(N, classes) posteriors of one method at one scale, in .beton order."""
+    evaluator: Evaluator,
+    images: BetonImages,
+    method: Mode,
+    q: int,
+    advance: Callable[[int], None],
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, posteriors) of one method at one scale. The batches are the same whatever
+    the world size, and rank r takes every world_size-th of them from the r-th, so the
+    ranks together cover every image exactly once, each computed exactly as one process
+    would (`assemble` puts them back in .beton order)."""
     settings = evaluator.settings
-    out: np.ndarray | None = None
     if method == Mode.DENSE:
         batches = list(_size_groups(images, q, settings.batch))
     else:
         per = 4 if method == Mode.CROP else settings.batch  # 4 images = 200 crop views
         batches = [list(range(i, min(i + per, len(images)))) for i in range(0, len(images), per)]
-    for indices in batches:
+    done, rows = [], []
+    for indices in batches[rank::world_size]:
         if method == Mode.DENSE:
             result = evaluator.dense(np.stack([rescale(images[i], q) for i in indices]))
         elif method == Mode.CROP:
@@ -131,9 +140,21 @@ def evaluate_method(
         else:
             views = np.concatenate([centre_view(images[i], settings.crop, q) for i in indices])
             result = evaluator.views(views, 1)
-        if out is None:
-            out = np.zeros((len(images), result.shape[1]), dtype=np.float32)
-        out[indices] = result
-        advance(len(indices))
-    assert out is not None
+        done += indices
+        rows.append(result)
+        advance(len(indices) * world_size)
+    classes = evaluator.model.spec.num_classes
+    stacked = np.concatenate(rows) if rows else np.zeros((0, classes), dtype=np.float32)
+    return np.array(done, dtype=np.int64), stacked.astype(np.float32)
+
+
+def assemble(parts: list[tuple[np.ndarray, np.ndarray]], num_images: int) -> np.ndarray:
+    """(N, classes) posteriors in .beton order from every rank's (indices, posteriors);
+    an image covered twice or never is an error, not a silent average."""
+    indices = np.concatenate([i for i, _ in parts])
+    if len(indices) != num_images or len(np.unique(indices)) != num_images:
+        raise RuntimeError(f"ranks covered {len(np.unique(indices))} of {num_images} images")
+    out = np.zeros((num_images, parts[0][1].shape[1]), dtype=np.float32)
+    for done, rows in parts:
+        out[done] = rows
     return out

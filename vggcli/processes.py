@@ -1,10 +1,12 @@
-"""Child processes that do not outlive their parent."""
+"""Processes and signals: children that do not outlive their parent, SIGTERM as a request."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import signal
+import threading
+from collections.abc import Callable, Iterator
 
 PR_SET_PDEATHSIG = 1
 
@@ -14,3 +16,16 @@ def die_with_parent() -> None:
     so that a killed command leaves no orphan still writing a run."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def sigterm_requests_stop() -> Iterator[Callable[[], bool]]:
+    """While the block runs, SIGTERM (Slurm preemption, scancel, torchrun passing on its own
+    SIGTERM) only raises a flag, which the yielded function reads: the training loop then
+    checkpoints and stops at its next step instead of dying mid-write."""
+    requested = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -229,24 +229,30 @@ class RunWriter:
         config: dict[str, Any],
         parents: list[RunVersion] = (),  # type: ignore[assignment]
         device: str = "cpu",
+        execution: dict[str, Any] | None = None,
         argv: list[str] | None = None,
         resume: bool = True,
     ) -> RunWriter:
         """Resume the latest unfinished version started with this config, else make a new one.
 
-        `kind` (dataset, model, ...: see artifacts.py) is recorded so readers need not guess."""
+        `kind` (dataset, model, ...: see artifacts.py) is recorded so readers need not guess;
+        `execution` (world size, backend, nodes: runtime facts, not config) is recorded for
+        every attempt, since a resumed run may run on other machines."""
+        execution = {"device": device, **(execution or {})}
         if not name or "/" in name or name.startswith("."):
             raise VggError(f"invalid run name '{name}'")
         run_dir = root / name
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / LOCK, "ab") as run_lock:
             fcntl.flock(run_lock, fcntl.LOCK_EX)  # serialise version choice per run name
-            if resume and (found := cls._resumable(run_dir, config)) is not None:
+            if resume and (found := cls._resumable(run_dir, config, execution)) is not None:
                 return found
-            return cls._create(run_dir, kind, config, parents, device, argv or sys.argv)
+            return cls._create(run_dir, kind, config, parents, execution, argv or sys.argv)
 
     @classmethod
-    def _resumable(cls, run_dir: Path, config: dict[str, Any]) -> RunWriter | None:
+    def _resumable(
+        cls, run_dir: Path, config: dict[str, Any], execution: dict[str, Any]
+    ) -> RunWriter | None:
         existing = versions(run_dir)
         if not existing or existing[-1].status() not in (INTERRUPTED, FAILED):
             return None
@@ -261,6 +267,7 @@ class RunWriter:
         manifest["status"] = RUNNING
         manifest["attempts"] = manifest.get("attempts", 1) + 1
         manifest["resumed_at"] = [*manifest.get("resumed_at", []), _now()]
+        manifest["executions"] = [*manifest.get("executions", []), execution]
         manifest.pop("error", None)
         writer = cls(latest, lock, manifest)
         writer._save()
@@ -273,7 +280,7 @@ class RunWriter:
         kind: str,
         config: dict[str, Any],
         parents: list[RunVersion],
-        device: str,
+        execution: dict[str, Any],
         argv: list[str],
     ) -> RunWriter:
         existing = versions(run_dir)
@@ -295,7 +302,8 @@ class RunWriter:
             "status": RUNNING,
             "command": argv,
             "config": config,
-            "provenance": provenance(device),
+            "provenance": provenance(execution["device"]),
+            "executions": [execution],
             "parents": [p.as_parent() for p in parents],
             "started": _now(),
             "ended": None,

@@ -7,17 +7,21 @@ the loop its inputs, a checkpoint store and a metrics log.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
-from vggcli.data.loader import ColourShift, LoaderSpec, make_loader
+from vggcli.data.loader import SCHEME, ColourShift, LoaderSpec, colour_alphas, make_loader, mix64
 from vggcli.device import Precision
+from vggcli.distributed import SINGLE, Cluster
 from vggcli.errors import VggError
 from vggcli.metrics import counts_correct
 from vggcli.models import VGG, NetSpec, init_from_a, initialise
@@ -43,14 +47,27 @@ class Recipe:
     seed: int = 0
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
 
-    def accumulation(self) -> int:
-        micro = self.micro_batch or self.batch_size
-        if self.batch_size % micro:
+    def accumulation(self, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step on each of `world_size` processes, which share
+        the batch equally (so N processes make the same update as one)."""
+        if self.batch_size % world_size:
             raise VggError(
-                f"{micro} images per pass must divide the batch size {self.batch_size}",
-                field="micro_batch",
+                f"a batch of {self.batch_size} images does not split evenly over "
+                f"{world_size} processes",
+                field="batch_size",
             )
-        return self.batch_size // micro
+        share = self.batch_size // world_size
+        micro = self.micro_batch or share
+        if share % micro:
+            what = "the batch size" if world_size == 1 else "each process's share of"
+            raise VggError(
+                f"{micro} images per pass must divide {what} {share}", field="micro_batch"
+            )
+        return share // micro
+
+    def micro(self, world_size: int = 1) -> int:
+        """Images per forward pass on each process."""
+        return self.batch_size // world_size // self.accumulation(world_size)
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,7 @@ class TrainConfig:
     dataset: str = ""  # label of the dataset run version
     init_from: str | None = None  # label of the A run version (deeper nets)
     finetune_from: str | None = None  # label of the run version whose weights we start from
+    augmentation: int = SCHEME  # per-image random draws: see data/loader.py
 
     def __post_init__(self) -> None:
         if not self.net.crop <= self.s_min <= self.s_max:
@@ -86,11 +104,21 @@ class TrainConfig:
         return f"{self.net.net}/S={s}"
 
     def as_manifest(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config a resume must match. Scheme 1 is written as no `augmentation` key at
+        all, exactly as the runs that use it recorded their config."""
+        data = asdict(self)
+        if self.augmentation == 1:
+            del data["augmentation"]
+        return data
 
     @staticmethod
     def from_manifest(data: dict[str, Any]) -> TrainConfig:
-        fields = {**data, "net": NetSpec(**data["net"]), "recipe": Recipe(**data["recipe"])}
+        fields = {
+            "augmentation": 1,
+            **data,
+            "net": NetSpec(**data["net"]),
+            "recipe": Recipe(**data["recipe"]),
+        }
         return TrainConfig(**fields)
 
 
@@ -205,7 +233,32 @@ class Position:
     history: list[dict[str, Any]] = field(default_factory=list)  # epoch rows
 
 
+class Preempted(VggError):
+    """SIGTERM arrived (Slurm preemption, scancel): a checkpoint was written, every rank
+    stopped; re-running the command (a requeued job) resumes. Exit code 75 (EX_TEMPFAIL)."""
+
+    EXIT_CODE = 75
+
+    def __init__(self) -> None:
+        super().__init__(
+            "stopped by SIGTERM after writing a checkpoint; re-run the command to resume",
+            exit_code=self.EXIT_CODE,
+        )
+
+
+def _seed_for(*parts: int) -> int:
+    """A torch seed from integers (dropout masks of one step on one rank)."""
+    key = np.uint64(0)
+    for part in parts:
+        key = mix64(key ^ np.uint64(part & 0xFFFFFFFFFFFFFFFF))
+    return int(key >> np.uint64(1))
+
+
 class Trainer:
+    """The loop. With several processes (`cluster`), each trains on its slice of every
+    global batch, gradients are averaged by DistributedDataParallel, validation counts and
+    the stop decision are summed over ranks, and only rank 0's stores write anything."""
+
     def __init__(
         self,
         config: TrainConfig,
@@ -215,12 +268,23 @@ class Trainer:
         device: torch.device,
         checkpoints: CheckpointStore,
         metrics: MetricsLog,
+        cluster: Cluster = SINGLE,
+        stop_requested: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config, self.runtime, self.device = config, runtime, device
-        self.checkpoints, self.metrics = checkpoints, metrics
+        self.checkpoints, self.metrics, self.cluster = checkpoints, metrics, cluster
+        self.stop_requested = stop_requested
         self.recipe = config.recipe
+        if cluster.distributed and config.augmentation == 1:
+            raise VggError(
+                "this run was started before distributed training (augmentation scheme 1); "
+                "resume it with one process"
+            )
+        self.accumulation = self.recipe.accumulation(cluster.world_size)
         self.model = model.to(self.device, memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.ddp = self._wrap(self.model) if cluster.distributed else None
+        wrapped = self.ddp or self.model
+        self.forward = torch.compile(wrapped) if config.compile else wrapped
         self.optimizer = _optimizer(self.model, self.recipe)
         self.schedule = PlateauSchedule(
             self.recipe.lr, self.recipe.plateau_patience, self.recipe.max_lr_drops
@@ -235,18 +299,32 @@ class Trainer:
         )
         self.loss_fn = nn.CrossEntropyLoss()
 
+    def _wrap(self, model: VGG) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(
+            model,
+            device_ids=ids,
+            gradient_as_bucket_view=True,
+            static_graph=self.accumulation == 1,  # no_sync() steps vary the graph's use
+        )
+
     def _loader(self, beton: Path, train: bool, s_min: int, s_max: int) -> tuple:
         """Training: random crops at S in [s_min, s_max]; validation: centre crop at Q."""
-        micro = self.recipe.batch_size // self.recipe.accumulation()
         spec = LoaderSpec(
             beton,
-            micro,
+            self.recipe.micro(self.cluster.world_size),
             self.config.net.crop,
             s_min,
             s_max,
             self.recipe.seed,
             train=train,
             workers=self.runtime.workers,
+            global_batch=self.recipe.batch_size,
+            rank=self.cluster.rank,
+            world_size=self.cluster.world_size,
+            scheme=self.config.augmentation,
         )
         return make_loader(spec)
 
@@ -257,6 +335,8 @@ class Trainer:
         )
 
     def save_checkpoint(self) -> None:
+        """Everything needed to continue exactly, whatever the world size then; rank 0's
+        store writes it, the others' only wait for it."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -283,9 +363,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.position = Position(**state["position"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if self.config.augmentation == 1:  # scheme 2 reseeds dropout every step instead
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.metrics.truncate(self.position.metrics_lines)
         console.print(f"resuming at epoch {self.position.epoch + 1}, step {self.position.step}")
 
@@ -308,31 +389,34 @@ class Trainer:
 
     def _train_epoch(self, started: float) -> bool:
         """Train on the rest of the current epoch; False if max_steps stopped it early."""
-        pos, recipe = self.position, self.recipe
-        remaining = self.train_order.start(pos.epoch, pos.offset)
-        epoch_length = pos.offset + remaining
-        accumulation = recipe.accumulation()
+        pos, recipe, accumulation = self.position, self.recipe, self.accumulation
+        global_remaining = self.train_order.start(pos.epoch, pos.offset) * self.cluster.world_size
+        samples = self.train_order.current
+        epoch_length = pos.offset + global_remaining
+        micro = recipe.micro(self.cluster.world_size)
         self.model.train()
-        batch_loss, correct, seen, tick = 0.0, {1: 0, 5: 0}, 0, time.monotonic()
+        totals, tick = [0.0, 0.0, 0.0, 0.0], time.monotonic()  # loss, top-1, top-5, seen
         with progress_bar(status=True) as bar:
             task = bar.add_task(
-                f"epoch {pos.epoch + 1}/{recipe.epochs}", total=remaining, status=""
+                f"epoch {pos.epoch + 1}/{recipe.epochs}", total=global_remaining, status=""
             )
             for micro_step, (images, labels) in enumerate(self.train_loader):
-                sample = pos.offset + (micro_step % accumulation) * len(labels)
-                loss, batch_correct = self._forward_backward(images, labels, accumulation, sample)
-                batch_loss += loss
-                correct = {k: correct[k] + batch_correct[k] for k in correct}
-                seen += len(labels)
-                bar.update(task, advance=len(labels), status=f"loss {loss * accumulation:.3f}")
-                if (micro_step + 1) % accumulation:
+                within = micro_step % accumulation
+                if within == 0 and self.config.augmentation == 2:
+                    torch.manual_seed(_seed_for(recipe.seed, pos.step, self.cluster.rank))
+                ids = samples[micro_step * micro : (micro_step + 1) * micro]
+                first = pos.offset + within * micro  # scheme 1's colour key
+                last = within == accumulation - 1
+                loss, correct = self._forward_backward(images, labels, ids, first, last)
+                totals = [t + v for t, v in zip(totals, (loss, *correct, len(labels)), strict=True)]
+                bar.update(task, advance=len(labels) * self.cluster.world_size)
+                if not last:
                     continue
-                lr = self.schedule.lr
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                pos.step += 1
+                loss_sum, top1, top5, seen, stop, due = self.cluster.sum(
+                    [*totals, float(self.stop_requested()), float(self._checkpoint_due())],
+                    self.device,
+                )
+                self._step()
                 pos.offset += recipe.batch_size
                 now = time.monotonic()
                 self.log(
@@ -340,41 +424,58 @@ class Trainer:
                         "kind": "step",
                         "epoch": pos.epoch + 1,
                         "step": pos.step,
-                        "loss": batch_loss,
-                        "lr": lr,
-                        "train_top1_err": 1 - correct[1] / seen,
-                        "train_top5_err": 1 - correct[5] / seen,
+                        "loss": loss_sum / self.cluster.world_size,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "train_top1_err": 1 - top1 / seen,
+                        "train_top5_err": 1 - top5 / seen,
                         "img_per_s": seen / max(now - tick, 1e-9),
                         "wall_s": now - started,
                     }
                 )
-                batch_loss, correct, seen, tick = 0.0, {1: 0, 5: 0}, 0, now
+                bar.update(task, status=f"loss {loss_sum / self.cluster.world_size:.3f}")
+                totals, tick = [0.0, 0.0, 0.0, 0.0], now
+                if stop:
+                    self.save_checkpoint()
+                    raise Preempted()
                 if self._out_of_steps():
                     return pos.offset == epoch_length
-                if self._checkpoint_due():
+                if due:
                     self.save_checkpoint()
         return True
 
+    def _step(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.position.step += 1
+
     def _forward_backward(
-        self, images: torch.Tensor, labels: torch.Tensor, accumulation: int, sample: int
-    ) -> tuple[float, dict[int, int]]:
-        """One micro-batch; its colour shifts depend only on (seed, epoch, first sample)."""
-        key = hash((self.recipe.seed, self.position.epoch, sample)) & 0x7FFFFFFFFFFFFFFF
-        generator = torch.Generator().manual_seed(key)
-        x = self.augment(images.to(self.device, non_blocking=True), generator)
+        self, images: torch.Tensor, labels: torch.Tensor, ids: Any, first: int, last: bool
+    ) -> tuple[float, tuple[int, int]]:
+        """One micro-batch; gradients are averaged over ranks only on the last of a step."""
+        alpha = colour_alphas(
+            self.config.augmentation, self.recipe.seed, self.position.epoch, ids, first
+        )
+        x = self.augment(images.to(self.device, non_blocking=True), alpha)
         y = labels.to(self.device, non_blocking=True)
-        with self.autocast():
-            logits = self.forward(x)
-            loss = self.loss_fn(logits.float(), y) / accumulation
-        loss.backward()
-        scores = logits.detach().float().cpu().numpy()
-        return loss.item(), counts_correct(scores, labels.numpy())
+        sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+        with sync:
+            with self.autocast():
+                logits = self.forward(x)
+                loss = self.loss_fn(logits.float(), y) / self.accumulation
+            loss.backward()
+        counts = counts_correct(logits.detach().float().cpu().numpy(), labels.numpy())
+        return loss.item(), (counts[1], counts[5])
 
     def _checkpoint_due(self) -> bool:
+        """After the step about to be taken: by steps, or by rank 0's clock (the caller sums
+        this over ranks, so every rank agrees)."""
         by_steps = self.runtime.checkpoint_steps and (
-            self.position.step % self.runtime.checkpoint_steps == 0
+            (self.position.step + 1) % self.runtime.checkpoint_steps == 0
         )
-        by_time = time.monotonic() - self.last_checkpoint > 60 * self.runtime.checkpoint_minutes
+        elapsed = time.monotonic() - self.last_checkpoint
+        by_time = self.cluster.lead and elapsed > 60 * self.runtime.checkpoint_minutes
         return bool(by_steps or by_time)
 
     def _end_epoch(self, started: float) -> None:
@@ -404,16 +505,18 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Single centre crop at Q = S (or the jitter range's middle)."""
+        """Single centre crop at Q = S (or the jitter range's middle); each rank counts its
+        share of the images, the counts are summed, so every rank decides the same."""
         self.model.eval()
-        total = self.val_order.start(0)
-        correct = {1: 0, 5: 0}
+        self.val_order.start(0)
+        correct = [0.0, 0.0, 0.0]  # top-1, top-5, images
         for images, labels in self.val_loader:
             with self.autocast():
-                logits = self.forward(self.augment(images.to(self.device), None))
+                logits = self.model(self.augment(images.to(self.device), None))
             batch = counts_correct(logits.float().cpu().numpy(), labels.numpy())
-            correct = {k: correct[k] + batch[k] for k in correct}
-        return {"top1_err": 1 - correct[1] / total, "top5_err": 1 - correct[5] / total}
+            correct = [correct[0] + batch[1], correct[1] + batch[5], correct[2] + len(labels)]
+        top1, top5, total = self.cluster.sum(correct, self.device)
+        return {"top1_err": 1 - top1 / total, "top5_err": 1 - top5 / total}
 
 
 def results(trainer: Trainer) -> dict[str, Any]:

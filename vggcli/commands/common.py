@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -42,12 +43,49 @@ Precision = Annotated[
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
 
 
+NProc = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Processes on this machine, one per GPU (or a share of the CPU cores): re-runs the command under torchrun --standalone; the results do not depend on it.",
+    ),
+]
+
+
 def runs_root(value: Path | None) -> Path:
     return value if value is not None else Path("runs")
 
 
 def workers(value: int | None) -> int:
-    return value or len(os.sched_getaffinity(0))
+    """Loader workers of this process: the cores shared among the processes on this node."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return value or max(1, len(os.sched_getaffinity(0)) // local)
+
+
+def without_nproc(args: list[str]) -> list[str]:
+    """The command line with its --nproc option taken out."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+def relaunch(nproc: int) -> None:
+    """`--nproc N` (N > 1) outside torchrun: become `torchrun --standalone --nproc-per-node N
+    -m vggcli <the same command>`, so nobody has to remember the launcher. Under torchrun
+    already (LOCAL_RANK set) the launcher's own numbers hold and this does nothing."""
+    if nproc <= 1 or "LOCAL_RANK" in os.environ:
+        return
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = [*launcher, f"--nproc-per-node={nproc}", "-m", "vggcli"]
+    sys.stdout.flush()
+    os.execv(sys.executable, [*command, *without_nproc(sys.argv[1:])])
 
 
 def parse_scale(text: str) -> tuple[int, int]:
@@ -61,9 +99,23 @@ def parse_scale(text: str) -> tuple[int, int]:
     return parts[0], parts[-1]
 
 
+def print_plan(title: str, rows: list[tuple[str, str]]) -> None:
+    """What a command would do, as a two-column table."""
+    from rich.table import Table
+
+    from vggcli.progress import console
+
+    table = Table("", "", title=title, show_header=False)
+    for what, value in rows:
+        table.add_row(what, value)
+    console.print(table)
+
+
 def done(path: Path) -> None:
-    """The last line of every command that writes something: where it went."""
-    typer.echo(f"done: {path}")
+    """The last line of every command that writes something: where it went (said once, by
+    rank 0, when several processes ran it)."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"done: {path}")
 
 
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import Device, Precision, RunsRoot, done, runs_root, user_errors
+from vggcli.commands.common import (
+    Device,
+    NProc,
+    Precision,
+    RunsRoot,
+    done,
+    relaunch,
+    runs_root,
+    user_errors,
+)
 from vggcli.errors import VggError
 
 
@@ -28,11 +37,13 @@ def evaluate_command(
     precision: Precision = "auto",
     device: Device = "auto",
     name: Annotated[str | None, typer.Option(help="Run to write (default: <run>-eval, e.g. runs/D-eval).")] = None,
+    nproc: NProc = 1,
     root: RunsRoot = None,
 ) -> None:
     """Top-1/top-5 error of a trained run at test scale(s) Q, saving per-image posteriors."""
     from vggcli.stages import evaluate as stage
 
+    relaunch(nproc)
     request = stage.EvaluateRequest(run, mode, multi_scale, _scales(scales), precision, device,
                                     name)
     done(stage.run(request, runs_root(root)).path)

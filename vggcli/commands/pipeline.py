@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, user_errors
+from vggcli.commands.common import NProc, RunsRoot, user_errors
 
 app = typer.Typer(help="Run a pipelines/*.toml file step by step, skipping finished steps.",
                   no_args_is_help=True)
@@ -19,6 +19,7 @@ File = Annotated[Path, typer.Argument(help="A pipeline file, e.g. pipelines/smok
 def run_command(
     file: File,
     dry_run: Annotated[bool, typer.Option(help="Print the plan (each step's state and command) and stop.")] = False,
+    nproc: NProc = 1,
     root: RunsRoot = None,
 ) -> None:
     """Run the steps in dependency order; finished steps are skipped, interrupted ones resume."""
@@ -27,7 +28,7 @@ def run_command(
 
     plan = pipeline.load(file, root)
     console.print(f"runs root: [bold]{plan.runs_root}[/]")
-    executed = pipeline.run(plan, dry_run, console.print)
+    executed = pipeline.run(plan, dry_run, console.print, nproc)
     if not dry_run:
         typer.echo(f"done: {len(executed)} step(s) run, runs in {plan.runs_root}")
 

@@ -8,11 +8,14 @@ import typer
 
 from vggcli.commands.common import (
     Device,
+    NProc,
     Precision,
     RunsRoot,
     Workers,
     done,
     parse_scale,
+    print_plan,
+    relaunch,
     runs_root,
     user_errors,
     workers,
@@ -61,6 +64,8 @@ def train_command(
     checkpoint_steps: CheckpointSteps = 0,
     device: Device = "auto",
     resume: Annotated[str | None, typer.Option(help="Finish an interrupted version, e.g. runs/D/v003, with its recorded config (re-running the same command does this too).")] = None,
+    nproc: NProc = 1,
+    dry_run: Annotated[bool, typer.Option(help="Print what the run will do (images and steps, world size and per-process batch, checkpoint size, disk needed) and stop.")] = False,
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:
@@ -69,6 +74,7 @@ def train_command(
 
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
     if resume is not None:
+        relaunch(nproc)
         done(stage.resume(stage.ResumeRequest(resume, runtime), runs_root(root)).path)
         return
     if not net:
@@ -80,10 +86,14 @@ def train_command(
                           max_lr_drops=max_lr_drops, init=init, init_std=init_std,
                           last_std=last_std, colour_sigma=colour_sigma, seed=seed,
                           max_steps=max_steps)
-    recipe.accumulation()
+    recipe.accumulation(nproc)
     s_min, s_max = parse_scale(scale)
     request = stage.TrainRequest(spec, s_min, s_max, recipe, runtime, precision, compile, name,
                                  data, init_from)
+    if dry_run:
+        print_plan("vgg train: the plan", stage.plan(request, runs_root(root), nproc))
+        return
+    relaunch(nproc)
     done(stage.run(request, runs_root(root)).path)
 
 
@@ -98,12 +108,14 @@ def finetune_command(
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
     device: Device = "auto",
+    nproc: NProc = 1,
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:
     """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512], all layers fine-tuned; the new version records its parent."""
     from vggcli.stages import finetune as stage
 
+    relaunch(nproc)
     s_min, s_max = parse_scale(scale)
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
     request = stage.FinetuneRequest(run, s_min, s_max, runtime, lr, epochs, precision, name)

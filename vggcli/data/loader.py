@@ -6,9 +6,13 @@ uniformly from [S_min, S_max] for scale jitter), take a random crop, flip half o
 random position, resized to c: one INTER_AREA resize per image inside FFCV's decoder.
 
 FFCV draws its random numbers from numba's per-thread generator, seeded by the OS, so its
-crops cannot be reproduced. Ours come from a counter-based hash of (seed, the batch's sample
-ids, sample id). The batch composition is itself fixed by (seed, epoch) because we own the
-sample order (`EpochOrder`), so a resumed run sees exactly the same pixels.
+crops cannot be reproduced. Ours come from a counter-based hash: augmentation scheme 2 keys
+every per-image draw (scale, crop, flip, and the colour shift in `colour_alphas`) by (seed,
+epoch, sample id) alone, so an image gets the same pixels whichever rank, micro-batch or
+world size it lands in; the decoder is recompiled each epoch to take the epoch in. Scheme 1
+(runs started before distributed training) hashed the micro-batch's sample ids instead and is
+kept so those runs resume with their own scheme. We own the sample order too (`EpochOrder`):
+a permutation per (seed, epoch) cut into global batches, each rank taking its slice of each.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 from numba import njit
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+SCHEME = 2  # the augmentation scheme new runs use (see the module docstring)
 
 
 @njit(inline="always")
@@ -69,16 +74,32 @@ def flip_in_place(image: np.ndarray) -> None:
                 image[r, width - 1 - c, ch] = tmp
 
 
+@njit
+def epoch_key(seed: np.uint64, epoch: np.uint64) -> np.uint64:
+    return mix64(seed + mix64(epoch + GOLDEN))
+
+
+@njit
+def image_key(key: np.uint64, seed: np.uint64, sample: np.uint64) -> np.uint64:
+    """Scheme 2: `key` is the epoch's; scheme 1: the micro-batch's."""
+    return mix64(key ^ mix64(sample + seed))
+
+
 class ScaleCropDecoder(ResizedCropRGBImageDecoder):
     """Decode, rescale to smallest side S (fixed or jittered), crop, maybe flip: in one pass.
 
-    `centre=True` gives the validation crop (centre, no flip) at S = s_min = s_max.
+    `centre=True` gives the validation crop (centre, no flip) at S = s_min = s_max. With
+    scheme 2 the code is generated again each epoch with that epoch's key inside (FFCV's
+    `recompile`), read from `order.epoch`.
     """
 
-    def __init__(self, crop: int, s_min: float, s_max: float, seed: int, centre: bool) -> None:
+    def __init__(
+        self, crop: int, s_min: float, s_max: float, seed: int, centre: bool, scheme: int
+    ) -> None:
         super().__init__((crop, crop))
         self.crop, self.s_min, self.s_max = crop, float(s_min), float(s_max)
-        self.seed, self.centre = seed, centre
+        self.seed, self.centre, self.scheme = seed, centre, scheme
+        self.order: EpochOrder | None = None
 
     @property
     def get_crop_generator(self):  # type: ignore[override]  # unused: generate_code is ours
@@ -92,12 +113,17 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
         resize_crop_c = Compiler.compile(resize_crop)
         crop, s_min, s_max, centre = self.crop, self.s_min, self.s_max, self.centre
         seed = np.uint64(self.seed)
+        per_batch = self.scheme == 1
+        epoch = self.order.epoch if self.order is not None else 0
+        this_epoch = epoch_key(seed, np.uint64(epoch))
 
         def decode(batch_indices, my_storage, metadata, storage_state):  # type: ignore[no-untyped-def]
             destination, temp_storage = my_storage
-            batch_key = mix64(seed)
-            for k in range(len(batch_indices)):
-                batch_key = mix64(batch_key ^ np.uint64(batch_indices[k]))
+            batch_key = this_epoch
+            if per_batch:
+                batch_key = mix64(seed)
+                for k in range(len(batch_indices)):
+                    batch_key = mix64(batch_key ^ np.uint64(batch_indices[k]))
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
@@ -123,7 +149,7 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
                     temp_buffer = temp_buffer.reshape(height, width, 3)
                 else:
                     temp_buffer = image_data.reshape(height, width, 3)
-                key = mix64(batch_key ^ mix64(np.uint64(source_ix) + seed))
+                key = image_key(batch_key, seed, np.uint64(source_ix))
                 top, left, side, _ = crop_window(height, width, crop, s_min, s_max, centre, key)
                 resize_crop_c(temp_buffer, top, top + side, left, left + side, destination[dst_ix])
                 if not centre and uniform(key, 3) < 0.5:
@@ -135,26 +161,47 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
 
 
 class EpochOrder:
-    """The sample order, owned by us: a permutation per (seed, epoch), cut to whole batches,
-    and a start offset for resuming in the middle of an epoch. Stands in for FFCV's
-    TraversalOrder (only `sample_order` is called)."""
+    """The sample order, owned by us. Training: a permutation per (seed, epoch) cut to whole
+    global batches, of which this rank takes its contiguous slice of each; validation: the
+    images in order, split into one contiguous share per rank. A start offset (in samples of
+    the global order, always whole global batches) resumes in the middle of an epoch. Stands
+    in for FFCV's TraversalOrder (only `sample_order` is called)."""
 
-    def __init__(self, num_samples: int, seed: int, batch_size: int, shuffle: bool) -> None:
-        self.num_samples, self.seed = num_samples, seed
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.current = self.epoch_indices(0)
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        global_batch: int,
+        shuffle: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
+        self.epoch = 0
+        self.current = self.rank_indices(0)
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
+        """The whole epoch, every rank's samples, in global order."""
         if not self.shuffle:
             return np.arange(self.num_samples, dtype=np.uint64)
         order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-        keep = self.num_samples // self.batch_size * self.batch_size
+        keep = self.num_samples // self.global_batch * self.global_batch
         return order[:keep].astype(np.uint64)
 
+    def rank_indices(self, epoch: int, offset: int = 0) -> np.ndarray:
+        """This rank's samples from `offset` on, in the order it sees them."""
+        order = self.epoch_indices(epoch)[offset:]
+        if not self.shuffle:
+            return np.array_split(order, self.world_size)[self.rank]
+        share = self.global_batch // self.world_size
+        batches = order.reshape(-1, self.global_batch)
+        return batches[:, self.rank * share : (self.rank + 1) * share].reshape(-1)
+
     def start(self, epoch: int, offset: int = 0) -> int:
-        """Make the next pass over the loader cover `epoch` from sample `offset`; returns the
-        number of samples that pass will yield."""
-        self.current = self.epoch_indices(epoch)[offset:]
+        """Make the next pass over the loader cover `epoch` from global sample `offset`;
+        returns the number of samples this rank's pass will yield."""
+        self.epoch, self.current = epoch, self.rank_indices(epoch, offset)
         return len(self.current)
 
     def sample_order(self, epoch: int) -> np.ndarray:
@@ -164,18 +211,24 @@ class EpochOrder:
 @dataclass(frozen=True)
 class LoaderSpec:
     beton: Path
-    batch_size: int
+    batch_size: int  # images per pass of this rank (a micro-batch)
     crop: int
     s_min: float
     s_max: float
     seed: int
     train: bool
     workers: int
+    global_batch: int = 0  # images per optimizer step over all ranks (0: batch_size)
+    rank: int = 0
+    world_size: int = 1
+    scheme: int = SCHEME
 
 
 def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
     """An FFCV loader yielding (uint8 NCHW channels_last images, int64 labels)."""
-    decoder = ScaleCropDecoder(spec.crop, spec.s_min, spec.s_max, spec.seed, centre=not spec.train)
+    decoder = ScaleCropDecoder(
+        spec.crop, spec.s_min, spec.s_max, spec.seed, not spec.train, spec.scheme
+    )
     loader = Loader(
         str(spec.beton),
         batch_size=spec.batch_size,
@@ -184,14 +237,17 @@ def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
         drop_last=False,  # EpochOrder already cut the epoch to whole effective batches
         os_cache=True,
         batches_ahead=2,
+        recompile=spec.train and spec.scheme == 2,  # the decoder takes each epoch's key
         pipelines={
             "image": [decoder, ToTensor(), ToTorchImage(channels_last=True)],
             "label": [IntDecoder(), ToTensor(), Squeeze(-1)],
         },
     )
     num_samples = int(loader.reader.num_samples)
-    order = EpochOrder(num_samples, spec.seed, spec.batch_size, shuffle=spec.train)
+    global_batch = spec.global_batch or spec.batch_size
+    order = EpochOrder(num_samples, spec.seed, global_batch, spec.train, spec.rank, spec.world_size)
     loader.traversal_order = order  # type: ignore[assignment]
+    decoder.order = order
     return loader, order
 
 
@@ -211,9 +267,36 @@ class ColourShift:
         self.basis = vectors.T * stds  # column i = sqrt(lambda_i) p_i
         self.sigma = sigma
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+        """`alpha`: (N, 3) standard normal draws per image (None: no shift, validation)."""
         x = images.float()
-        if generator is not None and self.sigma > 0:
-            alpha = torch.randn(len(x), 3, generator=generator) * self.sigma
-            x = x + (alpha.to(x.device) @ self.basis.T).view(-1, 3, 1, 1)
+        if alpha is not None and self.sigma > 0:
+            shift = (alpha.to(x.device) * self.sigma) @ self.basis.T
+            x = x + shift.view(-1, 3, 1, 1)
         return x.contiguous(memory_format=torch.channels_last)
+
+
+@njit
+def _normals(seed: np.uint64, epoch: np.uint64, samples: np.ndarray) -> np.ndarray:
+    out = np.empty((len(samples), 3))
+    key = epoch_key(seed, epoch)
+    for i in range(len(samples)):
+        image = image_key(key, seed, np.uint64(samples[i]))
+        for c in range(3):  # Box-Muller; draws 4+ of the image's key (0-3 are the crop's)
+            u1 = 1.0 - uniform(image, 4 + 2 * c)
+            u2 = uniform(image, 5 + 2 * c)
+            out[i, c] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return out
+
+
+def colour_alphas(
+    scheme: int, seed: int, epoch: int, samples: np.ndarray, first: int
+) -> torch.Tensor:
+    """Standard normal draws (N, 3) for the colour shift of these samples. Scheme 2: keyed by
+    (seed, epoch, sample id) alone; scheme 1: one generator per micro-batch, keyed by (seed,
+    epoch, the micro-batch's first position in the epoch)."""
+    if scheme == 2:
+        ids = np.ascontiguousarray(samples, dtype=np.uint64)
+        return torch.from_numpy(_normals(np.uint64(seed), np.uint64(epoch), ids)).float()
+    key = hash((seed, epoch, first)) & 0x7FFFFFFFFFFFFFFF
+    return torch.randn(len(samples), 3, generator=torch.Generator().manual_seed(key))

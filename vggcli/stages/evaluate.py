@@ -7,17 +7,19 @@ order they belong to, so that `vgg fuse` never recomputes them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vggcli import checkpoints, device
+from vggcli import checkpoints, device, distributed
 from vggcli.artifacts import DatasetRun, EvaluationRun, Kind, ModelRun, resolve_as
 from vggcli.data.beton import BetonImages
+from vggcli.distributed import Cluster
 from vggcli.eval_settings import EvalSettings, Mode, parse_mode
-from vggcli.evaluate import Evaluator, evaluate_method
+from vggcli.evaluate import Evaluator, assemble, evaluate_method
 from vggcli.fuse import average
 from vggcli.metrics import error_table
 from vggcli.progress import progress_bar
@@ -39,69 +41,101 @@ class EvaluateRequest:
 
 
 def run(request: EvaluateRequest, root: Path) -> RunVersion:
-    """Evaluate a trained run; write and return the evaluation run."""
+    """Evaluate a trained run, in this process or sharded over a torchrun job; rank 0
+    gathers the posteriors in image order and writes the evaluation run."""
     model_run = resolve_as(request.run, root, ModelRun)
-    model, payload = checkpoints.load_model(model_run)
-    chosen = device.pick(request.device)
-    settings = EvalSettings(
-        parse_mode(request.mode),
-        request.scales or model_run.default_test_scales(request.multi_scale),
-        model_run.crop(),
-        device.precision_for(chosen, request.precision),
-    )
     dataset = resolve_as(model_run.dataset(), root, DatasetRun)
-    images = BetonImages(dataset.beton("val"))
-    config = {
-        "model": model_run.label,
-        "mode": settings.mode,
-        "scales": list(settings.scales),
-        "crop": settings.crop,
-        "precision": settings.precision,
-    }
-    evaluator = Evaluator(model, settings, chosen)
-    with RunWriter.open(
-        root,
-        request.name or f"{model_run.name}-eval",
-        kind=Kind.EVALUATION,
-        config=config,
-        parents=[model_run.version, dataset.version],
-        device=device.label(chosen),
-    ) as writer:
-        announce(writer)
-        per_scale, per_method = _posteriors(writer, evaluator, images)
-        if settings.mode == Mode.DENSE_CROP:
-            both = average([per_method[Mode.DENSE], per_method[Mode.CROP]])
-            per_method[Mode.DENSE_CROP] = both
-            save_posteriors(writer, EvaluationRun.posteriors_name(Mode.DENSE_CROP), both)
-        with writer.writing(EvaluationRun.LABELS) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, images.labels)
-        rows = _rows(settings, images.labels, per_scale, per_method)
-        writer.set_result("errors", rows)
-        for key, value in _membership(model_run, dataset, len(images)).items():
-            writer.set_result(key, value)
-    print_errors(f"{model_run.label} ({payload.get('stage', '')})", rows)
-    return writer.version
+    with distributed.joined(request.device) as (cluster, chosen):
+        model, payload = checkpoints.load_model(model_run)
+        settings = EvalSettings(
+            parse_mode(request.mode),
+            request.scales or model_run.default_test_scales(request.multi_scale),
+            model_run.crop(),
+            device.precision_for(chosen, request.precision),
+        )
+        images = BetonImages(dataset.beton("val"))
+        config = {
+            "model": model_run.label,
+            "mode": settings.mode,
+            "scales": list(settings.scales),
+            "crop": settings.crop,
+            "precision": settings.precision,
+        }
+        evaluator = Evaluator(model, settings, chosen)
+        writer = distributed.lead_opens(
+            cluster,
+            lambda: RunWriter.open(
+                root,
+                request.name or f"{model_run.name}-eval",
+                kind=Kind.EVALUATION,
+                config=config,
+                parents=[model_run.version, dataset.version],
+                device=device.label(chosen),
+                execution=cluster.facts(),
+            ),
+        )
+        with writer or contextlib.nullcontext():
+            if writer is not None:
+                announce(writer)
+            per_scale = _posteriors(writer, evaluator, images, cluster)
+            if writer is not None:
+                rows = _finish(writer, settings, per_scale, images.labels)
+                for key, value in _membership(model_run, dataset, len(images)).items():
+                    writer.set_result(key, value)
+        path = cluster.broadcast(str(writer.path) if writer else None)
+    if writer is not None:
+        print_errors(f"{model_run.label} ({payload.get('stage', '')})", rows)
+    return RunVersion(Path(path))
 
 
 def _posteriors(
-    writer: RunWriter, evaluator: Evaluator, images: BetonImages
-) -> tuple[dict[tuple[Mode, int], np.ndarray], dict[Mode, np.ndarray]]:
-    """Each method at each scale, then each method over its scales; saved as they come."""
+    writer: RunWriter | None, evaluator: Evaluator, images: BetonImages, cluster: Cluster
+) -> dict[tuple[Mode, int], np.ndarray]:
+    """Each method at each scale, this rank's share computed, rank 0 gathering them all in
+    image order and saving each as it comes (the others get an empty dict)."""
     settings = evaluator.settings
-    per_scale, per_method = {}, {}
+    per_scale = {}
     with progress_bar() as bar:
         for method in settings.methods():
             for q in settings.scales:
                 task = bar.add_task(f"{method} Q={q}", total=len(images))
-                per_scale[(method, q)] = evaluate_method(
-                    evaluator, images, method, q, lambda n, t=task: bar.advance(t, n)
+                part = evaluate_method(
+                    evaluator,
+                    images,
+                    method,
+                    q,
+                    lambda n, t=task: bar.advance(t, n),
+                    cluster.rank,
+                    cluster.world_size,
                 )
-                save_posteriors(
-                    writer, EvaluationRun.posteriors_name(method, q), per_scale[(method, q)]
-                )
-            per_method[method] = average([per_scale[(method, q)] for q in settings.scales])
-            save_posteriors(writer, EvaluationRun.posteriors_name(method), per_method[method])
-    return per_scale, per_method
+                parts = cluster.gather(part)
+                if writer is not None:
+                    per_scale[(method, q)] = assemble(parts, len(images))
+                    name = EvaluationRun.posteriors_name(method, q)
+                    save_posteriors(writer, name, per_scale[(method, q)])
+    return per_scale
+
+
+def _finish(
+    writer: RunWriter,
+    settings: EvalSettings,
+    per_scale: dict[tuple[Mode, int], np.ndarray],
+    labels: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Scales averaged per method, methods averaged for dense+crop, labels, error rows."""
+    per_method = {
+        method: average([per_scale[(method, q)] for q in settings.scales])
+        for method in settings.methods()
+    }
+    if settings.mode == Mode.DENSE_CROP:
+        per_method[Mode.DENSE_CROP] = average([per_method[Mode.DENSE], per_method[Mode.CROP]])
+    for method, probs in per_method.items():
+        save_posteriors(writer, EvaluationRun.posteriors_name(method), probs)
+    with writer.writing(EvaluationRun.LABELS) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, labels)
+    rows = _rows(settings, labels, per_scale, per_method)
+    writer.set_result("errors", rows)
+    return rows
 
 
 def _rows(

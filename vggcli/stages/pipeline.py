@@ -33,6 +33,7 @@ from vggcli.processes import die_with_parent
 from vggcli.runs import COMPLETE, RUNNING, RunVersion, latest_complete, versions
 
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
+SCALES_OUT = ("train", "finetune-scale", "evaluate")  # the steps `--nproc` applies to
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_+-]+)\}")
 
 
@@ -137,8 +138,12 @@ def state(pipeline: Pipeline, step: Step) -> tuple[str, RunVersion | None]:
     return "to run", None
 
 
-def run(pipeline: Pipeline, dry_run: bool, report: Callable[[str], None] = print) -> list[str]:
-    """Run every step not yet done, in dependency order; return the names of those run."""
+def run(
+    pipeline: Pipeline, dry_run: bool, report: Callable[[str], None] = print, nproc: int = 1
+) -> list[str]:
+    """Run every step not yet done, in dependency order; return the names of those run.
+    With `nproc` > 1 the training and evaluation steps run under torchrun; that is not part
+    of a step's command (results do not depend on it), so finished steps stay finished."""
     executed = []
     for step in pipeline.steps:
         status, version = state(pipeline, step)
@@ -153,8 +158,9 @@ def run(pipeline: Pipeline, dry_run: bool, report: Callable[[str], None] = print
         assert args is not None  # inputs ran before this step
         report(f"[bold]run[/] {step.name}: vgg {' '.join(args)}")
         env = {**os.environ, "VGG_RUNS": str(pipeline.runs_root)}
+        launch = ["--nproc", str(nproc)] if nproc > 1 and args[0] in SCALES_OUT else []
         result = subprocess.run(
-            [sys.executable, "-m", "vggcli", *args],
+            [sys.executable, "-m", "vggcli", *args, *launch],
             env=env,
             check=False,
             preexec_fn=die_with_parent,

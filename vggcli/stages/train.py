@@ -8,19 +8,21 @@ goes through `execute` too, so `runs/D` always names the most advanced stage of 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vggcli import checkpoints, device
+from vggcli import checkpoints, device, distributed
 from vggcli.artifacts import DatasetRun, Kind, ModelRun, latest_of_kind, resolve_as
 from vggcli.errors import VggError
-from vggcli.models import NetSpec
+from vggcli.models import VGG, NetSpec, count_parameters
+from vggcli.processes import sigterm_requests_stop
 from vggcli.progress import console
 from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, RunWriter, versions
 from vggcli.stages.common import announce
 from vggcli.train import Recipe, Runtime, TrainConfig, TrainData, Trainer, build_model, results
 
-__all__ = ["NetSpec", "Recipe", "ResumeRequest", "Runtime", "TrainRequest", "resume", "run"]
+__all__ = ["NetSpec", "Recipe", "ResumeRequest", "Runtime", "TrainRequest", "plan", "resume", "run"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,56 @@ def find_dataset(root: Path, data: str | None) -> DatasetRun:
 
 
 def execute(config: TrainConfig, root: Path, name: str, runtime: Runtime) -> RunVersion:
-    """Run (or resume) a training config; its dataset and parents are named inside it."""
-    dataset = resolve_as(config.dataset, root, DatasetRun)
+    """Run (or resume) a training config, in this process or in every process of a torchrun
+    job; only rank 0 writes the run. Its dataset and parents are named in the config."""
+    with (
+        distributed.joined(runtime.device) as (cluster, chosen),
+        sigterm_requests_stop() as stop_requested,
+    ):
+        dataset = resolve_as(config.dataset, root, DatasetRun)
+        model, parents = _model(config, root, dataset)
+        data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
+        writer = distributed.lead_opens(
+            cluster,
+            lambda: RunWriter.open(
+                root,
+                name,
+                kind=Kind.MODEL,
+                config=config.as_manifest(),
+                parents=parents,
+                device=device.label(chosen),
+                execution=cluster.facts(),
+            ),
+        )
+        with writer or contextlib.nullcontext():
+            store = checkpoints.LeadCheckpoints(cluster, writer)
+            metrics = checkpoints.RunMetrics(writer) if writer else checkpoints.NO_METRICS
+            if writer is not None:
+                announce(writer)
+            trainer = Trainer(
+                config, data, model, runtime, chosen, store, metrics, cluster, stop_requested
+            )
+            trainer.fit()
+            summary = results(trainer)
+            if writer is not None:
+                extra = {"stage": config.stage, "s_min": config.s_min, "s_max": config.s_max}
+                payload = checkpoints.model_payload(trainer.model, extra)
+                checkpoints.save(writer, checkpoints.MODEL_FILE, payload)
+                metrics.record()
+                store.clear()
+                writer.set_result("training", summary)
+        path = cluster.broadcast(str(writer.path) if writer else None)
+    if summary["val_top1_err"] is not None:
+        console.print(
+            f"val top-1 error {summary['val_top1_err']:.2%}, top-5 "
+            f"{summary['val_top5_err']:.2%} at Q={config.val_scale}"
+        )
+    return RunVersion(Path(path))
+
+
+def _model(config: TrainConfig, root: Path, dataset: DatasetRun) -> tuple[VGG, list[RunVersion]]:
+    """Fresh (paper init), from A's layers, or a parent's weights; the dataset's mean inside.
+    Every rank builds the same model (the seed fixes it; DDP checks with rank 0's)."""
     parents: list[RunVersion] = [dataset.version]
     a_payload = start = None
     if config.init_from is not None:
@@ -75,34 +125,7 @@ def execute(config: TrainConfig, root: Path, name: str, runtime: Runtime) -> Run
         parents.insert(0, parent.version)
     model = build_model(config, start, a_payload)
     model.set_normalisation(dataset.mean_rgb())
-    chosen = device.pick(runtime.device)
-    data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
-    with RunWriter.open(
-        root,
-        name,
-        kind=Kind.MODEL,
-        config=config.as_manifest(),
-        parents=parents,
-        device=device.label(chosen),
-    ) as writer:
-        announce(writer)
-        store = checkpoints.RunCheckpoints(writer)
-        metrics = checkpoints.RunMetrics(writer)
-        trainer = Trainer(config, data, model, runtime, chosen, store, metrics)
-        trainer.fit()
-        extra = {"stage": config.stage, "s_min": config.s_min, "s_max": config.s_max}
-        payload = checkpoints.model_payload(trainer.model, extra)
-        checkpoints.save(writer, checkpoints.MODEL_FILE, payload)
-        metrics.record()
-        store.clear()
-        summary = results(trainer)
-        writer.set_result("training", summary)
-    if summary["val_top1_err"] is not None:
-        console.print(
-            f"val top-1 error {summary['val_top1_err']:.2%}, top-5 "
-            f"{summary['val_top5_err']:.2%} at Q={config.val_scale}"
-        )
-    return writer.version
+    return model, parents
 
 
 def run(request: TrainRequest, root: Path) -> RunVersion:
@@ -123,6 +146,51 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
         a_label,
     )
     return execute(config, root, request.name or net.net, request.runtime)
+
+
+def plan(request: TrainRequest, root: Path, world_size: int) -> list[tuple[str, str]]:
+    """What `run(request)` would do with `world_size` processes, without doing it."""
+    import torch
+
+    dataset = find_dataset(root, request.data)
+    net = replace(request.net, num_classes=dataset.num_classes())
+    recipe = request.recipe
+    accumulation = recipe.accumulation(world_size)
+    images = int(dataset.results()["counts"]["train"])
+    steps = images // recipe.batch_size
+    total = recipe.epochs * steps
+    if recipe.max_steps:
+        total = min(total, recipe.max_steps)
+    with torch.device("meta"):
+        parameters = count_parameters(VGG(net))
+    weights = 4 * parameters  # fp32
+    checkpoint = 2 * weights  # weights and SGD momentum
+    return [
+        ("dataset", f"{dataset.label}: {images:,} training images, {net.num_classes} classes"),
+        ("net", f"{net.net}, width {net.width}, crop {net.crop}: {parameters:,} parameters"),
+        (
+            "images per epoch",
+            f"{steps * recipe.batch_size:,} ({steps:,} steps of {recipe.batch_size})",
+        ),
+        ("optimizer steps", f"{total:,} over {recipe.epochs} epochs"),
+        ("images in all", f"{total * recipe.batch_size:,}"),
+        ("processes", f"{world_size} (torchrun when more than 1)"),
+        (
+            "per process",
+            f"{recipe.batch_size // world_size} images per step in {accumulation} pass(es) "
+            f"of {recipe.micro(world_size)}",
+        ),
+        ("checkpoint size", f"{_bytes(checkpoint)} (weights and momentum)"),
+        (
+            "disk needed",
+            f"{_bytes(weights + 2 * checkpoint)} (model.pt, and two checkpoints while "
+            "one replaces the other)",
+        ),
+    ]
+
+
+def _bytes(size: float) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def resume(request: ResumeRequest, root: Path) -> RunVersion:
