@@ -9,7 +9,8 @@ FFCV draws its random numbers from numba's per-thread generator, seeded by the O
 crops cannot be reproduced. Ours come from a counter-based hash: augmentation scheme 2 keys
 every per-image draw (scale, crop, flip, and the colour shift in `colour_alphas`) by (seed,
 epoch, sample id) alone, so an image gets the same pixels whichever rank, micro-batch or
-world size it lands in; the decoder is recompiled each epoch to take the epoch in. Scheme 1
+world size it lands in; the compiled decoder reads the epoch from a cell that `EpochOrder`
+writes when an epoch starts (recompiling each epoch instead costs seconds). Scheme 1
 (runs started before distributed training) hashed the micro-batch's sample ids instead and is
 kept so those runs resume with their own scheme. We own the sample order too (`EpochOrder`):
 a permutation per (seed, epoch) cut into global batches, each rank taking its slice of each.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
@@ -28,7 +30,9 @@ from ffcv.libffcv import imdecode, resize_crop
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 SCHEME = 2  # the augmentation scheme new runs use (see the module docstring)
@@ -74,6 +78,23 @@ def flip_in_place(image: np.ndarray) -> None:
                 image[r, width - 1 - c, ch] = tmp
 
 
+@intrinsic
+def _as_pointer(typingctx, address):  # type: ignore[no-untyped-def]
+    """Numba: an integer address as a void pointer."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+@njit(inline="always")
+def read_cell(address: int) -> np.uint64:
+    """The value Python keeps in a one-element uint64 array at `address`, read at run time
+    (an array captured by compiled code would be frozen at compile time)."""
+    return numba.carray(_as_pointer(address), (1,), dtype=np.uint64)[0]
+
+
 @njit
 def epoch_key(seed: np.uint64, epoch: np.uint64) -> np.uint64:
     return mix64(seed + mix64(epoch + GOLDEN))
@@ -88,9 +109,8 @@ def image_key(key: np.uint64, seed: np.uint64, sample: np.uint64) -> np.uint64:
 class ScaleCropDecoder(ResizedCropRGBImageDecoder):
     """Decode, rescale to smallest side S (fixed or jittered), crop, maybe flip: in one pass.
 
-    `centre=True` gives the validation crop (centre, no flip) at S = s_min = s_max. With
-    scheme 2 the code is generated again each epoch with that epoch's key inside (FFCV's
-    `recompile`), read from `order.epoch`.
+    `centre=True` gives the validation crop (centre, no flip) at S = s_min = s_max. Scheme 2
+    reads the epoch from `epoch_cell` (written by `EpochOrder.start`) for every batch.
     """
 
     def __init__(
@@ -99,7 +119,7 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
         super().__init__((crop, crop))
         self.crop, self.s_min, self.s_max = crop, float(s_min), float(s_max)
         self.seed, self.centre, self.scheme = seed, centre, scheme
-        self.order: EpochOrder | None = None
+        self.epoch_cell = np.zeros(1, dtype=np.uint64)
 
     @property
     def get_crop_generator(self):  # type: ignore[override]  # unused: generate_code is ours
@@ -114,12 +134,11 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
         crop, s_min, s_max, centre = self.crop, self.s_min, self.s_max, self.centre
         seed = np.uint64(self.seed)
         per_batch = self.scheme == 1
-        epoch = self.order.epoch if self.order is not None else 0
-        this_epoch = epoch_key(seed, np.uint64(epoch))
+        epoch_address = self.epoch_cell.ctypes.data
 
         def decode(batch_indices, my_storage, metadata, storage_state):  # type: ignore[no-untyped-def]
             destination, temp_storage = my_storage
-            batch_key = this_epoch
+            batch_key = epoch_key(seed, read_cell(epoch_address))
             if per_batch:
                 batch_key = mix64(seed)
                 for k in range(len(batch_indices)):
@@ -175,10 +194,11 @@ class EpochOrder:
         shuffle: bool,
         rank: int = 0,
         world_size: int = 1,
+        epoch_cell: np.ndarray | None = None,
     ) -> None:
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
-        self.epoch = 0
+        self.epoch_cell = epoch_cell if epoch_cell is not None else np.zeros(1, np.uint64)
         self.current = self.rank_indices(0)
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
@@ -201,7 +221,7 @@ class EpochOrder:
     def start(self, epoch: int, offset: int = 0) -> int:
         """Make the next pass over the loader cover `epoch` from global sample `offset`;
         returns the number of samples this rank's pass will yield."""
-        self.epoch, self.current = epoch, self.rank_indices(epoch, offset)
+        self.epoch_cell[0], self.current = epoch, self.rank_indices(epoch, offset)
         return len(self.current)
 
     def sample_order(self, epoch: int) -> np.ndarray:
@@ -237,7 +257,6 @@ def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
         drop_last=False,  # EpochOrder already cut the epoch to whole effective batches
         os_cache=True,
         batches_ahead=2,
-        recompile=spec.train and spec.scheme == 2,  # the decoder takes each epoch's key
         pipelines={
             "image": [decoder, ToTensor(), ToTorchImage(channels_last=True)],
             "label": [IntDecoder(), ToTensor(), Squeeze(-1)],
@@ -245,9 +264,16 @@ def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
     )
     num_samples = int(loader.reader.num_samples)
     global_batch = spec.global_batch or spec.batch_size
-    order = EpochOrder(num_samples, spec.seed, global_batch, spec.train, spec.rank, spec.world_size)
+    order = EpochOrder(
+        num_samples,
+        spec.seed,
+        global_batch,
+        spec.train,
+        spec.rank,
+        spec.world_size,
+        decoder.epoch_cell,
+    )
     loader.traversal_order = order  # type: ignore[assignment]
-    decoder.order = order
     return loader, order
 
 
