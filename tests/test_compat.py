@@ -115,3 +115,24 @@ def test_old_net_a_initialises_a_deeper_net_and_the_report_reads_old_runs(
     assert result.exit_code == 0, result.output
     text = (resolve("report", old_root).path / "report.md").read_text()
     assert "| A | 40 | 40 |" in text  # Table 3 row of the old evaluation, found by label
+
+
+def test_an_interrupted_old_run_resumes_with_its_own_augmentation_scheme(
+    vgg, old_root: Path
+) -> None:
+    """A version started before per-image augmentation keys (no `augmentation` in its
+    config) and interrupted: re-running its command resumes it, with scheme 1."""
+    manifest_path = old_root / "A" / "v001" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["status"] = "running"  # killed: nobody holds its lock
+    manifest_path.write_text(json.dumps(manifest))
+    net = ["--width", "0.03125", "--crop", "32", "--scale", "40", "--batch-size", "8"]
+    result = vgg("train", "--net", "A", *net, "--epochs", "1", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert "(resuming)" in result.output
+    resumed = resolve("A", old_root).manifest()
+    assert resumed["version"] == "v001" and resumed["attempts"] == 2
+    assert "augmentation" not in resumed["config"]
+    result = vgg("train", "--net", "A", *net, "--epochs", "1", "--precision", "fp32", "--name", "A2")
+    assert result.exit_code == 0, result.output
+    assert resolve("A2", old_root).manifest()["config"]["augmentation"] == 2

@@ -245,6 +245,40 @@ def test_loader_order_and_augmentation_are_reproducible_and_resumable(dataset_ru
     assert all(torch.equal(a, b) for a, b in zip(first[5:], resumed, strict=True))
 
 
+def test_each_image_is_augmented_by_seed_epoch_and_id_whatever_the_world_size(
+    dataset_runs,
+) -> None:
+    """Scheme 2: one process with batches of 16 and two ranks with 8 each see the same
+    pixels for every sample id; between them the ranks cover every sample once."""
+    beton = resolve("tiny", dataset_runs).output("train.beton")
+
+    def pixels(batch: int, rank: int, world: int, epoch: int) -> dict[int, torch.Tensor]:
+        spec = LoaderSpec(beton, batch, 32, 32, 64, 0, True, 1, 16, rank, world)
+        loader, order = make_loader(spec)
+        order.start(epoch)
+        images = torch.cat([x.clone() for x, _ in loader])
+        return dict(zip(order.current.tolist(), images, strict=True))
+
+    for epoch in (0, 1):
+        one = pixels(16, 0, 1, epoch)
+        two = pixels(8, 0, 2, epoch) | pixels(8, 1, 2, epoch)
+        assert sorted(one) == sorted(two) and len(one) == 192
+        assert all(torch.equal(one[i], two[i]) for i in one)
+    first, second = pixels(16, 0, 1, 0), pixels(16, 0, 1, 1)
+    shared = first.keys() & second.keys()
+    assert sum(not torch.equal(first[i], second[i]) for i in shared) > 0.9 * len(shared)
+
+
+def test_colour_shift_draws_are_per_image_standard_normals() -> None:
+    from vggcli.data.loader import colour_alphas
+
+    ids = np.arange(20000, dtype=np.uint64)
+    draws = colour_alphas(2, 0, 3, ids, 0).numpy()
+    assert abs(draws.mean()) < 0.02 and abs(draws.std() - 1) < 0.02
+    np.testing.assert_array_equal(colour_alphas(2, 0, 3, ids[5:9], 0).numpy(), draws[5:9])
+    assert not np.array_equal(colour_alphas(2, 0, 4, ids[:4], 0).numpy(), draws[:4])
+
+
 def test_gradient_accumulation_gives_the_full_batch_gradient() -> None:
     torch.manual_seed(0)
     model = VGG(NetSpec("A", 10, 0.0625, 32, dropout=0.0))

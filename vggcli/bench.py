@@ -14,15 +14,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vggcli.distributed import Cluster
 from vggcli.models import VGG, NetSpec
 
 
 @dataclass(frozen=True)
 class TrainBench:
-    batch: int = 8
+    batch: int = 8  # images per step (per process when scaling)
     repeats: int = 3
     size: int = 224
     precisions: tuple[str, ...] = ("fp32", "bf16")
+    width: float = 1.0  # of net D in the scaling measurement (the comparison is full size)
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,13 @@ def _step_time(
     model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool
 ) -> float:
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = nn.functional.cross_entropy(model(x).float(), y)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
     return time.perf_counter() - start
 
 
@@ -88,6 +92,55 @@ def train_step_throughput(bench: TrainBench, report: Callable[[str], None] = pri
         )
         rows.append(row)
     return rows
+
+
+def scaling_throughput(
+    bench: TrainBench, cluster: Cluster, device: torch.device, report: Callable[[str], None]
+) -> dict | None:
+    """img/s per rank of a DistributedDataParallel training step of net D, beside one process
+    alone with one rank's share of the machine (the same device, threads and batch), measured
+    in one run: rank 0 times itself alone while the others wait, then all ranks together.
+    Scaling efficiency = total img/s / (ranks x the lone process's). Rank 0 gets the result."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    bf16 = bench.precisions[-1] == "bf16"
+    layout = torch.channels_last if bf16 else torch.contiguous_format
+    torch.manual_seed(0)
+    x = torch.randn(bench.batch, 3, bench.size, bench.size, device=device)
+    x = x.contiguous(memory_format=layout)
+    y = torch.randint(0, 1000, (bench.batch,), device=device)
+    model = VGG(NetSpec("D", width=bench.width)).to(device, memory_format=layout).train()
+
+    def median_img_s(net: nn.Module) -> float:
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+        _step_time(net, optimizer, x, y, bf16)  # warm-up: allocators, kernels, DDP buckets
+        times = [_step_time(net, optimizer, x, y, bf16) for _ in range(bench.repeats)]
+        return bench.batch / statistics.median(times)
+
+    alone = median_img_s(model) if cluster.lead else 0.0
+    cluster.barrier()
+    ids = [device.index] if device.type == "cuda" else None
+    together = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+    per_rank = cluster.gather(median_img_s(together))
+    if not cluster.lead:
+        return None
+    total = sum(per_rank)
+    row = {
+        "precision": "bf16 + channels_last" if bf16 else "fp32",
+        "net": f"D, width {bench.width}",
+        "batch_per_rank": bench.batch,
+        "world_size": cluster.world_size,
+        "per_rank_img_s": per_rank,
+        "total_img_s": total,
+        "one_process_img_s": alone,
+        "scaling_efficiency": total / (cluster.world_size * alone),
+    }
+    report(
+        f"{cluster.world_size} ranks: {total:.2f} img/s in all "
+        f"({', '.join(f'{r:.2f}' for r in per_rank)} per rank); one process alone "
+        f"{alone:.2f} img/s; scaling efficiency {row['scaling_efficiency']:.2f}"
+    )
+    return row
 
 
 def evaluation_cost(

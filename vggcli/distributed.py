@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ def joined(requested_device: str) -> Iterator[tuple[Cluster, torch.device]]:
     try:
         yield cluster, chosen
     finally:
+        gc.collect()  # DDP wrappers still referencing the group go first
         dist.destroy_process_group()
 
 

@@ -325,6 +325,7 @@ class Trainer:
             rank=self.cluster.rank,
             world_size=self.cluster.world_size,
             scheme=self.config.augmentation,
+            device=str(self.device),
         )
         return make_loader(spec)
 
@@ -465,7 +466,7 @@ class Trainer:
                 logits = self.forward(x)
                 loss = self.loss_fn(logits.float(), y) / self.accumulation
             loss.backward()
-        counts = counts_correct(logits.detach().float().cpu().numpy(), labels.numpy())
+        counts = counts_correct(logits.detach().float().cpu().numpy(), labels.cpu().numpy())
         return loss.item(), (counts[1], counts[5])
 
     def _checkpoint_due(self) -> bool:
@@ -513,7 +514,7 @@ class Trainer:
         for images, labels in self.val_loader:
             with self.autocast():
                 logits = self.model(self.augment(images.to(self.device), None))
-            batch = counts_correct(logits.float().cpu().numpy(), labels.numpy())
+            batch = counts_correct(logits.float().cpu().numpy(), labels.cpu().numpy())
             correct = [correct[0] + batch[1], correct[1] + batch[5], correct[2] + len(labels)]
         top1, top5, total = self.cluster.sum(correct, self.device)
         return {"top1_err": 1 - top1 / total, "top5_err": 1 - top5 / total}

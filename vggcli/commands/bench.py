@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, done, runs_root, user_errors
+from vggcli.commands.common import NProc, RunsRoot, done, relaunch, runs_root, user_errors
 
 app = typer.Typer(help="Benchmarks: ours against a reference on the same cores, in one run.",
                   no_args_is_help=True)
@@ -17,12 +17,16 @@ app = typer.Typer(help="Benchmarks: ours against a reference on the same cores, 
 def train_command(
     batch: Annotated[int, typer.Option(help="Images per SGD step.")] = 8,
     repeats: Annotated[int, typer.Option(help="Timed steps per model and precision (median taken).")] = 3,
+    nproc: NProc = 1,
+    width: Annotated[float, typer.Option(help="Width of net D in the --nproc scaling measurement (1 = full size).")] = 1.0,
     root: RunsRoot = None,
 ) -> None:
-    """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last) beside torchvision's vgg16 under identical settings."""
+    """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last) beside torchvision's vgg16 under identical settings; with --nproc N, img/s per rank of N DDP processes beside one process alone, and the scaling efficiency."""
     from vggcli.stages import bench as stage
 
-    done(stage.train(stage.TrainBench(batch=batch, repeats=repeats), runs_root(root)).path)
+    relaunch(nproc)
+    bench = stage.TrainBench(batch=batch, repeats=repeats, width=width)
+    done(stage.train(bench, runs_root(root)).path)
 
 
 @app.command("evaluate")

@@ -29,7 +29,7 @@ from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline.compiler import Compiler
-from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -242,6 +242,7 @@ class LoaderSpec:
     rank: int = 0
     world_size: int = 1
     scheme: int = SCHEME
+    device: str = "cpu"  # cuda: batches go to the GPU from pinned memory, asynchronously
 
 
 def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
@@ -249,6 +250,8 @@ def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
     decoder = ScaleCropDecoder(
         spec.crop, spec.s_min, spec.s_max, spec.seed, not spec.train, spec.scheme
     )
+    gpu = spec.device.startswith("cuda")
+    to_device = [ToDevice(torch.device(spec.device), non_blocking=True)] if gpu else []
     loader = Loader(
         str(spec.beton),
         batch_size=spec.batch_size,
@@ -258,8 +261,8 @@ def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
         os_cache=True,
         batches_ahead=2,
         pipelines={
-            "image": [decoder, ToTensor(), ToTorchImage(channels_last=True)],
-            "label": [IntDecoder(), ToTensor(), Squeeze(-1)],
+            "image": [decoder, ToTensor(), *to_device, ToTorchImage(channels_last=True)],
+            "label": [IntDecoder(), ToTensor(), Squeeze(-1), *to_device],
         },
     )
     num_samples = int(loader.reader.num_samples)

@@ -9,11 +9,15 @@ goes through `execute` too, so `runs/D` always names the most advanced stage of 
 from __future__ import annotations
 
 import contextlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vggcli import checkpoints, device, distributed
 from vggcli.artifacts import DatasetRun, Kind, ModelRun, latest_of_kind, resolve_as
+from vggcli.distributed import Cluster
 from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec, count_parameters
 from vggcli.processes import sigterm_requests_stop
@@ -21,6 +25,9 @@ from vggcli.progress import console
 from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, RunWriter, versions
 from vggcli.stages.common import announce
 from vggcli.train import Recipe, Runtime, TrainConfig, TrainData, Trainer, build_model, results
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["NetSpec", "Recipe", "ResumeRequest", "Runtime", "TrainRequest", "plan", "resume", "run"]
 
@@ -69,45 +76,59 @@ def execute(config: TrainConfig, root: Path, name: str, runtime: Runtime) -> Run
         distributed.joined(runtime.device) as (cluster, chosen),
         sigterm_requests_stop() as stop_requested,
     ):
-        dataset = resolve_as(config.dataset, root, DatasetRun)
-        model, parents = _model(config, root, dataset)
-        data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
-        writer = distributed.lead_opens(
-            cluster,
-            lambda: RunWriter.open(
-                root,
-                name,
-                kind=Kind.MODEL,
-                config=config.as_manifest(),
-                parents=parents,
-                device=device.label(chosen),
-                execution=cluster.facts(),
-            ),
-        )
-        with writer or contextlib.nullcontext():
-            store = checkpoints.LeadCheckpoints(cluster, writer)
-            metrics = checkpoints.RunMetrics(writer) if writer else checkpoints.NO_METRICS
-            if writer is not None:
-                announce(writer)
-            trainer = Trainer(
-                config, data, model, runtime, chosen, store, metrics, cluster, stop_requested
-            )
-            trainer.fit()
-            summary = results(trainer)
-            if writer is not None:
-                extra = {"stage": config.stage, "s_min": config.s_min, "s_max": config.s_max}
-                payload = checkpoints.model_payload(trainer.model, extra)
-                checkpoints.save(writer, checkpoints.MODEL_FILE, payload)
-                metrics.record()
-                store.clear()
-                writer.set_result("training", summary)
-        path = cluster.broadcast(str(writer.path) if writer else None)
+        summary, path = _train(config, root, name, runtime, cluster, chosen, stop_requested)
     if summary["val_top1_err"] is not None:
         console.print(
             f"val top-1 error {summary['val_top1_err']:.2%}, top-5 "
             f"{summary['val_top5_err']:.2%} at Q={config.val_scale}"
         )
     return RunVersion(Path(path))
+
+
+def _train(
+    config: TrainConfig,
+    root: Path,
+    name: str,
+    runtime: Runtime,
+    cluster: Cluster,
+    chosen: torch.device,
+    stop_requested: Callable[[], bool],
+) -> tuple[dict[str, Any], str]:
+    """The training summary and the run's path. The model and its DDP wrapper live in this
+    frame only, so they are gone before the process group they use is destroyed."""
+    dataset = resolve_as(config.dataset, root, DatasetRun)
+    model, parents = _model(config, root, dataset)
+    data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
+    writer = distributed.lead_opens(
+        cluster,
+        lambda: RunWriter.open(
+            root,
+            name,
+            kind=Kind.MODEL,
+            config=config.as_manifest(),
+            parents=parents,
+            device=device.label(chosen),
+            execution=cluster.facts(),
+        ),
+    )
+    with writer or contextlib.nullcontext():
+        store = checkpoints.LeadCheckpoints(cluster, writer)
+        metrics = checkpoints.RunMetrics(writer) if writer else checkpoints.NO_METRICS
+        if writer is not None:
+            announce(writer)
+        trainer = Trainer(
+            config, data, model, runtime, chosen, store, metrics, cluster, stop_requested
+        )
+        trainer.fit()
+        summary = results(trainer)
+        if writer is not None:
+            extra = {"stage": config.stage, "s_min": config.s_min, "s_max": config.s_max}
+            payload = checkpoints.model_payload(trainer.model, extra)
+            checkpoints.save(writer, checkpoints.MODEL_FILE, payload)
+            metrics.record()
+            store.clear()
+            writer.set_result("training", summary)
+    return summary, cluster.broadcast(str(writer.path) if writer else None)
 
 
 def _model(config: TrainConfig, root: Path, dataset: DatasetRun) -> tuple[VGG, list[RunVersion]]:
@@ -145,7 +166,22 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
         dataset.label,
         a_label,
     )
-    return execute(config, root, request.name or net.net, request.runtime)
+    name = request.name or net.net
+    return execute(_unfinished_scheme(config, root, name), root, name, request.runtime)
+
+
+def _unfinished_scheme(config: TrainConfig, root: Path, name: str) -> TrainConfig:
+    """An unfinished version started before per-image augmentation keys records no
+    `augmentation`; when it is otherwise this very config, it resumes with its scheme 1."""
+    existing = versions(root / name)
+    if not existing or existing[-1].status() not in (INTERRUPTED, FAILED):
+        return config
+    older = replace(config, augmentation=1)
+    return older if existing[-1].manifest().get("config") == _as_json(older) else config
+
+
+def _as_json(config: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(config.as_manifest()))
 
 
 def plan(request: TrainRequest, root: Path, world_size: int) -> list[tuple[str, str]]:
