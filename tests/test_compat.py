@@ -133,6 +133,7 @@ def test_an_interrupted_old_run_resumes_with_its_own_augmentation_scheme(
     resumed = resolve("A", old_root).manifest()
     assert resumed["version"] == "v001" and resumed["attempts"] == 2
     assert "augmentation" not in resumed["config"]
-    result = vgg("train", "--net", "A", *net, "--epochs", "1", "--precision", "fp32", "--name", "A2")
+    args = ["--epochs", "1", "--precision", "fp32", "--name", "A2"]
+    result = vgg("train", "--net", "A", *net, *args)
     assert result.exit_code == 0, result.output
     assert resolve("A2", old_root).manifest()["config"]["augmentation"] == 2

@@ -6,7 +6,8 @@ sees a run directory; run directories never need torch.
 
 from __future__ import annotations
 
-import ast
+import functools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,17 +39,37 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module imported anywhere in the file (inside functions too), as dotted names;
-    `from vggcli.stages import train` counts as vggcli.stages.train."""
+PARSE = """
+import ast, json, sys
+found = {}
+for path in sys.argv[1:]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return names
+            names |= {node.module + "." + alias.name for alias in node.names}
+    found[path] = sorted(names)
+print(json.dumps(found))
+"""
+
+
+@functools.cache
+def _all_imports() -> dict[str, set[str]]:
+    """Every module each file imports anywhere (inside functions too), as dotted names;
+    `from vggcli.stages import train` counts as vggcli.stages.train. Parsed in a fresh
+    interpreter: in a long test session CPython 3.11.7's ast.parse once failed with "AST
+    constructor recursion depth mismatch", a CPython bug fixed in later 3.11 releases."""
+    paths = [str(p) for p in sorted(PACKAGE.rglob("*.py"))]
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE, *paths], capture_output=True, text=True, check=True
+    )
+    return {path: set(names) for path, names in json.loads(out.stdout).items()}
+
+
+def _imports(path: Path) -> set[str]:
+    return _all_imports()[str(path)]
 
 
 def _within(name: str, prefixes: tuple[str, ...]) -> bool:

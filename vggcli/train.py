@@ -413,28 +413,9 @@ class Trainer:
                 bar.update(task, advance=len(labels) * self.cluster.world_size)
                 if not last:
                     continue
-                loss_sum, top1, top5, seen, stop, due = self.cluster.sum(
-                    [*totals, float(self.stop_requested()), float(self._checkpoint_due())],
-                    self.device,
-                )
-                self._step()
-                pos.offset += recipe.batch_size
-                now = time.monotonic()
-                self.log(
-                    {
-                        "kind": "step",
-                        "epoch": pos.epoch + 1,
-                        "step": pos.step,
-                        "loss": loss_sum / self.cluster.world_size,
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "train_top1_err": 1 - top1 / seen,
-                        "train_top5_err": 1 - top5 / seen,
-                        "img_per_s": seen / max(now - tick, 1e-9),
-                        "wall_s": now - started,
-                    }
-                )
-                bar.update(task, status=f"loss {loss_sum / self.cluster.world_size:.3f}")
-                totals, tick = [0.0, 0.0, 0.0, 0.0], now
+                loss, stop, due = self._step(totals, time.monotonic() - tick, started)
+                bar.update(task, status=f"loss {loss:.3f}")
+                totals, tick = [0.0, 0.0, 0.0, 0.0], time.monotonic()
                 if stop:
                     self.save_checkpoint()
                     raise Preempted()
@@ -444,12 +425,38 @@ class Trainer:
                     self.save_checkpoint()
         return True
 
-    def _step(self) -> None:
+    def _step(
+        self, totals: list[float], seconds: float, started: float
+    ) -> tuple[float, bool, bool]:
+        """The optimizer step that ends a batch, and its metrics row. The batch's loss and
+        counts, the SIGTERM flag and the checkpoint clock are summed over ranks in one
+        collective, so every rank takes the same decisions. Returns (loss, stop, checkpoint)."""
+        loss_sum, top1, top5, seen, stop, due = self.cluster.sum(
+            [*totals, float(self.stop_requested()), float(self._checkpoint_due())], self.device
+        )
+        lr = self.schedule.lr
         for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.lr
+            group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.position.step += 1
+        pos = self.position
+        pos.step += 1
+        pos.offset += self.recipe.batch_size
+        loss = loss_sum / self.cluster.world_size
+        self.log(
+            {
+                "kind": "step",
+                "epoch": pos.epoch + 1,
+                "step": pos.step,
+                "loss": loss,
+                "lr": lr,
+                "train_top1_err": 1 - top1 / seen,
+                "train_top5_err": 1 - top5 / seen,
+                "img_per_s": seen / max(seconds, 1e-9),
+                "wall_s": time.monotonic() - started,
+            }
+        )
+        return loss, bool(stop), bool(due)
 
     def _forward_backward(
         self, images: torch.Tensor, labels: torch.Tensor, ids: Any, first: int, last: bool
