@@ -173,7 +173,7 @@ def test_sigterm_writes_a_checkpoint_and_every_rank_exits(root: Path) -> None:
     ranks = _workers(job.pid)
     job.send_signal(signal.SIGTERM)
     output, _ = job.communicate(timeout=90)
-    assert job.returncode != 0
+    assert job.returncode == 75, output  # EX_TEMPFAIL: run again to resume
     for rank in ranks:  # both ranks are gone
         assert not Path(f"/proc/{rank}").exists() or "Z" in Path(f"/proc/{rank}/stat").read_text()
     version = versions(root / "preempted")[-1]

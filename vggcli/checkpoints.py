@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from vggcli.artifacts import ModelRun
-from vggcli.distributed import Cluster
+from vggcli.distributed import Cluster, lead_does
 from vggcli.errors import VggError
-from vggcli.models import VGG, NetSpec
+from vggcli.models import VGG, NetSpec, with_normalisation
 from vggcli.runs import RunWriter
 
 MODEL_FILE = ModelRun.WEIGHTS
@@ -41,17 +41,6 @@ def load(path: Path) -> dict[str, Any]:
         ) from exc
 
 
-def with_normalisation(
-    state: dict[str, torch.Tensor], mean_rgb: list[float], input_scale: float
-) -> dict[str, torch.Tensor]:
-    """A state dict from before the model held `mean` and `std`, completed: the mean that
-    travelled beside the weights, and std 1 / input_scale (what the model multiplied by)."""
-    if "mean" in state:
-        return state
-    mean = torch.tensor(mean_rgb, dtype=torch.float32)
-    return {"mean": mean, "std": torch.full((3,), 1.0 / input_scale), **state}
-
-
 def model_payload(model: VGG, extra: dict[str, Any]) -> dict[str, Any]:
     """What model.pt holds: the net's shape, its weights (never a compiled wrapper's, and
     with the input normalisation inside) and what evaluation needs (training scales)."""
@@ -62,8 +51,8 @@ def load_payload(path: Path) -> dict[str, Any]:
     """A model.pt payload, old ones completed with their normalisation."""
     payload = load(path)
     if "mean_rgb" in payload:
-        spec = NetSpec(**payload["spec"])
-        state = with_normalisation(payload["state_dict"], payload["mean_rgb"], spec.input_scale)
+        std = [1.0 / NetSpec(**payload["spec"]).input_scale] * 3  # what the model multiplied by
+        state = with_normalisation(payload["state_dict"], payload["mean_rgb"], std)
         payload = {**payload, "state_dict": state}
     return payload
 
@@ -118,20 +107,22 @@ class RunCheckpoints:
 
 class LeadCheckpoints:
     """The checkpoint store of every rank: rank 0 writes into the run (`RunCheckpoints`)
-    while the others wait at a barrier; on resume rank 0 reads and verifies the checkpoint
-    and sends it to all, so no rank needs to see rank 0's filesystem."""
+    while the others wait for it; on resume rank 0 reads and verifies the checkpoint and
+    sends it to all, so no rank needs to see rank 0's filesystem. When rank 0 fails (full
+    disk, corrupted checkpoint) every rank fails with it instead of waiting."""
 
     def __init__(self, cluster: Cluster, run: RunWriter | None) -> None:
         self.cluster = cluster
         self.store = RunCheckpoints(run) if run is not None else None
 
     def save(self, state: dict[str, Any]) -> None:
-        if self.store is not None:
-            self.store.save(state)
-        self.cluster.barrier()
+        store = self.store
+        lead_does(self.cluster, lambda: store.save(state) if store is not None else None)
 
     def latest(self) -> dict[str, Any] | None:
-        return self.cluster.broadcast(self.store.latest() if self.store is not None else None)
+        store = self.store
+        found = lead_does(self.cluster, lambda: store.latest() if store is not None else None)
+        return self.cluster.broadcast(found)
 
     def clear(self) -> None:
         if self.store is not None:

@@ -114,11 +114,6 @@ def from_environment() -> Cluster:
     )
 
 
-def is_lead_process() -> bool:
-    """Cheap check for the CLI (no torch): rank 0, or not under torchrun at all."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 @contextlib.contextmanager
 def joined(requested_device: str) -> Iterator[tuple[Cluster, torch.device]]:
     """Join the job torchrun started (or stay a single process) and pick this rank's
@@ -158,17 +153,18 @@ def joined(requested_device: str) -> Iterator[tuple[Cluster, torch.device]]:
         dist.destroy_process_group()
 
 
-def lead_opens(cluster: Cluster, open_run: Callable[[], T]) -> T | None:
-    """Rank 0 calls `open_run()` (it opens the run version; the others get None); every
-    rank learns whether that worked, so none waits in a collective for a rank 0 that gave up."""
-    opened, failure = None, None
+def lead_does(cluster: Cluster, work: Callable[[], T]) -> T | None:
+    """Rank 0 does `work` (opening the run, reading or writing a checkpoint) and returns its
+    result (the others get None); every rank learns whether it worked and fails with it, so
+    none waits in a collective for a rank 0 that gave up."""
+    result = None
     if cluster.lead:
         try:
-            opened = open_run()
+            result = work()
         except Exception as exc:
-            cluster.broadcast(f"rank 0 could not open the run: {exc}")
+            cluster.broadcast(f"rank 0 failed: {exc}")
             raise
-    failure = cluster.broadcast(failure)
+    failure = cluster.broadcast(None)
     if failure is not None:
         raise WorkFailed(failure)
-    return opened
+    return result

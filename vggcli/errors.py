@@ -19,6 +19,9 @@ class VggError(Exception):
         self.exit_code, self.field = exit_code, field
 
 
+PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM stopped the work after a checkpoint; run again to resume
+
+
 class WorkFailed(VggError):
     """The input was acceptable but the work could not be finished (exit code 1)."""
 

@@ -10,7 +10,7 @@ evaluation of whole images (a larger map, averaged spatially).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -185,6 +185,20 @@ class VGG(nn.Module):
     def weight_layers(self) -> Iterator[nn.Conv2d | nn.Linear]:
         yield from self.convs()
         yield from self.fcs()
+
+
+Values = Sequence[float] | torch.Tensor
+
+
+def with_normalisation(
+    state: dict[str, torch.Tensor], mean: Values, std: Values
+) -> dict[str, torch.Tensor]:
+    """A state dict written before the model held `mean` and `std`, completed with them (in
+    memory: the file it came from keeps its recorded hash)."""
+    if "mean" in state:
+        return state
+    completed = {"mean": torch.as_tensor(mean), "std": torch.as_tensor(std), **state}
+    return {k: v.float() if k in ("mean", "std") else v for k, v in completed.items()}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -22,9 +22,9 @@ from torch import nn
 from vggcli.data.loader import SCHEME, ColourShift, LoaderSpec, colour_alphas, make_loader, mix64
 from vggcli.device import Precision
 from vggcli.distributed import SINGLE, Cluster
-from vggcli.errors import VggError
+from vggcli.errors import PREEMPTED, VggError
 from vggcli.metrics import counts_correct
-from vggcli.models import VGG, NetSpec, init_from_a, initialise
+from vggcli.models import VGG, NetSpec, init_from_a, initialise, with_normalisation
 from vggcli.progress import console, progress_bar
 
 
@@ -57,7 +57,7 @@ class Recipe:
                 field="batch_size",
             )
         share = self.batch_size // world_size
-        micro = self.micro_batch or share
+        micro = min(self.micro_batch or share, share)  # more ranks may need no accumulation
         if share % micro:
             what = "the batch size" if world_size == 1 else "each process's share of"
             raise VggError(
@@ -237,12 +237,10 @@ class Preempted(VggError):
     """SIGTERM arrived (Slurm preemption, scancel): a checkpoint was written, every rank
     stopped; re-running the command (a requeued job) resumes. Exit code 75 (EX_TEMPFAIL)."""
 
-    EXIT_CODE = 75
-
     def __init__(self) -> None:
         super().__init__(
             "stopped by SIGTERM after writing a checkpoint; re-run the command to resume",
-            exit_code=self.EXIT_CODE,
+            exit_code=PREEMPTED,
         )
 
 
@@ -299,6 +297,11 @@ class Trainer:
         )
         self.loss_fn = nn.CrossEntropyLoss()
 
+    def release(self) -> None:
+        """Drop the DDP wrapper (even when training failed), so nothing uses the process
+        group after it is destroyed."""
+        self.ddp, self.forward = None, self.model
+
     def _wrap(self, model: VGG) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -308,6 +311,7 @@ class Trainer:
             device_ids=ids,
             gradient_as_bucket_view=True,
             static_graph=self.accumulation == 1,  # no_sync() steps vary the graph's use
+            broadcast_buffers=False,  # the only buffers, mean and std, never change
         )
 
     def _loader(self, beton: Path, train: bool, s_min: int, s_max: int) -> tuple:
@@ -357,10 +361,9 @@ class Trainer:
         if state is None:
             self.metrics.truncate(0)
             return
-        model_state = state["model"]
-        if "mean" not in model_state:  # a checkpoint from before the model held its mean
-            model_state = {**model_state, "mean": self.model.mean, "std": self.model.std}
-        self.model.load_state_dict(model_state)
+        self.model.load_state_dict(
+            with_normalisation(state["model"], self.model.mean, self.model.std)
+        )
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.position = Position(**state["position"])

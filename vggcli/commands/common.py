@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -13,7 +14,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from vggcli.errors import VggError
+from vggcli.errors import PREEMPTED, VggError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,15 +78,37 @@ def without_nproc(args: list[str]) -> list[str]:
 
 
 def relaunch(nproc: int) -> None:
-    """`--nproc N` (N > 1) outside torchrun: become `torchrun --standalone --nproc-per-node N
-    -m vggcli <the same command>`, so nobody has to remember the launcher. Under torchrun
-    already (LOCAL_RANK set) the launcher's own numbers hold and this does nothing."""
+    """`--nproc N` (N > 1) outside torchrun: run the same command (without `--nproc`) as N
+    processes through torchrun's own launcher (`--standalone`), so nobody has to remember
+    it, then exit with rank 0's exit code (75 when SIGTERM stopped the job) and no launcher
+    traceback: the ranks have already said what went wrong. Under torchrun already
+    (LOCAL_RANK set) the launcher's own numbers hold and this does nothing."""
     if nproc <= 1 or "LOCAL_RANK" in os.environ:
         return
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command = [*launcher, f"--nproc-per-node={nproc}", "-m", "vggcli"]
-    sys.stdout.flush()
-    os.execv(sys.executable, [*command, *without_nproc(sys.argv[1:])])
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    cores = len(os.sched_getaffinity(0))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        shutdown_timeout=120,  # time for rank 0 to write a checkpoint after SIGTERM
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "vggcli", *without_nproc(sys.argv[1:]))
+    except ChildFailedError as failed:
+        first = failed.failures.get(0) or next(iter(failed.failures.values()))
+        raise typer.Exit(first.exitcode if first.exitcode > 0 else 1) from None
+    except SignalException:
+        raise typer.Exit(PREEMPTED) from None
+    raise typer.Exit(0)
 
 
 def parse_scale(text: str) -> tuple[int, int]:
@@ -128,7 +151,9 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except VggError as exc:
             flag = f"--{exc.field.replace('_', '-')}: " if exc.field else ""
-            err.print(f"[red]error:[/] {flag}{exc}")
+            rank = os.environ.get("RANK", "0")
+            who = "" if rank == "0" else f"(rank {rank}) "
+            err.print(f"[red]error:[/] {who}{flag}{exc}")
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             what = "disk full" if exc.errno in (errno.ENOSPC, errno.EFBIG) else "I/O error"

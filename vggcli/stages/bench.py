@@ -53,7 +53,7 @@ def _measure(
     cluster: Cluster,
     label: str,
 ) -> RunVersion:
-    writer = distributed.lead_opens(
+    writer = distributed.lead_does(
         cluster,
         lambda: RunWriter.open(
             root,

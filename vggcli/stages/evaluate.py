@@ -62,7 +62,7 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
             "precision": settings.precision,
         }
         evaluator = Evaluator(model, settings, chosen)
-        writer = distributed.lead_opens(
+        writer = distributed.lead_does(
             cluster,
             lambda: RunWriter.open(
                 root,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vggcli import device
 from vggcli.artifacts import ModelRun, resolve_as
+from vggcli.data.loader import SCHEME
 from vggcli.runs import RunVersion
 from vggcli.stages.train import execute
 from vggcli.train import Runtime, TrainConfig
@@ -45,6 +46,7 @@ def run(request: FinetuneRequest, root: Path) -> RunVersion:
         recipe=recipe,
         init_from=None,
         finetune_from=parent.label,
+        augmentation=SCHEME,  # a new run: today's scheme, whatever its parent used
         precision=device.precision_for(device.pick(request.runtime.device), request.precision),
     )
     return execute(config, root, request.name or parent.name, request.runtime)

@@ -76,6 +76,8 @@ def execute(config: TrainConfig, root: Path, name: str, runtime: Runtime) -> Run
         distributed.joined(runtime.device) as (cluster, chosen),
         sigterm_requests_stop() as stop_requested,
     ):
+        # rank 0 alone looks at the run directory, so every rank trains with its answer
+        config = cluster.broadcast(_unfinished_scheme(config, root, name) if cluster.lead else None)
         summary, path = _train(config, root, name, runtime, cluster, chosen, stop_requested)
     if summary["val_top1_err"] is not None:
         console.print(
@@ -99,7 +101,7 @@ def _train(
     dataset = resolve_as(config.dataset, root, DatasetRun)
     model, parents = _model(config, root, dataset)
     data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
-    writer = distributed.lead_opens(
+    writer = distributed.lead_does(
         cluster,
         lambda: RunWriter.open(
             root,
@@ -119,7 +121,10 @@ def _train(
         trainer = Trainer(
             config, data, model, runtime, chosen, store, metrics, cluster, stop_requested
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+        finally:
+            trainer.release()
         summary = results(trainer)
         if writer is not None:
             extra = {"stage": config.stage, "s_min": config.s_min, "s_max": config.s_max}
@@ -166,8 +171,7 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
         dataset.label,
         a_label,
     )
-    name = request.name or net.net
-    return execute(_unfinished_scheme(config, root, name), root, name, request.runtime)
+    return execute(config, root, request.name or net.net, request.runtime)
 
 
 def _unfinished_scheme(config: TrainConfig, root: Path, name: str) -> TrainConfig:
