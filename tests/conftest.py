@@ -68,9 +68,11 @@ def train_root(dataset_runs: Path, runs_root: Path) -> Path:
     return runs_root
 
 
-def vgg_process(*args: str, runs_root: Path, **popen) -> subprocess.Popen:
+def vgg_process(
+    *args: str, runs_root: Path, extra_env: dict[str, str] | None = None, **popen
+) -> subprocess.Popen:
     """The real CLI in its own process (to kill it, or to limit its file sizes)."""
-    env = {**os.environ, "VGG_RUNS": str(runs_root)}
+    env = {**os.environ, **(extra_env or {}), "VGG_RUNS": str(runs_root)}
     return subprocess.Popen(
         [sys.executable, "-m", "vggcli", *args],
         env=env,

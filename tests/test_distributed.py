@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_dataset
+from tests.conftest import make_dataset, vgg_process
 from vggcli.data.synthetic import SyntheticSpec
 from vggcli.runs import COMPLETE, resolve, versions
 
@@ -34,15 +34,7 @@ ENV = {"OMP_NUM_THREADS": "1", "VGG_COLLECTIVE_TIMEOUT": "60"}
 
 
 def _vgg(root: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **ENV, "VGG_RUNS": str(root)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "vggcli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return vgg_process(*args, runs_root=root, extra_env=ENV, start_new_session=True)
 
 
 def _finish(process: subprocess.Popen, timeout: float = 240) -> str:

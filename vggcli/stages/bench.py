@@ -21,8 +21,8 @@ from vggcli.bench import (
 )
 from vggcli.distributed import SINGLE, Cluster
 from vggcli.progress import console
-from vggcli.runs import RunVersion, RunWriter
-from vggcli.stages.common import announce
+from vggcli.runs import RunVersion
+from vggcli.stages.common import open_on_lead
 
 __all__ = ["EvaluateBench", "TrainBench", "evaluate", "train"]
 
@@ -53,21 +53,8 @@ def _measure(
     cluster: Cluster,
     label: str,
 ) -> RunVersion:
-    writer = distributed.lead_does(
-        cluster,
-        lambda: RunWriter.open(
-            root,
-            name,
-            kind=Kind.BENCH,
-            config=asdict(bench),
-            device=label,
-            execution=cluster.facts(),
-            resume=False,
-        ),
-    )
+    writer = open_on_lead(cluster, root, name, Kind.BENCH, asdict(bench), label, resume=False)
     with writer or contextlib.nullcontext():
-        if writer is not None:
-            announce(writer)
         result = measure()
         if writer is not None:
             writer.write_json(BenchRun.RESULTS, result)

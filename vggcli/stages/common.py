@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vggcli.artifacts import Kind
+from vggcli.distributed import Cluster, lead_does
 from vggcli.progress import console
-from vggcli.runs import RunWriter
+from vggcli.runs import RunVersion, RunWriter
+
+
+def open_on_lead(
+    cluster: Cluster,
+    root: Path,
+    name: str,
+    kind: Kind,
+    config: dict[str, Any],
+    device: str,
+    parents: list[RunVersion] = (),  # type: ignore[assignment]
+    resume: bool = True,
+) -> RunWriter | None:
+    """The run version this stage writes, opened (or resumed) by rank 0 alone and announced;
+    the other ranks get None, or rank 0's failure."""
+    writer = lead_does(
+        cluster,
+        lambda: RunWriter.open(
+            root,
+            name,
+            kind=kind,
+            config=config,
+            parents=parents,
+            device=device,
+            execution=cluster.facts(),
+            resume=resume,
+        ),
+    )
+    if writer is not None:
+        announce(writer)
+    return writer
 
 
 def announce(writer: RunWriter) -> None:

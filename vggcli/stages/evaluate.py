@@ -24,7 +24,7 @@ from vggcli.fuse import average
 from vggcli.metrics import error_table
 from vggcli.progress import progress_bar
 from vggcli.runs import RunVersion, RunWriter
-from vggcli.stages.common import announce, print_errors, save_posteriors
+from vggcli.stages.common import open_on_lead, print_errors, save_posteriors
 
 __all__ = ["EvaluateRequest", "run"]
 
@@ -62,21 +62,16 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
             "precision": settings.precision,
         }
         evaluator = Evaluator(model, settings, chosen)
-        writer = distributed.lead_does(
+        writer = open_on_lead(
             cluster,
-            lambda: RunWriter.open(
-                root,
-                request.name or f"{model_run.name}-eval",
-                kind=Kind.EVALUATION,
-                config=config,
-                parents=[model_run.version, dataset.version],
-                device=device.label(chosen),
-                execution=cluster.facts(),
-            ),
+            root,
+            request.name or f"{model_run.name}-eval",
+            Kind.EVALUATION,
+            config,
+            device.label(chosen),
+            [model_run.version, dataset.version],
         )
         with writer or contextlib.nullcontext():
-            if writer is not None:
-                announce(writer)
             per_scale = _posteriors(writer, evaluator, images, cluster)
             if writer is not None:
                 rows = _finish(writer, settings, per_scale, images.labels)

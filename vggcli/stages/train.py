@@ -22,8 +22,8 @@ from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec, count_parameters
 from vggcli.processes import sigterm_requests_stop
 from vggcli.progress import console
-from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, RunWriter, versions
-from vggcli.stages.common import announce
+from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, versions
+from vggcli.stages.common import open_on_lead
 from vggcli.train import Recipe, Runtime, TrainConfig, TrainData, Trainer, build_model, results
 
 if TYPE_CHECKING:
@@ -101,23 +101,11 @@ def _train(
     dataset = resolve_as(config.dataset, root, DatasetRun)
     model, parents = _model(config, root, dataset)
     data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
-    writer = distributed.lead_does(
-        cluster,
-        lambda: RunWriter.open(
-            root,
-            name,
-            kind=Kind.MODEL,
-            config=config.as_manifest(),
-            parents=parents,
-            device=device.label(chosen),
-            execution=cluster.facts(),
-        ),
-    )
+    label = device.label(chosen)
+    writer = open_on_lead(cluster, root, name, Kind.MODEL, config.as_manifest(), label, parents)
     with writer or contextlib.nullcontext():
         store = checkpoints.LeadCheckpoints(cluster, writer)
         metrics = checkpoints.RunMetrics(writer) if writer else checkpoints.NO_METRICS
-        if writer is not None:
-            announce(writer)
         trainer = Trainer(
             config, data, model, runtime, chosen, store, metrics, cluster, stop_requested
         )
