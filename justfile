@@ -6,16 +6,21 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 venv := ".venv"
 bin := venv / "bin"
 demo_data := "data/tiny-imagenet"
+# The Debian packages FFCV's sdist compiles against: named here only, installed by `setup`
+debian_packages := "pkg-config libturbojpeg0-dev libopencv-dev"
+# Every Python package the project runs and tests with, pinned with sha256 hashes
+# (`just lock` writes it from pyproject.toml's ranges; `setup` installs exactly it)
+lockfile := "requirements.lock"
 
 default:
     @just --list
 
-# Debian packages FFCV compiles against, a Python 3.11 .venv, the project (idempotent)
+# Debian packages FFCV compiles against, a Python 3.11 .venv, the locked packages, the project (idempotent)
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
     missing=""
-    for pkg in pkg-config libturbojpeg0-dev libopencv-dev; do
+    for pkg in {{debian_packages}}; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
     done
     if [ -n "$missing" ]; then
@@ -28,18 +33,47 @@ setup:
         python=$(command -v python3.11 || command -v python3)
         "$python" -m venv {{venv}}
     fi
-    want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+    want=$(cat pyproject.toml {{lockfile}} | sha256sum | cut -d' ' -f1)
     if [ "$(cat {{venv}}/.installed 2>/dev/null)" != "$want" ]; then
-        echo "installing the project into {{venv}} (torch and ffcv take a few minutes the first time)"
+        echo "installing {{lockfile}} and the project into {{venv}} (torch and ffcv take a few minutes the first time)"
         log=$(mktemp)
         pip_install() {
             {{bin}}/pip install -q "$@" >"$log" 2>&1 || { grep -v "^WARNING: Location" "$log" >&2; exit 1; }
         }
-        pip_install torch==2.14.1 torchvision==0.29.1  # from this machine's disk when it has them
-        pip_install -e '.[dev]'
+        # Exactly the files in the lock (torch and torchvision from this machine's disk when it has
+        # them). PIP_CONSTRAINT, the lock's pins without hashes (hashes there would demand == of
+        # pip's own build requirements), reaches the build environments pip makes for the sdists
+        # (ffcv, assertpy, fastargs): they build with the lock's setuptools, wheel and packaging.
+        grep -E '^[A-Za-z0-9]' {{lockfile}} | sed 's/ .*//' > "$log.pins"
+        PIP_CONSTRAINT="$log.pins" pip_install --require-hashes -r {{lockfile}}
+        # The project itself: editable, so it has no hash; built with the lock's setuptools
+        pip_install --no-deps --no-build-isolation -e .
         {{bin}}/python -c "import ffcv, torch, vggcli"
         echo "$want" > {{venv}}/.installed
     fi
+
+# pip-compile, in a throwaway venv, writes requirements.lock from pyproject.toml's ranges (dev
+# extra included): exact pins and the sha256 of every file pip may take for them, from PyPI and
+# from the local indexes in pip's config. Pins still inside the ranges are kept: `just lock
+# --upgrade` takes the newest allowed, `just lock --upgrade-package numpy` one package. Commit the
+# result; `just setup` installs it on the next run.
+# Rewrite requirements.lock, the hashed pins `setup` installs (`just lock --upgrade` to move them)
+lock *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tools=$(mktemp -d)
+    trap 'rm -rf "$tools"' EXIT
+    log="$tools/log"
+    python=$(command -v python3.11 || command -v python3)
+    "$python" -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install -q pip-tools==7.6.2 >"$log" 2>&1 || { grep -v "^WARNING: Location" "$log" >&2; exit 1; }
+    # `-` (stdin) adds setuptools and wheel: what pip puts in the sdists' build environments
+    printf 'setuptools\nwheel\n' | CUSTOM_COMPILE_COMMAND="just lock" "$tools/venv/bin/pip-compile" \
+        --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
+        --no-emit-index-url --no-emit-find-links --output-file {{lockfile}} {{args}} pyproject.toml - \
+        >"$log" 2>&1 || { grep -v "^WARNING: Location" "$log" >&2; exit 1; }
+    sed -i 's|-r -$|sdist builds (justfile: lock)|' {{lockfile}}
+    echo "wrote {{lockfile}}: $(grep -c '^[A-Za-z0-9]' {{lockfile}}) packages; \`just setup\` installs it"
 
 # The paper's whole protocol on the embedded tiny dataset (pipelines/smoke.toml), then the report
 demo: setup
