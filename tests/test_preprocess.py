@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -176,6 +177,105 @@ def test_too_many_undecodable_images_fail_without_a_complete_version(vgg, tiny_s
     assert "could not be decoded" in result.output and "Traceback" not in result.output
     assert [v.status() for v in versions(runs_root / "imagenet")] == ["failed"]
     assert not (runs_root / "imagenet" / "v001" / "train.beton").exists()
+
+
+def _first_val_image_of(source: Path, class_index: int) -> str:
+    """The first (by name) flat val image that LOC_val_solution.csv gives this class."""
+    with open(source / "LOC_val_solution.csv", newline="") as fh:
+        rows = sorted(
+            r["ImageId"] for r in csv.DictReader(fh) if wnid(class_index) in r["PredictionString"]
+        )
+    return f"val/{rows[0]}.JPEG"
+
+
+@pytest.mark.parametrize("val_layout", ["loc", "devkit"])
+def test_missing_val_images_are_listed_counted_and_summarised(
+    vgg, tmp_path, runs_root, val_layout
+) -> None:
+    source = make_dataset(tmp_path / val_layout, SyntheticSpec(4, 2, 3, val_layout=val_layout))
+    gone = "val/ILSVRC2012_val_00000005.JPEG"
+    (source / gone).unlink()
+    result = vgg("preprocess", str(source), *RAW, "--max-skipped-fraction", "0.1")
+    assert result.exit_code == 0, result.output
+    version = resolve(val_layout, runs_root)
+    results = version.results()
+    assert results["val_skipped"] == [{"path": gone, "reason": "missing"}]
+    assert results["train_skipped"] == []
+    assert results["counts"] == {"train": 8, "val": 11}
+    assert results["skipped_counts"] == {
+        "train": {"undecodable": 0, "missing": 0},
+        "val": {"undecodable": 0, "missing": 1},
+    }
+    assert "8 train / 11 val images (skipped 1 missing val);" in result.output
+    assert f"skipping {source / gone}: missing" in result.output
+    assert len(_index(version.path, "val")) == len(read_samples(version.output("val.beton"))) == 11
+
+
+def test_missing_val_images_count_toward_the_skipped_limit(vgg, tiny_source, runs_root) -> None:
+    (tiny_source / "val" / "ILSVRC2012_val_00000005.JPEG").unlink()  # 1 of 12 > 1%
+    result = vgg("preprocess", str(tiny_source))
+    assert result.exit_code == 1
+    assert "1 of 12 val images are missing or could not be decoded" in result.output
+    assert "ILSVRC2012_val_00000005.JPEG: missing" in result.output
+    assert [v.status() for v in versions(runs_root / "imagenet")] == ["failed"]
+    assert not (runs_root / "imagenet" / "v001" / "val.beton").exists()
+
+
+def test_missing_val_image_keeps_its_place_in_a_subset(vgg, tiny_source, runs_root) -> None:
+    kept_class, left_out = _first_val_image_of(tiny_source, 0), _first_val_image_of(tiny_source, 1)
+    (tiny_source / kept_class).unlink()
+    (tiny_source / left_out).unlink()  # class 1 is not among --classes 2 (classes 0 and 2)
+    subset = ("--classes", "2", "--val-per-class", "1", "--max-skipped-fraction", "0.5")
+    result = vgg("preprocess", str(tiny_source), *subset)
+    assert result.exit_code == 0, result.output
+    results = resolve("imagenet", runs_root).results()
+    assert results["val_skipped"] == [{"path": kept_class, "reason": "missing"}]
+    assert results["counts"]["val"] == 1  # class 0's first image is gone, not replaced
+    assert "(skipped 1 missing val)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "named", "message"),
+    [
+        ("train/{w}/a\nb.JPEG", "file name {bad!r}", "contains a line break"),
+        ("train/{w}/a\rb.JPEG", "file name {bad!r}", "contains a line break"),
+        ("train/{w}/a\u2028b.JPEG", "file name {bad!r}", "contains a line break"),
+        ("val/ILSVRC2012_val_00000001\n.JPEG", "file name {bad!r}", "contains a line break"),
+        ("train/n9\n1/a.JPEG", "folder name {folder!r}", "contains a line break"),
+        ("train/{w}/" + os.fsdecode(b"a\xffb.JPEG"), "file name {bad!r}", "is not valid UTF-8"),
+    ],
+    ids=["newline", "carriage-return", "line-separator", "val", "class-folder", "not-utf8"],
+)
+def test_names_that_break_the_index_are_refused_naming_the_file(
+    vgg, tiny_source, runs_root, name, named, message
+) -> None:
+    bad = tiny_source / name.format(w=wnid(0))
+    bad.parent.mkdir(exist_ok=True)
+    shutil.copy(next((tiny_source / "train" / wnid(0)).glob("*.JPEG")), bad)
+    result = vgg("preprocess", str(tiny_source))
+    assert result.exit_code == 2, result.output
+    offender = named.format(bad=str(bad), folder=str(bad.parent))
+    assert f"{offender} {message}; rename or remove it" in result.output
+    assert result.output.strip().count("\n") == 0 and "Traceback" not in result.output
+    assert not (runs_root / "imagenet").exists()
+
+
+def test_csv_quoting_names_round_trip_and_ignored_files_may_have_line_breaks(
+    vgg, tiny_source, runs_root
+) -> None:
+    """Scope of the refusal above: commas and quotes are ordinary CSV, and a non-image file
+    (macOS's folder icon is ``Icon\\r``) is only listed in JSON, so neither stops a run."""
+    folder = tiny_source / "train" / wnid(0)
+    shutil.copy(next(folder.glob("*.JPEG")), folder / 'a, "b".JPEG')
+    (folder / "Icon\r").write_bytes(b"")
+    result = vgg("preprocess", str(tiny_source), *RAW)
+    assert result.exit_code == 0, result.output
+    version = resolve("imagenet", runs_root)
+    assert version.results()["counts"]["train"] == TINY.classes * TINY.train_per_class + 1
+    assert version.results()["ignored_files"] == [f"train/{wnid(0)}/Icon\r"]
+    rows = {r["path"]: int(r["index"]) for r in _index(version.path, "train")}
+    image = read_samples(version.output("train.beton"))[rows[f'train/{wnid(0)}/a, "b".JPEG']][0]
+    assert np.array_equal(image, np.asarray(Image.open(folder / 'a, "b".JPEG').convert("RGB")))
 
 
 @pytest.mark.parametrize(

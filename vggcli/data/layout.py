@@ -4,6 +4,7 @@ Training: ``train/<wnid>/*.JPEG``. Validation: ``val/<wnid>/*.JPEG`` (ImageFolde
 the official flat ``val/ILSVRC2012_val_*.JPEG`` with either Kaggle's ``LOC_val_solution.csv``
 or the devkit's ``ILSVRC2012_validation_ground_truth.txt`` plus its synset order (``meta.mat``
 or a text file of wnids in ILSVRC2012_ID order). Classes are indexed by sorted wnid.
+A flat val/ image that the labels name but the disk lacks is reported in ``val_missing``.
 """
 
 from __future__ import annotations
@@ -47,16 +48,48 @@ class Layout:
     val: list[Sample]
     val_layout: str
     ignored: list[Path] = field(default_factory=list)
+    val_missing: list[Path] = field(default_factory=list)  # labelled, selected, not on disk
+
+
+@dataclass
+class _Val:
+    samples: list[Sample]
+    layout: str
+    ignored: list[Path]
+    missing: list[Path] = field(default_factory=list)
 
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _indexable(path: Path) -> Path:
+    """Refuse a name that cannot be one line of UTF-8 text in train.csv/val.csv.
+
+    CSV quoting would carry a line break through our own reader, but not through every
+    line-based reader of the index (``wc -l``, grep), and bytes that are not UTF-8 cannot be
+    written at all. ImageNet has no such names, so one means a damaged or foreign folder:
+    stop and name it rather than miscount silently. Non-image files are only listed in the
+    manifest's JSON (macOS's ``Icon\\r``), so they pass.
+    """
+    name, kind = path.name, "folder" if path.is_dir() else "file"
+    if name.splitlines() != [name]:
+        raise VggError(f"{kind} name {str(path)!r} contains a line break; rename or remove it")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise VggError(
+            f"{kind} name {str(path)!r} is not valid UTF-8; rename or remove it"
+        ) from None
+    return path
+
+
 def _files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image-named files and everything else, both sorted (deterministic order)."""
+    """Image-named files (names checked by `_indexable`) and everything else, both sorted
+    (deterministic order)."""
     entries = sorted(p for p in folder.iterdir() if not p.is_dir())
-    return [p for p in entries if _is_image(p)], [p for p in entries if not _is_image(p)]
+    images = [_indexable(p) for p in entries if _is_image(p)]
+    return images, [p for p in entries if not _is_image(p)]
 
 
 def _pick_classes(all_wnids: list[str], count: int | None) -> list[str]:
@@ -70,7 +103,9 @@ def _pick_classes(all_wnids: list[str], count: int | None) -> list[str]:
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Class folders; their names become wnids and parts of indexed paths, so are checked."""
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [_indexable(d) for d in dirs]
 
 
 def discover(
@@ -98,9 +133,10 @@ def discover(
         if not images:
             raise VggError(f"{train_dir / wnid} has no images (.JPEG/.jpg/.png)")
         train += [Sample(p, label_of[wnid]) for p in images[: subset.train_per_class]]
-    val, val_layout, val_ignored = _discover_val(root, label_of, subset, val_labels, synsets)
+    val = _discover_val(root, label_of, subset, val_labels, synsets)
+    names = _class_names(root, wnids)
     return Layout(
-        root, wnids, _class_names(root, wnids), train, val, val_layout, ignored + val_ignored
+        root, wnids, names, train, val.samples, val.layout, ignored + val.ignored, val.missing
     )
 
 
@@ -110,7 +146,7 @@ def _discover_val(
     subset: Subset,
     val_labels: Path | None,
     synsets: Path | None,
-) -> tuple[list[Sample], str, list[Path]]:
+) -> _Val:
     val_dir = root / "val"
     if not val_dir.is_dir():
         raise VggError(f"{root} has no val/ folder")
@@ -121,26 +157,66 @@ def _discover_val(
     if not images:
         raise VggError(f"{val_dir} has no images")
     wnid_of, source = _flat_val_labels(root, val_labels, synsets)
+    samples, missing = _select_flat_val(_flat_entries(images, wnid_of, source), label_of, subset)
+    return _Val(samples, f"flat+{source.name}", others, missing)
+
+
+def _flat_entries(
+    images: list[Path], wnid_of: dict[str, str], source: Path
+) -> list[tuple[Path, str, bool]]:
+    """Every labelled val image as (path, wnid, on disk), in file-name order.
+
+    Images the labels name but the disk lacks stay in the list (with the name and suffix they
+    would have) so they are reported as missing rather than silently dropped.
+    """
+    entries: list[tuple[Path, str, bool]] = []
+    found: set[str] = set()
+    for path in images:
+        key = next((k for k in (path.stem, _val_id(path)) if k in wnid_of), None)
+        if key is None:
+            raise VggError(f"val image {path.name} has no label in {source}")
+        found.add(key)
+        entries.append((path, wnid_of[key], True))
+    folder, suffix = images[0].parent, images[0].suffix
+    entries += [
+        (folder / f"{_val_stem(key)}{suffix}", wnid, False)
+        for key, wnid in wnid_of.items()
+        if key not in found
+    ]
+    return sorted(entries)
+
+
+def _val_stem(key: str) -> str:
+    """The file stem of a label key: the devkit numbers images, Kaggle names them."""
+    return f"ILSVRC2012_val_{int(key):08d}" if key.isdigit() else key
+
+
+def _select_flat_val(
+    entries: list[tuple[Path, str, bool]], label_of: dict[str, int], subset: Subset
+) -> tuple[list[Sample], list[Path]]:
+    """Apply --classes and --val-per-class; a missing image takes its place in the first K
+    of its class, as an undecodable one does, so a subset is the same with or without it."""
     per_class: dict[str, int] = {}
     val: list[Sample] = []
-    selecting = subset.classes is not None
-    for path in images:
-        wnid = wnid_of.get(path.stem) or wnid_of.get(_val_id(path) or "")
-        if wnid is None:
-            raise VggError(f"val image {path.name} has no label in {source}")
+    missing: list[Path] = []
+    for path, wnid, on_disk in entries:
         if wnid not in label_of:
-            if selecting:
-                continue  # a class left out by --classes
+            if subset.classes is not None or not on_disk:
+                continue  # left out by --classes; or gone, with its class (a class-subset copy)
             raise VggError(f"val image {path.name} is labelled {wnid}, which is not a train class")
         per_class[wnid] = per_class.get(wnid, 0) + 1
-        if subset.val_per_class is None or per_class[wnid] <= subset.val_per_class:
+        if subset.val_per_class is not None and per_class[wnid] > subset.val_per_class:
+            continue
+        if on_disk:
             val.append(Sample(path, label_of[wnid]))
-    return val, f"flat+{source.name}", others
+        else:
+            missing.append(path)
+    return val, missing
 
 
 def _val_from_folders(
     val_dir: Path, class_dirs: list[Path], label_of: dict[str, int], subset: Subset
-) -> tuple[list[Sample], str, list[Path]]:
+) -> _Val:
     unknown = [d.name for d in class_dirs if d.name not in label_of]
     if unknown and subset.classes is None:
         raise VggError(f"val/{unknown[0]} is not a train class (unknown val label)")
@@ -155,7 +231,7 @@ def _val_from_folders(
         val += [Sample(p, label) for p in images[: subset.val_per_class]]
     if not val:
         raise VggError(f"{val_dir} has no images for the selected classes")
-    return val, "folders", ignored
+    return _Val(val, "folders", ignored)
 
 
 def _val_id(path: Path) -> str | None:

@@ -30,6 +30,7 @@ from vggcli.runs import RunVersion, RunWriter
 from vggcli.stages.common import announce
 
 SPLITS = ("train", "val")
+MISSING = "missing"  # the skip reason of a val image its labels name but the disk lacks
 
 __all__ = ["PreprocessConfig", "StorageSettings", "Subset", "run"]
 
@@ -128,15 +129,17 @@ def _scan_split(
         for result in pool.imap(_scan_one, jobs, chunksize=8):
             results.append(result)
             bar.advance(task)
-    _check_skipped(split, samples, results, config.max_skipped_fraction)
+    missing = layout.val_missing if split == "val" else []
+    skipped = [(s.path, r.reason) for s, r in zip(samples, results, strict=True) if not r.ok]
+    skipped += [(path, MISSING) for path in missing]
+    _check_skipped(split, skipped, len(samples) + len(missing), config.max_skipped_fraction)
     if want_sums:
         total = sum((r.sums for r in results if r.sums is not None), ColourSums.zero())
         run.set_result("colour_statistics", colour_statistics(total))
     run.set_result(f"{split}_formats", dict(Counter(r.kind for r in results if r.ok)))
-    skipped = [(s, r) for s, r in zip(samples, results, strict=True) if not r.ok]
     run.set_result(
         f"{split}_skipped",
-        [{"path": str(s.path.relative_to(layout.root)), "reason": r.reason} for s, r in skipped],
+        [{"path": str(path.relative_to(layout.root)), "reason": why} for path, why in skipped],
     )
     kept = [(s, r) for s, r in zip(samples, results, strict=True) if r.ok]
     run.write_text(f"{split}.csv", _index_csv(kept, layout))
@@ -144,15 +147,17 @@ def _scan_split(
 
 
 def _check_skipped(
-    split: str, samples: Sequence[Sample], results: Sequence[ScanResult], max_fraction: float
+    split: str, skipped: Sequence[tuple[Path, str]], total: int, max_fraction: float
 ) -> None:
-    bad = [(s, r) for s, r in zip(samples, results, strict=True) if not r.ok]
-    for sample, result in bad:
-        console.print(f"[yellow]skipping[/] {sample.path}: {result.reason}")
-    if len(bad) > max_fraction * len(samples) or len(bad) == len(samples):
+    """Undecodable and missing images count alike: either way the split lacks them, and
+    many of either mean the wrong or a half-copied folder."""
+    for path, reason in skipped:
+        console.print(f"[yellow]skipping[/] {path}: {reason}")
+    if len(skipped) > max_fraction * total or len(skipped) == total:
+        path, reason = skipped[0]
         raise WorkFailed(
-            f"{len(bad)} of {len(samples)} {split} images could not be decoded (first: "
-            f"{bad[0][0].path.name}: {bad[0][1].reason}); is this the right folder? "
+            f"{len(skipped)} of {total} {split} images are missing or could not be decoded "
+            f"(first: {path.name}: {reason}); is this the right folder? "
             "--max-skipped-fraction accepts more"
         )
 
@@ -190,14 +195,31 @@ def _write_split(
 
 
 def _summarise(run: RunWriter, layout: Layout) -> None:
-    counts = {}
-    for split in SPLITS:
-        with open(run.path / f"{split}.csv") as fh:
-            counts[split] = sum(1 for _ in fh) - 1
+    counts = {split: len(_read_index(run.path / f"{split}.csv", layout.root)) for split in SPLITS}
     run.set_result("counts", counts)
     run.set_result("num_classes", len(layout.wnids))
+    skipped = _skipped_counts(run.results())
+    run.set_result("skipped_counts", skipped)
     mean = run.results()["colour_statistics"]["mean_rgb"]
     console.print(
-        f"{counts['train']} train / {counts['val']} val images; "
+        f"{counts['train']} train / {counts['val']} val images{_skipped_note(skipped)}; "
         f"mean RGB = ({mean[0]:.2f}, {mean[1]:.2f}, {mean[2]:.2f})"
     )
+
+
+def _skipped_counts(results: dict) -> dict[str, dict[str, int]]:
+    """Per split, how many listed images were undecodable and how many missing."""
+    counts = {}
+    for split in SPLITS:
+        reasons = [entry["reason"] for entry in results.get(f"{split}_skipped", [])]
+        missing = reasons.count(MISSING)
+        counts[split] = {"undecodable": len(reasons) - missing, "missing": missing}
+    return counts
+
+
+def _skipped_note(skipped: dict[str, dict[str, int]]) -> str:
+    """' (skipped 2 undecodable train, 1 missing val)', or '' when nothing was skipped."""
+    parts = [
+        f"{n} {kind} {split}" for split, kinds in skipped.items() for kind, n in kinds.items() if n
+    ]
+    return f" (skipped {', '.join(parts)})" if parts else ""
