@@ -38,9 +38,11 @@ def runs_root(tmp_path: Path) -> Path:
 def vgg(runs_root: Path) -> Callable[..., Result]:
     """Invoke the real CLI in-process with this test's runs root."""
     runner = CliRunner()
+    # --no-verify sets VGG_NO_VERIFY in this process; listing it here restores it after
+    env = {"VGG_RUNS": str(runs_root), "COLUMNS": "200", "VGG_NO_VERIFY": None}
 
     def invoke(*args: str) -> Result:
-        return runner.invoke(app, [*args], env={"VGG_RUNS": str(runs_root), "COLUMNS": "200"})
+        return runner.invoke(app, [*args], env=env)
 
     return invoke
 

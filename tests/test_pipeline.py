@@ -39,6 +39,10 @@ def _write(tmp_path: Path, body: str) -> Path:
         ),
         ("[[step]]\nname = 'a'\nrun = 'train --data {a}'\n", "cannot use its own run"),
         ("[vars]\nx = '1'\n", "no [[step]] tables"),
+        ("step = 'notalist'\n", "`step` must be [[step]] tables"),
+        ("step = [1, 2]\n", "`step` must be [[step]] tables"),
+        ("vars = 3\n[[step]]\nname = 'a'\nrun = 'train'\n", "[vars] must be a table"),
+        ("pipeline = 'x'\n[[step]]\nname = 'a'\nrun = 'train'\n", "[pipeline] must be"),
     ],
 )
 def test_bad_pipeline_files_name_the_file_and_step(tmp_path, body, message) -> None:

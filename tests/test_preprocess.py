@@ -297,6 +297,15 @@ def test_csv_quoting_names_round_trip_and_ignored_files_may_have_line_breaks(
             ),
             "has no label",
         ),
+        (
+            lambda s: [
+                *(f.unlink() for f in (s / "val").iterdir()),
+                (s / "LOC_val_solution.csv").write_text(
+                    (s / "LOC_val_solution.csv").read_text().splitlines()[0] + "\n"
+                ),
+            ],
+            "no val images found",
+        ),
     ],
     ids=[
         "missing-folder",
@@ -305,6 +314,7 @@ def test_csv_quoting_names_round_trip_and_ignored_files_may_have_line_breaks(
         "no-val-labels",
         "unknown-wnid",
         "unlabelled-val-image",
+        "no-val-images",
     ],
 )
 def test_bad_input_is_one_clear_line(vgg, tmp_path, runs_root, damage, message) -> None:

@@ -105,7 +105,7 @@ def test_parents_record_version_and_manifest_hash(tmp_path: Path) -> None:
 
 
 def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(VggError, match="no run at"):
+    with pytest.raises(VggError, match="no run "):
         resolve("nope", tmp_path)
     with pytest.raises(VggError, match="invalid run name"):
         RunWriter.open(tmp_path, "../x", kind="model", config={})

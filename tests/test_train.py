@@ -104,7 +104,7 @@ def test_init_from_a_is_recorded_as_a_parent(vgg, train_root: Path) -> None:
         (["--net", "A", "--crop", "100"], "multiple of 32"),
         (["--net", "A", "--crop", "32", "--scale", "24"], "at least the crop"),
         (["--net", "A", "--scale", "512-256"], "--scale must be"),
-        (["--net", "A", "--data", "nothing"], "no run at"),
+        (["--net", "A", "--data", "nothing"], "no run 'nothing'"),
         (["--net", "A", "--batch-size", "16", "--micro-batch", "5"], "--micro-batch: 5 images"),
         (["--net", "A", "--device", "garbage"], "unknown device 'garbage'"),
         (["--net", "A", "--device", "cuda:7"], "CUDA device(s)"),

@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from vggcli import integrity
 from vggcli.errors import VggError
 from vggcli.eval_settings import default_scales
 from vggcli.runs import COMPLETE, RunVersion, latest_complete, list_runs, resolve, versions
@@ -84,8 +85,16 @@ class Artifact:
         return name in self.manifest().get("outputs", {})
 
     def file(self, name: str) -> Path:
-        """A recorded output's path; a clear error if the run never finished writing it."""
-        return self.version.output(name)
+        """A recorded output's path, verified against its recorded size and sha256; a clear
+        error if the run never finished writing it or it changed since."""
+        return integrity.check(self.version.output(name), self.record(name), self.label)
+
+    def record(self, name: str) -> dict[str, Any]:
+        """What the manifest recorded of an output: its size and sha256."""
+        record = self.manifest()["outputs"].get(name)
+        if not isinstance(record, dict) or not {"size", "sha256"} <= record.keys():
+            raise VggError(f"{self.label}: unreadable record of '{name}' in its manifest", 1)
+        return record
 
 
 A = TypeVar("A", bound=Artifact)

@@ -16,7 +16,7 @@ import torch
 
 from vggcli.artifacts import ModelRun
 from vggcli.distributed import Cluster, lead_does
-from vggcli.errors import VggError
+from vggcli.errors import VggError, WorkFailed
 from vggcli.models import VGG, NetSpec, with_normalisation
 from vggcli.runs import RunWriter
 
@@ -27,7 +27,10 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 def save(run: RunWriter, name: str, payload: dict[str, Any]) -> None:
     with run.writing(name) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) this way
+            raise WorkFailed(f"could not write {run.path / name} (disk full?): {exc}") from exc
 
 
 def load(path: Path) -> dict[str, Any]:

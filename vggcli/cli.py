@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
+from rich.console import Console
+from typer.core import TyperGroup
 
 from vggcli.commands import (
     bench,
@@ -13,9 +18,40 @@ from vggcli.commands import (
     report,
     runs,
     train,
+    verify,
 )
 
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage mistakes (unknown option, value out of range) as one red line naming the
+    option, exit code 2, like every other error of ours; typer would draw a boxed panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # click's ClickException, vendored by typer
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # type: ignore[attr-defined]
+            else:
+                _print_usage_error(exc)
+            sys.exit(getattr(exc, "exit_code", 2))
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _print_usage_error(exc: typer.TyperException) -> None:
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    message = exc.format_message()  # type: ignore[attr-defined]
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/] {message}{hint}", markup=True)
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="vgg",
     help=(
         "Reproduce Simonyan & Zisserman, 'Very Deep Convolutional Networks for Large-Scale "
@@ -34,5 +70,6 @@ app.command("evaluate")(evaluate.evaluate_command)
 app.command("fuse")(evaluate.fuse_command)
 app.command("report")(report.command)
 app.command("runs")(runs.command)
+app.command("verify")(verify.command)
 app.add_typer(bench.app, name="bench")
 app.add_typer(pipeline.app, name="pipeline")

@@ -20,11 +20,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, fsync, then rename: readers see old or new, never half."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a stray half file
+        raise
+
+
+def overwrite_in_place(path: Path, data: bytes) -> None:
+    """Rewrite an existing file in its own blocks: the last resort when the disk is too full
+    for a temporary copy. Not atomic; callers write something no longer than before."""
+    with open(path, "r+b") as fh:
         fh.write(data)
+        fh.truncate()
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -29,3 +32,14 @@ def sigterm_requests_stop() -> Iterator[Callable[[], bool]]:
         yield requested.is_set
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def pause_point(name: str) -> None:
+    """A test hook that makes races deterministic: with VGG_PAUSE_AT=name, touch
+    `$VGG_PAUSE_DIR/name.reached` and wait until `name.go` appears there. A no-op otherwise."""
+    if os.environ.get("VGG_PAUSE_AT") != name:
+        return
+    folder = Path(os.environ["VGG_PAUSE_DIR"])
+    (folder / f"{name}.reached").touch()
+    while not (folder / f"{name}.go").exists():
+        time.sleep(0.05)

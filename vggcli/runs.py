@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from vggcli.errors import VggError
-from vggcli.files import atomic_write_json, sha256_file
+from vggcli.files import atomic_write_json, overwrite_in_place, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -41,9 +41,14 @@ class Status(StrEnum):
     RUNNING = "running"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # 'running' in the manifest, but nobody holds the lock
+    UNREADABLE = "unreadable"  # no manifest we can read: never resumed, never resolved
 
 
-COMPLETE, RUNNING, FAILED, INTERRUPTED = Status
+COMPLETE, RUNNING, FAILED, INTERRUPTED, UNREADABLE = Status
+
+# The manifest fields every reader relies on, and their JSON types.
+_FIELD_TYPES: dict[str, type] = {"status": str, "config": dict, "outputs": dict}
+_OPTIONAL_FIELD_TYPES: dict[str, type] = {"results": dict, "parents": list, "kind": str}
 
 
 def _now() -> str:
@@ -87,20 +92,27 @@ class RunVersion:
         return f"{self.name}/{self.path.name}"
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest, checked for the shape every reader relies on."""
         try:
-            return json.loads((self.path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            manifest = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise VggError(f"{self.path}: unreadable {MANIFEST} ({exc})", exit_code=1) from exc
+        if (problem := _shape_problem(manifest)) is not None:
+            raise VggError(f"{self.path}: unreadable {MANIFEST} ({problem})", exit_code=1)
+        return manifest
 
     def manifest_sha256(self) -> str:
         return sha256_file(self.path / MANIFEST)
 
     def status(self) -> Status:
-        """complete / failed / running, or interrupted when 'running' but nobody holds the lock."""
+        """complete / failed / running, interrupted when 'running' but nobody holds the lock,
+        unreadable when the manifest is missing, garbled or of the wrong shape."""
         try:
-            status = Status(self.manifest().get("status", INTERRUPTED))
+            status = Status(self.manifest()["status"])
         except (VggError, ValueError):
-            return INTERRUPTED
+            return UNREADABLE
+        if status not in (COMPLETE, FAILED, RUNNING):
+            return UNREADABLE
         if status != RUNNING:
             return status
         with open(self.path / LOCK, "ab") as fh:
@@ -128,6 +140,19 @@ class RunVersion:
         }
 
 
+def _shape_problem(manifest: Any) -> str | None:
+    """What makes a parsed manifest unusable, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for field, kind in _FIELD_TYPES.items():
+        if not isinstance(manifest.get(field), kind):
+            return f"'{field}' missing or not a JSON {kind.__name__}"
+    for field, kind in _OPTIONAL_FIELD_TYPES.items():
+        if field in manifest and not isinstance(manifest[field], kind):
+            return f"'{field}' is not a JSON {kind.__name__}"
+    return None
+
+
 def versions(run_dir: Path) -> list[RunVersion]:
     """All versions of a run, oldest first."""
     if not run_dir.is_dir():
@@ -148,22 +173,32 @@ def list_runs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and versions(p))
 
 
+def locate(ref: str | Path, root: Path | None = None) -> Path:
+    """Where a run reference points: inside the runs root first (`D`, `D/v002`), so that
+    `--data imagenet` names the dataset run even beside the `imagenet/` source folder; a
+    path outside the root only when it is a run or a run version."""
+    path = Path(ref)
+    if root is not None and not path.is_absolute() and (root / path).exists():
+        return root / path
+    if versions(path) or (_version_number(path) is not None and (path / MANIFEST).exists()):
+        return path
+    where = f" under {root}" if root is not None else ""
+    hint = f" ({path} exists but is not a run directory)" if path.exists() else ""
+    raise VggError(f"no run '{ref}'{where}{hint}")
+
+
 def resolve(ref: str | Path, root: Path | None = None) -> RunVersion:
     """Turn what a user typed into a complete version.
 
     ``runs/D`` (or just ``D``, looked up under the runs root) names the latest complete
     version; ``runs/D/v002`` pins one, which must be complete.
     """
-    path = Path(ref)
-    if not path.exists() and root is not None and len(path.parts) <= 2:
-        path = root / path
+    path = locate(ref, root)
     if _version_number(path) is not None and (path / MANIFEST).exists():
         version = RunVersion(path)
         if (status := version.status()) != COMPLETE:
             raise VggError(f"{path} is {status}, not complete; re-run its command to finish it")
         return version
-    if not path.is_dir():
-        raise VggError(f"no run at {ref}")
     if (latest := latest_complete(path)) is None:
         raise VggError(f"{path} has no complete version; re-run its command to finish it")
     return latest
@@ -232,8 +267,10 @@ class RunWriter:
         execution: dict[str, Any] | None = None,
         argv: list[str] | None = None,
         resume: bool = True,
+        resume_only: bool = False,
     ) -> RunWriter:
-        """Resume the latest unfinished version started with this config, else make a new one.
+        """Resume the latest unfinished version started with this config, else make a new one
+        (with `resume_only`, refuse instead: `--resume` never starts a new version).
 
         `kind` (dataset, model, ...: see artifacts.py) is recorded so readers need not guess;
         `execution` (world size, backend, nodes: runtime facts, not config) is recorded for
@@ -247,6 +284,11 @@ class RunWriter:
             fcntl.flock(run_lock, fcntl.LOCK_EX)  # serialise version choice per run name
             if resume and (found := cls._resumable(run_dir, config, execution)) is not None:
                 return found
+            if resume_only:
+                raise VggError(
+                    f"{name}: its latest version is no longer resumable (another process is "
+                    "writing it, or it finished); nothing was started"
+                )
             return cls._create(run_dir, kind, config, parents, execution, argv or sys.argv)
 
     @classmethod
@@ -381,6 +423,16 @@ class RunWriter:
     def results(self) -> dict[str, Any]:
         return self._manifest["results"]
 
+    def _save_failure(self) -> None:
+        """Mark the version failed even on a full disk: when there is no room for the
+        temporary copy, rewrite the manifest in its own blocks, compacted (shorter than
+        the indented original), so it never stays 'running'."""
+        try:
+            self._save()
+        except OSError:
+            compact = json.dumps(self._manifest, separators=(",", ":")) + "\n"
+            overwrite_in_place(self.path / MANIFEST, compact.encode())
+
     # -- closing ---------------------------------------------------------------------
     def __enter__(self) -> RunWriter:
         return self
@@ -393,7 +445,10 @@ class RunWriter:
             self._manifest["error"] = str(exc) or exc_type.__name__
         self._manifest["ended"] = _now()
         try:
-            self._save()
+            if exc_type is None:
+                self._save()
+            else:
+                self._save_failure()
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from vggcli.data.beton import check_decodes
 from vggcli.data.loader import SCHEME, ColourShift, LoaderSpec, colour_alphas, make_loader, mix64
 from vggcli.device import Precision
 from vggcli.distributed import SINGLE, Cluster
-from vggcli.errors import PREEMPTED, VggError
+from vggcli.errors import PREEMPTED, VggError, WorkFailed
 from vggcli.metrics import counts_correct
 from vggcli.models import VGG, NetSpec, init_from_a, initialise, with_normalisation
 from vggcli.progress import console, progress_bar
@@ -434,9 +435,22 @@ class Trainer:
         """The optimizer step that ends a batch, and its metrics row. The batch's loss and
         counts, the SIGTERM flag and the checkpoint clock are summed over ranks in one
         collective, so every rank takes the same decisions. Returns (loss, stop, checkpoint)."""
-        loss_sum, top1, top5, seen, stop, due = self.cluster.sum(
-            [*totals, float(self.stop_requested()), float(self._checkpoint_due())], self.device
+        loss_sum, top1, top5, seen, stop, due, failed = self.cluster.sum(
+            [
+                *totals,
+                float(self.stop_requested()),
+                float(self._checkpoint_due()),
+                float(self.train_order.failed_decodes()),
+            ],
+            self.device,
         )
+        check_decodes(int(failed), self.train_order.num_samples, "training")  # fails early
+        if not math.isfinite(loss_sum):
+            raise WorkFailed(
+                f"training diverged: the loss is {loss_sum / self.cluster.world_size} at step "
+                f"{self.position.step + 1} (epoch {self.position.epoch + 1}); the version is "
+                "marked failed, any checkpoint it wrote is kept (a lower --lr may help)"
+            )
         lr = self.schedule.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -505,6 +519,7 @@ class Trainer:
             "lr_dropped": dropped,
             "wall_s": time.monotonic() - started,
         }
+        self._check_decodes(row)
         self.log(row)
         pos.history.append(row)
         console.print(
@@ -513,6 +528,20 @@ class Trainer:
         )
         pos.epoch, pos.offset = pos.epoch + 1, 0
         self.save_checkpoint()
+
+    def _check_decodes(self, row: dict[str, Any]) -> None:
+        """Images that failed to decode so far (summed over ranks), in the epoch's row;
+        too many fail the run (beton.check_decodes)."""
+        train, val = self.cluster.sum(
+            [float(self.train_order.failed_decodes()), float(self.val_order.failed_decodes())],
+            self.device,
+        )
+        counts = ((train, self.train_order, "training"), (val, self.val_order, "validation"))
+        for count, order, what in counts:
+            if count:
+                row[f"{what}_decode_failures"] = int(count)
+                note = check_decodes(int(count), order.num_samples, what)
+                console.print(f"[yellow]warning:[/] {note}")
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

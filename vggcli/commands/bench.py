@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import NProc, RunsRoot, done, relaunch, runs_root, user_errors
+from vggcli.commands.common import (
+    MAX_SCALE,
+    NProc,
+    RunsRoot,
+    at_least,
+    bounded,
+    done,
+    relaunch,
+    runs_root,
+    user_errors,
+)
 
 app = typer.Typer(help="Benchmarks: ours against a reference on the same cores, in one run.",
                   no_args_is_help=True)
@@ -15,10 +25,10 @@ app = typer.Typer(help="Benchmarks: ours against a reference on the same cores, 
 @app.command("train")
 @user_errors
 def train_command(
-    batch: Annotated[int, typer.Option(help="Images per SGD step.")] = 8,
-    repeats: Annotated[int, typer.Option(help="Timed steps per model and precision (median taken).")] = 3,
+    batch: Annotated[int, typer.Option(callback=at_least(1), help="Images per SGD step.")] = 8,
+    repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed steps per model and precision (median taken).")] = 3,
     nproc: NProc = 1,
-    width: Annotated[float, typer.Option(help="Width of net D in the --nproc scaling measurement (1 = full size).")] = 1.0,
+    width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width of net D in the --nproc scaling measurement (1 = full size).")] = 1.0,
     root: RunsRoot = None,
 ) -> None:
     """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last) beside torchvision's vgg16 under identical settings; with --nproc N, img/s per rank of N DDP processes beside one process alone, and the scaling efficiency."""
@@ -32,8 +42,8 @@ def train_command(
 @app.command("evaluate")
 @user_errors
 def evaluate_command(
-    q: Annotated[int, typer.Option("--q", help="Test scale Q (smallest image side).")] = 256,
-    repeats: Annotated[int, typer.Option(help="Timed repetitions (median taken).")] = 2,
+    q: Annotated[int, typer.Option("--q", callback=bounded(32, MAX_SCALE), help="Test scale Q (smallest image side).")] = 256,
+    repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed repetitions (median taken).")] = 2,
     root: RunsRoot = None,
 ) -> None:
     """Per-image cost of dense evaluation against 150-crop evaluation, full-size net D, on a 500x375 image, measured side by side."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import sys
 import uuid
@@ -18,6 +19,51 @@ from vggcli.errors import PREEMPTED, VggError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+N = TypeVar("N", int, float)
+
+MAX_SCALE = 2048  # the largest smallest-side S or Q we rescale to (the paper's largest: 512)
+
+
+def bounded(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> Callable[[N | None], N | None]:
+    """An option callback that refuses values outside [low, high] (or the open ends asked
+    for), NaN and infinity included (NaN passes every comparison, so ranges alone let it
+    through). typer prints the refusal as `Invalid value for '--lr': ...`, exit code 2."""
+    wanted = _interval(low, high, open_low, open_high)
+
+    def check(value: N | None) -> N | None:
+        if value is None:
+            return value
+        below = low is not None and (value <= low if open_low else value < low)
+        above = high is not None and (value >= high if open_high else value > high)
+        if not math.isfinite(value) or below or above:
+            raise typer.BadParameter(f"must be {wanted}, not {value}")
+        return value
+
+    check.bounds = (low, high, open_low, open_high)  # type: ignore[attr-defined]
+    return check
+
+
+def _interval(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:
+    """'> 0', '>= 1', 'in [0, 1)': how a range reads in an error message."""
+    if high is None:
+        return f"{'>' if open_low else '>='} {low}"
+    if low is None:
+        return f"{'<' if open_high else '<='} {high}"
+    return f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+
+
+def at_least(low: int) -> Callable[[N | None], N | None]:
+    return bounded(low)
+
+
+def positive() -> Callable[[N | None], N | None]:
+    return bounded(0, open_low=True)
 
 RunsRoot = Annotated[
     Path | None,
@@ -32,7 +78,7 @@ RunsRoot = Annotated[
 Workers = Annotated[
     int | None,
     typer.Option(
-        "--workers", min=1, help="Processes for decoding and writing (default: all cores)."
+        "--workers", callback=at_least(1), help="Processes for decoding and writing (default: all cores)."
     ),
 ]
 
@@ -48,8 +94,26 @@ NProc = Annotated[
     int,
     typer.Option(
         "--nproc",
-        min=1,
+        callback=at_least(1),
         help="Processes on this machine, one per GPU (or a share of the CPU cores): re-runs the command under torchrun --standalone; the results do not depend on it.",
+    ),
+]
+
+
+def _skip_verification(skip: bool) -> bool:
+    """--no-verify reaches every process of the command (torchrun ranks, pipeline steps)
+    through the environment; integrity.py reads it there."""
+    if skip:
+        os.environ["VGG_NO_VERIFY"] = "1"
+    return skip
+
+
+NoVerify = Annotated[
+    bool,
+    typer.Option(
+        "--no-verify",
+        callback=_skip_verification,
+        help="Do not hash input files against their recorded sha256 (sizes are still checked); `vgg verify RUN` checks on demand.",
     ),
 ]
 
@@ -119,7 +183,23 @@ def parse_scale(text: str) -> tuple[int, int]:
         parts = []
     if len(parts) not in (1, 2) or parts[0] > parts[-1] or parts[0] <= 0:
         raise VggError(f"--scale must be S (e.g. 256) or Smin-Smax (e.g. 256-512), not '{text}'")
+    if parts[-1] > MAX_SCALE:
+        raise VggError(f"--scale {text}: S above {MAX_SCALE} is not supported")
     return parts[0], parts[-1]
+
+
+def parse_scales(text: str | None) -> tuple[int, ...] | None:
+    """--scales '256,384,512' -> (256, 384, 512): test scales Q, each at most MAX_SCALE
+    (an image rescaled to Q=100000 would need tens of GB)."""
+    if text is None:
+        return None
+    try:
+        scales = tuple(int(q) for q in text.split(","))
+    except ValueError:
+        raise VggError(f"--scales must be comma-separated integers, not '{text}'") from None
+    if not all(0 < q <= MAX_SCALE for q in scales):
+        raise VggError(f"--scales {text}: each Q must be in [1, {MAX_SCALE}]")
+    return scales
 
 
 def print_plan(title: str, rows: list[tuple[str, str]]) -> None:

@@ -7,16 +7,16 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import done, user_errors
+from vggcli.commands.common import at_least, bounded, done, user_errors
 
 
 @user_errors
 def command(
     out: Annotated[Path, typer.Argument(help="Folder to create (must be new or empty).")],
-    classes: Annotated[int, typer.Option(help="Number of classes (at most 10 shapes).")] = 10,
-    train_per_class: Annotated[int, typer.Option(help="Training images per class.")] = 100,
-    val_per_class: Annotated[int, typer.Option(help="Validation images per class.")] = 20,
-    seed: Annotated[int, typer.Option(help="Everything follows from this seed.")] = 0,
+    classes: Annotated[int, typer.Option(callback=bounded(2, 10), help="Number of classes (at most 10 shapes).")] = 10,
+    train_per_class: Annotated[int, typer.Option(callback=at_least(1), help="Training images per class.")] = 100,
+    val_per_class: Annotated[int, typer.Option(callback=at_least(1), help="Validation images per class.")] = 20,
+    seed: Annotated[int, typer.Option(callback=bounded(0, 2**32 - 1), help="Everything follows from this seed.")] = 0,
     val_layout: Annotated[str, typer.Option(help="folders (val/<wnid>/), loc (flat + LOC_val_solution.csv) or devkit (flat + ILSVRC2012 devkit ground truth and meta.mat).")] = "loc",
 ) -> None:
     """Generate a tiny, deterministic ILSVRC-layout dataset (shapes at varied scales and positions) for the demo and for smoke tests; no download needed."""

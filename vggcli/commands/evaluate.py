@@ -8,24 +8,16 @@ import typer
 
 from vggcli.commands.common import (
     Device,
+    NoVerify,
     NProc,
     Precision,
     RunsRoot,
     done,
+    parse_scales,
     relaunch,
     runs_root,
     user_errors,
 )
-from vggcli.errors import VggError
-
-
-def _scales(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(q) for q in text.split(","))
-    except ValueError:
-        raise VggError(f"--scales must be comma-separated integers, not '{text}'") from None
 
 
 @user_errors
@@ -38,13 +30,14 @@ def evaluate_command(
     device: Device = "auto",
     name: Annotated[str | None, typer.Option(help="Run to write (default: <run>-eval, e.g. runs/D-eval).")] = None,
     nproc: NProc = 1,
+    no_verify: NoVerify = False,
     root: RunsRoot = None,
 ) -> None:
     """Top-1/top-5 error of a trained run at test scale(s) Q, saving per-image posteriors."""
     from vggcli.stages import evaluate as stage
 
     relaunch(nproc)
-    request = stage.EvaluateRequest(run, mode, multi_scale, _scales(scales), precision, device,
+    request = stage.EvaluateRequest(run, mode, multi_scale, parse_scales(scales), precision, device,
                                     name)
     done(stage.run(request, runs_root(root)).path)
 
@@ -57,6 +50,7 @@ def fuse_command(
     name: Annotated[str | None, typer.Option(help="Run to write (default fuse-D+E).")] = None,
     precision: Annotated[str, typer.Option(help="auto, bf16 or fp32 (for members evaluated now).")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N] (for members evaluated now).")] = "auto",
+    no_verify: NoVerify = False,
     root: RunsRoot = None,
 ) -> None:
     """Average the softmax posteriors of several runs (ConvNet fusion, Table 6); members without stored posteriors for the mode are evaluated first."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import NProc, RunsRoot, user_errors
+from vggcli.commands.common import NoVerify, NProc, RunsRoot, user_errors
 
 app = typer.Typer(help="Run a pipelines/*.toml file step by step, skipping finished steps.",
                   no_args_is_help=True)
@@ -20,6 +20,7 @@ def run_command(
     file: File,
     dry_run: Annotated[bool, typer.Option(help="Print the plan (each step's state and command) and stop.")] = False,
     nproc: NProc = 1,
+    no_verify: NoVerify = False,
     root: RunsRoot = None,
 ) -> None:
     """Run the steps in dependency order; finished steps are skipped, interrupted ones resume."""

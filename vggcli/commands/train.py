@@ -7,13 +7,18 @@ from typing import Annotated
 import typer
 
 from vggcli.commands.common import (
+    MAX_SCALE,
     Device,
+    NoVerify,
     NProc,
     Precision,
     RunsRoot,
     Workers,
+    at_least,
+    bounded,
     done,
     parse_scale,
+    positive,
     print_plan,
     relaunch,
     runs_root,
@@ -22,8 +27,8 @@ from vggcli.commands.common import (
 )
 from vggcli.errors import VggError
 
-CheckpointMinutes = Annotated[float, typer.Option(help="Also checkpoint every this many minutes (always at each epoch's end).")]
-CheckpointSteps = Annotated[int, typer.Option(help="Also checkpoint every N optimizer steps (0 = off).")]
+CheckpointMinutes = Annotated[float, typer.Option(callback=positive(), help="Also checkpoint every this many minutes (always at each epoch's end).")]
+CheckpointSteps = Annotated[int, typer.Option(callback=at_least(0), help="Also checkpoint every N optimizer steps (0 = off).")]
 Name = Annotated[str | None, typer.Option(help="Run name to write (default: the net letter, e.g. runs/D).")]
 
 
@@ -40,24 +45,24 @@ def train_command(
     data: Annotated[str | None, typer.Option(help="Dataset run (default: the only one under the runs root).")] = None,
     name: Name = None,
     init_from: Annotated[str | None, typer.Option(help="A trained net-A run: copy its first four conv layers and three FC layers (the paper's init for B-E).")] = None,
-    width: Annotated[float, typer.Option(help="Width multiplier on every conv and FC layer (1 = the paper's).")] = 1.0,
-    crop: Annotated[int, typer.Option(help="Training crop size, a multiple of 32 (224 = the paper's); fc6 kernel = crop/32.")] = 224,
-    epochs: Annotated[int, typer.Option(help="Epoch budget (the paper stopped after 74).")] = 74,
-    batch_size: Annotated[int, typer.Option(help="Images per SGD step (the paper's 256).")] = 256,
-    micro_batch: Annotated[int, typer.Option(help="Images per forward pass; gradients are accumulated to --batch-size (0 = whole batch).")] = 0,
-    lr: Annotated[float, typer.Option(help="Initial learning rate (the paper's 1e-2), divided by 10 when val accuracy stops improving.")] = 1e-2,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay on weights.")] = 5e-4,
-    patience: Annotated[int, typer.Option(help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
-    max_lr_drops: Annotated[int, typer.Option(help="How many times the lr may be divided (the paper: 3).")] = 3,
+    width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width multiplier on every conv and FC layer (1 = the paper's).")] = 1.0,
+    crop: Annotated[int, typer.Option(callback=bounded(32, MAX_SCALE), help="Training crop size, a multiple of 32 (224 = the paper's); fc6 kernel = crop/32.")] = 224,
+    epochs: Annotated[int, typer.Option(callback=at_least(1), help="Epoch budget (the paper stopped after 74).")] = 74,
+    batch_size: Annotated[int, typer.Option(callback=at_least(1), help="Images per SGD step (the paper's 256).")] = 256,
+    micro_batch: Annotated[int, typer.Option(callback=at_least(0), help="Images per forward pass; gradients are accumulated to --batch-size (0 = whole batch).")] = 0,
+    lr: Annotated[float, typer.Option(callback=positive(), help="Initial learning rate (the paper's 1e-2), divided by 10 when val accuracy stops improving.")] = 1e-2,
+    momentum: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(callback=bounded(0), help="L2 weight decay on weights.")] = 5e-4,
+    patience: Annotated[int, typer.Option(callback=at_least(1), help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
+    max_lr_drops: Annotated[int, typer.Option(callback=at_least(0), help="How many times the lr may be divided (the paper: 3).")] = 3,
     init: Annotated[str, typer.Option(help="normal (N(0, init-std^2), the paper's), glorot (the paper's alternative) or kaiming.")] = "normal",
-    init_std: Annotated[float, typer.Option(help="Std of the normal init.")] = 1e-2,
-    last_std: Annotated[float | None, typer.Option(help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
-    dropout: Annotated[float, typer.Option(help="Dropout on fc6 and fc7.")] = 0.5,
-    input_scale: Annotated[float, typer.Option(help="Multiply the mean-subtracted 0-255 input by this (1 = the paper's; ~1/64 suits --init kaiming on small data).")] = 1.0,
-    colour_sigma: Annotated[float, typer.Option(help="Std of the AlexNet PCA colour shift (0 = off).")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seeds init, sample order, crops, flips, colour shifts, dropout.")] = 0,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many SGD steps (0 = the whole budget).")] = 0,
+    init_std: Annotated[float, typer.Option(callback=positive(), help="Std of the normal init.")] = 1e-2,
+    last_std: Annotated[float | None, typer.Option(callback=positive(), help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
+    dropout: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="Dropout on fc6 and fc7.")] = 0.5,
+    input_scale: Annotated[float, typer.Option(callback=positive(), help="Multiply the mean-subtracted 0-255 input by this (1 = the paper's; ~1/64 suits --init kaiming on small data).")] = 1.0,
+    colour_sigma: Annotated[float, typer.Option(callback=bounded(0), help="Std of the AlexNet PCA colour shift (0 = off).")] = 0.1,
+    seed: Annotated[int, typer.Option(callback=bounded(0, 2**32 - 1), help="Seeds init, sample order, crops, flips, colour shifts, dropout.")] = 0,
+    max_steps: Annotated[int, typer.Option(callback=at_least(0), help="Stop after this many SGD steps (0 = the whole budget).")] = 0,
     precision: Precision = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
     checkpoint_minutes: CheckpointMinutes = 10.0,
@@ -66,6 +71,7 @@ def train_command(
     resume: Annotated[str | None, typer.Option(help="Finish an interrupted version, e.g. runs/D/v003, with its recorded config (re-running the same command does this too).")] = None,
     nproc: NProc = 1,
     dry_run: Annotated[bool, typer.Option(help="Print what the run will do (images and steps, world size and per-process batch, checkpoint size, disk needed) and stop.")] = False,
+    no_verify: NoVerify = False,
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:
@@ -101,14 +107,15 @@ def train_command(
 def finetune_command(
     run: Annotated[str, typer.Argument(help="The trained run to start from, e.g. runs/D (its latest complete version) or runs/D/v001.")],
     scale: Annotated[str, typer.Option(help="New training scale: 384, or a jitter range such as 256-512.")],
-    lr: Annotated[float, typer.Option(help="Initial learning rate (the paper: 1e-3 when fine-tuning).")] = 1e-3,
-    epochs: Annotated[int | None, typer.Option(help="Epoch budget (default: the parent's).")] = None,
+    lr: Annotated[float, typer.Option(callback=positive(), help="Initial learning rate (the paper: 1e-3 when fine-tuning).")] = 1e-3,
+    epochs: Annotated[int | None, typer.Option(callback=at_least(1), help="Epoch budget (default: the parent's).")] = None,
     name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
     precision: Precision = "auto",
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
     device: Device = "auto",
     nproc: NProc = 1,
+    no_verify: NoVerify = False,
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:

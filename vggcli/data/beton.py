@@ -30,6 +30,19 @@ from vggcli.processes import die_with_parent
 
 MIN_PAGE = 8 << 20
 WRITE_MODES = ("jpg", "raw", "proportion", "smart")
+MAX_DECODE_FAILURES = 0.001  # share of a split's images that may fail to decode at read time
+
+
+def check_decodes(failed: int, total: int, what: str) -> str | None:
+    """Stored JPEGs that no longer decode (all decoded when the beton was written, so the
+    file was damaged since): fail above MAX_DECODE_FAILURES of the images, else a note."""
+    if failed == 0:
+        return None
+    message = f"{failed} of {total} {what} images failed to decode (damaged JPEG data)"
+    if failed > MAX_DECODE_FAILURES * total:
+        raise WorkFailed(f"{message}: more than {MAX_DECODE_FAILURES:.1%}; check the dataset "
+                         "with `vgg verify`, or preprocess it again")
+    return message
 
 
 @dataclass(frozen=True)
@@ -228,6 +241,7 @@ class BetonImages:
         self._data = np.memmap(path, dtype=np.uint8, mode="r")
         self.labels = np.array([int(m["f1"]) for m in self._meta], dtype=np.int64)
         self.shapes = [(int(m["f0"]["height"]), int(m["f0"]["width"])) for m in self._meta]
+        self.failed: set[int] = set()  # images whose JPEG data no longer decodes
 
     def __len__(self) -> int:
         return len(self._meta)
@@ -239,7 +253,11 @@ class BetonImages:
         if image_meta["mode"] == 1:  # raw
             return np.array(self._data[ptr : ptr + height * width * 3]).reshape(height, width, 3)
         encoded = np.array(self._data[ptr : ptr + self._sizes[ptr]])
-        return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+        if decoded is None:  # counted (see check_decodes); black keeps the shapes right
+            self.failed.add(index)
+            return np.zeros((height, width, 3), dtype=np.uint8)
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def read_samples(path: Path) -> list[tuple[np.ndarray, int]]:

@@ -30,6 +30,7 @@ from ffcv.libffcv import imdecode, resize_crop
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -95,6 +96,20 @@ def read_cell(address: int) -> np.uint64:
     return numba.carray(_as_pointer(address), (1,), dtype=np.uint64)[0]
 
 
+@intrinsic
+def mark_cell(typingctx, address, index):  # type: ignore[no-untyped-def]
+    """Numba: set byte `index` of the uint8 array Python keeps at `address` (see
+    `read_cell`). A plain store in LLVM: a write through `numba.carray` is dropped as dead
+    code inside a parallel (prange) loop."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        base = builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+        builder.store(ir.Constant(ir.IntType(8), 1), builder.gep(base, [args[1]]))
+        return context.get_dummy_value()
+
+    return types.void(address, index), codegen
+
+
 @njit
 def epoch_key(seed: np.uint64, epoch: np.uint64) -> np.uint64:
     return mix64(seed + mix64(epoch + GOLDEN))
@@ -120,6 +135,9 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
         self.crop, self.s_min, self.s_max = crop, float(s_min), float(s_max)
         self.seed, self.centre, self.scheme = seed, centre, scheme
         self.epoch_cell = np.zeros(1, dtype=np.uint64)
+        # one flag per image, set when libjpeg-turbo refuses it (FFCV's own decoders ignore
+        # its error code and pass on whatever the buffer held); sized in generate_code
+        self.failed = np.zeros(0, dtype=np.uint8)
 
     @property
     def get_crop_generator(self):  # type: ignore[override]  # unused: generate_code is ours
@@ -135,6 +153,9 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
         seed = np.uint64(self.seed)
         per_batch = self.scheme == 1
         epoch_address = self.epoch_cell.ctypes.data
+        if self.failed.size != len(self.metadata):  # once: the order holds this array
+            self.failed = np.zeros(len(self.metadata), dtype=np.uint8)
+        failed_address = self.failed.ctypes.data
 
         def decode(batch_indices, my_storage, metadata, storage_state):  # type: ignore[no-untyped-def]
             destination, temp_storage = my_storage
@@ -150,7 +171,7 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
                 height, width = np.int64(field["height"]), np.int64(field["width"])
                 if field["mode"] == jpg:
                     temp_buffer = temp_storage[dst_ix]
-                    imdecode_c(
+                    status = imdecode_c(
                         image_data,
                         temp_buffer,
                         height,
@@ -164,6 +185,9 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
                         False,
                         False,
                     )
+                    if status != 0:
+                        mark_cell(failed_address, np.int64(source_ix))
+                        temp_buffer[:] = 0  # counted, and black rather than the last image
                     temp_buffer = temp_buffer.reshape(-1)[: 3 * height * width]
                     temp_buffer = temp_buffer.reshape(height, width, 3)
                 else:
@@ -195,11 +219,17 @@ class EpochOrder:
         rank: int = 0,
         world_size: int = 1,
         epoch_cell: np.ndarray | None = None,
+        failed: np.ndarray | None = None,
     ) -> None:
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.epoch_cell = epoch_cell if epoch_cell is not None else np.zeros(1, np.uint64)
+        self.failed = failed if failed is not None else np.zeros(num_samples, np.uint8)
         self.current = self.rank_indices(0)
+
+    def failed_decodes(self) -> int:
+        """Images of this order's dataset the decoder refused so far (flags it sets)."""
+        return int(self.failed.sum())
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
         """The whole epoch, every rank's samples, in global order."""
@@ -275,6 +305,7 @@ def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
         spec.rank,
         spec.world_size,
         decoder.epoch_cell,
+        decoder.failed,
     )
     loader.traversal_order = order  # type: ignore[assignment]
     return loader, order

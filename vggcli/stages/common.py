@@ -22,6 +22,7 @@ def open_on_lead(
     device: str,
     parents: list[RunVersion] = (),  # type: ignore[assignment]
     resume: bool = True,
+    resume_only: bool = False,
 ) -> RunWriter | None:
     """The run version this stage writes, opened (or resumed) by rank 0 alone and announced;
     the other ranks get None, or rank 0's failure."""
@@ -36,6 +37,7 @@ def open_on_lead(
             device=device,
             execution=cluster.facts(),
             resume=resume,
+            resume_only=resume_only,
         ),
     )
     if writer is not None:

@@ -16,13 +16,13 @@ import numpy as np
 
 from vggcli import checkpoints, device, distributed
 from vggcli.artifacts import DatasetRun, EvaluationRun, Kind, ModelRun, resolve_as
-from vggcli.data.beton import BetonImages
+from vggcli.data.beton import BetonImages, check_decodes
 from vggcli.distributed import Cluster
 from vggcli.eval_settings import EvalSettings, Mode, parse_mode
 from vggcli.evaluate import Evaluator, assemble, evaluate_method
 from vggcli.fuse import average
 from vggcli.metrics import error_table
-from vggcli.progress import progress_bar
+from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
 from vggcli.stages.common import open_on_lead, print_errors, save_posteriors
 
@@ -73,7 +73,11 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
         )
         with writer or contextlib.nullcontext():
             per_scale = _posteriors(writer, evaluator, images, cluster)
+            (failed,) = cluster.sum([float(len(images.failed))], chosen)
+            if note := check_decodes(int(failed), len(images), "validation"):
+                console.print(f"[yellow]warning:[/] {note}")
             if writer is not None:
+                writer.set_result("decode_failures", int(failed))
                 rows = _finish(writer, settings, per_scale, images.labels)
                 for key, value in _membership(model_run, dataset, len(images)).items():
                     writer.set_result(key, value)

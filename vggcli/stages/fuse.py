@@ -47,11 +47,15 @@ def run(request: FuseRequest, root: Path) -> RunVersion:
     if len(request.runs) < 2:
         raise VggError("give at least two runs to fuse")
     evaluations = [_member(ref, root, mode, request) for ref in request.runs]
+    _refuse_repeats(evaluations, mode)
+    for evaluation in evaluations:
+        _verify_model(evaluation, root)
     members = [e.membership() for e in evaluations]
     check_compatible(members)
-    labels = np.load(evaluations[0].labels())
+    labels = _load_array(evaluations[0].labels())
     posteriors = {
-        m["model"]: np.load(e.posteriors(mode)) for m, e in zip(members, evaluations, strict=True)
+        m["model"]: _load_array(e.posteriors(mode))
+        for m, e in zip(members, evaluations, strict=True)
     }
     fused = average(list(posteriors.values()))
     rows = error_table({**posteriors, "fusion": fused}, labels)
@@ -74,6 +78,39 @@ def run(request: FuseRequest, root: Path) -> RunVersion:
         writer.set_result("errors", rows)
     print_errors(f"fusion ({mode})", [{**r, "method": r["name"]} for r in rows])
     return writer.version
+
+
+def _refuse_repeats(evaluations: list[EvaluationRun], mode: Mode) -> None:
+    """One model version at one set of test scales counted twice would weigh it double
+    (`vgg fuse runs/X runs/X/v001` names the same model twice)."""
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    for evaluation in evaluations:
+        key = (evaluation.model(), evaluation.scales())
+        if key in seen:
+            scales = ",".join(str(q) for q in key[1])
+            raise VggError(f"{key[0]} ({mode}, Q={scales}) is named twice; fuse distinct models")
+        seen.add(key)
+
+
+def _verify_model(evaluation: EvaluationRun, root: Path) -> None:
+    """The model that made stored posteriors must still be the model its run recorded:
+    posteriors of a since-damaged model are not fused. Hashes only, no torch."""
+    path = root / evaluation.model()
+    if not path.is_dir():
+        console.print(f"note: {evaluation.model()} is not under {root}; its weights are unchecked")
+        return
+    ModelRun(RunVersion(path)).weights()
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """A stored numeric array; never a pickled object array."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise VggError(f"{path}: not a readable numeric array ({exc})", exit_code=1) from exc
+    if array.dtype.kind not in "fiu":
+        raise VggError(f"{path}: holds {array.dtype} values, not numbers", exit_code=1)
+    return array
 
 
 def _member(ref: str, root: Path, mode: Mode, request: FuseRequest) -> EvaluationRun:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vggcli.artifacts import kind_of
-from vggcli.runs import list_runs, versions
+from vggcli.runs import UNREADABLE, RunVersion, list_runs, versions
 
 __all__ = ["VersionRow", "rows"]
 
@@ -22,20 +22,18 @@ class VersionRow:
 
 
 def rows(root: Path) -> list[VersionRow]:
-    found = []
-    for run_dir in list_runs(root):
-        for version in versions(run_dir):
-            manifest = version.manifest()
-            parents = ", ".join(f"{p['run']}/{p['version']}" for p in manifest.get("parents", []))
-            kind = kind_of(version)
-            found.append(
-                VersionRow(
-                    run_dir.name,
-                    version.path.name,
-                    str(kind) if kind else "",
-                    str(version.status()),
-                    str(manifest.get("started", "")),
-                    parents,
-                )
-            )
-    return found
+    return [_row(version) for run_dir in list_runs(root) for version in versions(run_dir)]
+
+
+def _row(version: RunVersion) -> VersionRow:
+    """One version; an unreadable manifest is a row that says so, not an abort."""
+    status = version.status()
+    if status == UNREADABLE:
+        return VersionRow(version.name, version.path.name, "", str(status), "", "")
+    manifest = version.manifest()
+    parents = ", ".join(f"{p['run']}/{p['version']}" for p in manifest.get("parents", []))
+    kind = kind_of(version)
+    started = str(manifest.get("started", ""))
+    return VersionRow(
+        version.name, version.path.name, str(kind) if kind else "", str(status), started, parents
+    )

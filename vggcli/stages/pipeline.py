@@ -60,15 +60,23 @@ def load(path: Path, runs_root: Path | None = None) -> Pipeline:
         raise VggError(f"{path}: cannot read ({exc.strerror})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise VggError(f"{path}: TOML error: {exc}") from exc
-    variables = {str(k): str(v) for k, v in data.get("vars", {}).items()}
+    variables = data.get("vars", {})
+    if not isinstance(variables, dict):
+        raise VggError(f"{path}: [vars] must be a table of name = value")
+    variables = {str(k): str(v) for k, v in variables.items()}
     raw_steps = data.get("step", [])
+    if not isinstance(raw_steps, list) or not all(isinstance(s, dict) for s in raw_steps):
+        raise VggError(f"{path}: `step` must be [[step]] tables (each with name and run)")
     if not raw_steps:
         raise VggError(f"{path}: no [[step]] tables")
+    settings = data.get("pipeline", {})
+    if not isinstance(settings, dict) or not isinstance(settings.get("runs_root", ""), str):
+        raise VggError(f"{path}: [pipeline] must be a table; its runs_root a path string")
     names = [str(s.get("name", "")) for s in raw_steps]
     steps = [_parse_step(path, s, set(names), variables) for s in raw_steps]
     if len(set(names)) != len(names):
         raise VggError(f"{path}: step names must be unique")
-    root = runs_root or Path(data.get("pipeline", {}).get("runs_root", "runs"))
+    root = runs_root or Path(settings.get("runs_root", "runs"))
     return Pipeline(path, _ordered(path, steps), variables, root)
 
 

@@ -23,7 +23,7 @@ from vggcli.data.beton import StorageSettings, write_beton
 from vggcli.data.images import BadImage, ColourSums, colour_statistics, fit_longer_side, load_rgb
 from vggcli.data.layout import Layout, Sample, Subset, discover
 from vggcli.device import cpu_label
-from vggcli.errors import WorkFailed
+from vggcli.errors import VggError, WorkFailed
 from vggcli.processes import die_with_parent
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
@@ -151,6 +151,8 @@ def _check_skipped(
 ) -> None:
     """Undecodable and missing images count alike: either way the split lacks them, and
     many of either mean the wrong or a half-copied folder."""
+    if total == 0:
+        raise VggError(f"no {split} images found for the selected classes")
     for path, reason in skipped:
         console.print(f"[yellow]skipping[/] {path}: {reason}")
     if len(skipped) > max_fraction * total or len(skipped) == total:

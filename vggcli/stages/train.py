@@ -20,9 +20,9 @@ from vggcli.artifacts import DatasetRun, Kind, ModelRun, latest_of_kind, resolve
 from vggcli.distributed import Cluster
 from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec, count_parameters
-from vggcli.processes import sigterm_requests_stop
+from vggcli.processes import pause_point, sigterm_requests_stop
 from vggcli.progress import console
-from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, versions
+from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, locate, versions
 from vggcli.stages.common import open_on_lead
 from vggcli.train import Recipe, Runtime, TrainConfig, TrainData, Trainer, build_model, results
 
@@ -69,16 +69,21 @@ def find_dataset(root: Path, data: str | None) -> DatasetRun:
     return found[0]
 
 
-def execute(config: TrainConfig, root: Path, name: str, runtime: Runtime) -> RunVersion:
+def execute(
+    config: TrainConfig, root: Path, name: str, runtime: Runtime, resume_only: bool = False
+) -> RunVersion:
     """Run (or resume) a training config, in this process or in every process of a torchrun
-    job; only rank 0 writes the run. Its dataset and parents are named in the config."""
+    job; only rank 0 writes the run. Its dataset and parents are named in the config.
+    `resume_only`: finish the latest version or fail, never start a new one."""
     with (
         distributed.joined(runtime.device) as (cluster, chosen),
         sigterm_requests_stop() as stop_requested,
     ):
         # rank 0 alone looks at the run directory, so every rank trains with its answer
         config = cluster.broadcast(_unfinished_scheme(config, root, name) if cluster.lead else None)
-        summary, path = _train(config, root, name, runtime, cluster, chosen, stop_requested)
+        summary, path = _train(
+            config, root, name, runtime, cluster, chosen, stop_requested, resume_only
+        )
     if summary["val_top1_err"] is not None:
         console.print(
             f"val top-1 error {summary['val_top1_err']:.2%}, top-5 "
@@ -95,14 +100,19 @@ def _train(
     cluster: Cluster,
     chosen: torch.device,
     stop_requested: Callable[[], bool],
+    resume_only: bool,
 ) -> tuple[dict[str, Any], str]:
     """The training summary and the run's path. The model and its DDP wrapper live in this
     frame only, so they are gone before the process group they use is destroyed."""
     dataset = resolve_as(config.dataset, root, DatasetRun)
+    _refuse_no_steps(config, dataset)
     model, parents = _model(config, root, dataset)
     data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
     label = device.label(chosen)
-    writer = open_on_lead(cluster, root, name, Kind.MODEL, config.as_manifest(), label, parents)
+    writer = open_on_lead(
+        cluster, root, name, Kind.MODEL, config.as_manifest(), label, parents,
+        resume_only=resume_only,
+    )
     with writer or contextlib.nullcontext():
         store = checkpoints.LeadCheckpoints(cluster, writer)
         metrics = checkpoints.RunMetrics(writer) if writer else checkpoints.NO_METRICS
@@ -122,6 +132,19 @@ def _train(
             store.clear()
             writer.set_result("training", summary)
     return summary, cluster.broadcast(str(writer.path) if writer else None)
+
+
+def _refuse_no_steps(config: TrainConfig, dataset: DatasetRun) -> None:
+    """A run that would make no optimizer step would still end `complete`, with its
+    initial weights as its model: refuse it before a version is made."""
+    images = int(dataset.results()["counts"]["train"])
+    batch = config.recipe.batch_size
+    if images < batch:
+        raise VggError(
+            f"{dataset.label} has {images} training images, fewer than one batch of {batch}: "
+            "no optimizer step would be made",
+            field="batch_size",
+        )
 
 
 def _model(config: TrainConfig, root: Path, dataset: DatasetRun) -> tuple[VGG, list[RunVersion]]:
@@ -224,7 +247,7 @@ def _bytes(size: float) -> str:
 def resume(request: ResumeRequest, root: Path) -> RunVersion:
     """Finish an interrupted or failed version with the config it recorded."""
     ref = request.version
-    path = Path(ref) if Path(ref).exists() else root / ref
+    path = locate(ref, root)
     found = [v for v in versions(path.parent) if v.path == path]
     if not found:
         raise VggError(f"--resume needs a run version such as runs/D/v001, not {ref}")
@@ -240,4 +263,5 @@ def resume(request: ResumeRequest, root: Path) -> RunVersion:
     if versions(path.parent)[-1] != version:
         raise VggError(f"{version.label} is not the latest version of {version.name}")
     config = TrainConfig.from_manifest(version.manifest()["config"])
-    return execute(config, root, version.name, request.runtime)
+    pause_point("resume-checked")  # tests hold a resume here to race another writer
+    return execute(config, root, version.name, request.runtime, resume_only=True)

@@ -1,0 +1,356 @@
+"""Faults inflicted on real files and hostile options: every one must end in a clear
+one-line error, the right exit code, an honest version status and nothing that looks
+complete. Races are made deterministic with the VGG_PAUSE_AT test hook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import vgg_process
+from tests.test_train import TINY
+from vggcli.runs import COMPLETE, FAILED, RUNNING, UNREADABLE, RunWriter, versions
+
+TRAIN = ["train", "--net", "A", "--scale", "40", "--epochs", "1", *TINY]
+
+
+def _one_line_error(result, exit_code: int, *needles: str) -> None:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == exit_code, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], result.output
+
+
+# -- every numeric option of every command, out of range ---------------------------------
+def _numeric_options() -> list[tuple[tuple[str, ...], typing.Any]]:
+    import typer.main
+
+    from vggcli.cli import app
+
+    found, pending = [], [((), typer.main.get_command(app))]
+    while pending:
+        path, command = pending.pop()
+        for name, sub in getattr(command, "commands", {}).items():
+            pending.append(((*path, name), sub))
+        for param in command.params:
+            annotation = getattr(param, "type_descriptor", None)
+            kinds = typing.get_args(annotation.annotation) or (annotation.annotation,)
+            if param.opts[0].startswith("--") and {int, float} & set(kinds):
+                found.append((path, param))
+    return found
+
+
+def _bad_values(param: typing.Any) -> list[str]:
+    low, high, open_low, open_high = param.callback.bounds
+    values = []
+    if low is not None:
+        values.append(str(low if open_low else low - 1))
+    if high is not None:
+        values.append(str(high if open_high else high + 1))
+    annotation = param.type_descriptor.annotation
+    if float in (typing.get_args(annotation) or (annotation,)):
+        values += ["nan", "inf"]
+    return values
+
+
+NUMERIC = _numeric_options()
+
+
+def test_every_numeric_option_declares_its_range() -> None:
+    assert len(NUMERIC) > 30
+    for path, param in NUMERIC:
+        assert hasattr(param.callback, "bounds"), (path, param.opts)
+
+
+@pytest.mark.parametrize(
+    ("path", "param"), NUMERIC, ids=[f"{' '.join(p)} {o.opts[0]}" for p, o in NUMERIC]
+)
+def test_out_of_range_values_are_one_line_usage_errors(vgg, tmp_path, path, param) -> None:
+    arguments = [str(tmp_path) for p in _arguments(path) if p.required]
+    for value in _bad_values(param):
+        result = vgg(*path, param.opts[0], value, *arguments)
+        _one_line_error(result, 2, param.opts[0])
+
+
+def _arguments(path: tuple[str, ...]) -> list[typing.Any]:
+    import typer.main
+
+    from vggcli.cli import app
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return [p for p in command.params if not p.opts[0].startswith("--")]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["evaluate", "x", "--scales", "100000"], "--scales 100000"),
+        (["evaluate", "x", "--scales", "a,b"], "comma-separated"),
+        (["train", "--net", "A", "--scale", "5000"], "above 2048"),
+        (["train", "--net", "A", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_bad_option_text_is_one_line(vgg, args, needle) -> None:
+    _one_line_error(vgg(*args), 2, needle)
+
+
+# -- degenerate runs ----------------------------------------------------------------------
+def test_a_run_that_would_make_no_step_is_refused_before_it_starts(vgg, train_root) -> None:
+    result = vgg(*TRAIN, "--batch-size", "1000")
+    _one_line_error(result, 2, "--batch-size:", "fewer than one batch of 1000")
+    assert not (train_root / "A").exists()
+
+
+def test_a_diverging_loss_fails_the_version(vgg, train_root) -> None:
+    result = vgg(*TRAIN, "--lr", "1e12")
+    assert result.exit_code == 1 and "training diverged: the loss is nan" in result.output
+    (version,) = versions(train_root / "A")
+    assert version.status() == FAILED and "diverged" in version.manifest()["error"]
+    assert not (version.path / "model.pt").exists()
+
+
+# -- recorded hashes checked on input ----------------------------------------------------
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _first_jpeg(beton: Path) -> int:
+    from ffcv.reader import Reader
+
+    return int(Reader(str(beton)).metadata[0]["f0"]["data_ptr"])
+
+
+def test_a_flipped_byte_in_a_beton_jpeg_stops_training(vgg, train_root) -> None:
+    beton = train_root / "tiny" / "v001" / "train.beton"
+    _flip(beton, _first_jpeg(beton) + 300)
+    result = vgg(*TRAIN)
+    _one_line_error(result, 1, "tiny/v001: train.beton does not match its recorded sha256")
+    assert not (train_root / "A").exists()
+    checked = vgg("verify", "tiny")
+    assert checked.exit_code == 1 and "1 of 5 files damaged" in checked.output
+
+
+def test_a_damaged_jpeg_header_is_counted_and_fails_training(vgg, train_root) -> None:
+    beton = train_root / "tiny" / "v001" / "train.beton"
+    start = _first_jpeg(beton)
+    data = bytearray(beton.read_bytes())
+    data[start + 2 : start + 40] = bytes(38)  # the JPEG header: libjpeg-turbo refuses it
+    beton.write_bytes(bytes(data))
+    result = vgg(*TRAIN, "--no-verify")
+    assert result.exit_code == 1, result.output
+    assert "1 of 200 training images failed to decode" in result.output
+    (version,) = versions(train_root / "A")
+    assert version.status() == FAILED
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, dataset_runs) -> Path:
+    """Two tiny A models and their dense multi-scale evaluations (what fuse reads), made
+    once for this module."""
+    from typer.testing import CliRunner
+
+    from vggcli.cli import app
+
+    root = tmp_path_factory.mktemp("evaluated") / "runs"
+    shutil.copytree(dataset_runs, root)
+    env = {"VGG_RUNS": str(root), "COLUMNS": "200"}
+    runner = CliRunner()
+    for name, seed in (("A", "0"), ("A2", "1")):
+        args = [*TRAIN, "--name", name, "--seed", seed]
+        assert runner.invoke(app, args, env=env).exit_code == 0
+        assert runner.invoke(app, ["evaluate", name, "--multi-scale"], env=env).exit_code == 0
+    return root
+
+
+@pytest.fixture
+def eval_root(evaluated: Path, runs_root: Path) -> Path:
+    shutil.copytree(evaluated, runs_root)
+    return runs_root
+
+
+def test_a_damaged_model_is_not_evaluated_nor_are_its_stored_posteriors_fused(
+    vgg, eval_root
+) -> None:
+    model = eval_root / "A" / "v001" / "model.pt"
+    _flip(model, model.stat().st_size // 2)
+    _one_line_error(vgg("evaluate", "A"), 1, "A/v001: model.pt does not match")
+    assert [v.status() for v in versions(eval_root / "A-eval")] == [COMPLETE]
+    _one_line_error(vgg("fuse", "A-eval", "A2-eval"), 1, "A/v001: model.pt does not match")
+    assert not (eval_root / "fuse-A+A2").exists()
+    assert vgg("evaluate", "A", "--no-verify").exit_code == 0
+
+
+def test_a_flipped_byte_in_stored_posteriors_is_not_fused(vgg, eval_root) -> None:
+    posteriors = eval_root / "A-eval" / "v001" / "dense.npy"
+    _flip(posteriors, posteriors.stat().st_size - 3)
+    _one_line_error(vgg("fuse", "A", "A2"), 1, "A-eval/v001: dense.npy does not match")
+
+
+def test_an_object_array_is_never_unpickled(vgg, eval_root) -> None:
+    version = eval_root / "A-eval" / "v001"
+    np.save(version / "dense.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    _rerecord(version, "dense.npy")  # as if a hostile run recorded it
+    _one_line_error(vgg("fuse", "A", "A2"), 1, "not a readable numeric array")
+
+
+def _rerecord(version: Path, name: str) -> None:
+    from vggcli.files import sha256_file
+
+    manifest = json.loads((version / "manifest.json").read_text())
+    path = version / name
+    manifest["outputs"][name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_one_model_fused_with_itself_is_refused(vgg, eval_root) -> None:
+    _one_line_error(vgg("fuse", "A", "A/v001"), 2, "A/v001", "named twice")
+    assert vgg("fuse", "A", "A2").exit_code == 0
+
+
+def test_a_damaged_val_jpeg_header_fails_evaluation(vgg, eval_root) -> None:
+    beton = eval_root / "tiny" / "v001" / "val.beton"
+    start = _first_jpeg(beton)
+    data = bytearray(beton.read_bytes())
+    data[start + 2 : start + 40] = bytes(38)
+    beton.write_bytes(bytes(data))
+    result = vgg("evaluate", "A", "--no-verify")
+    assert result.exit_code == 1 and "1 of 50 validation images failed to decode" in result.output
+    assert "Traceback" not in result.output
+    assert versions(eval_root / "A-eval")[-1].status() == FAILED
+
+
+# -- run references -----------------------------------------------------------------------
+def test_run_names_resolve_inside_the_runs_root_first(vgg, train_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny" / "train").mkdir(parents=True)  # the source folder beside the runs
+    result = vgg("train", "--net", "A", "--data", "tiny", "--dry-run", *TINY)
+    assert result.exit_code == 0 and "tiny/v001: 200 training images" in result.output
+    _one_line_error(
+        vgg("train", "--net", "A", "--data", str(tmp_path / "tiny"), *TINY),
+        2,
+        "exists but is not a run directory",
+    )
+
+
+# -- versions: claims, resumes, unreadable manifests, full disks ---------------------------
+def test_resume_never_starts_a_new_version_when_another_writer_takes_it(train_root, tmp_path):
+    process = vgg_process(*TRAIN, "--max-steps", "1", runs_root=train_root)
+    assert process.wait(timeout=120) == 0
+    version = versions(train_root / "A")[0]
+    manifest = json.loads((version.path / "manifest.json").read_text())
+    manifest["status"] = RUNNING  # as a killed run leaves it
+    (version.path / "manifest.json").write_text(json.dumps(manifest))
+    pause = {"VGG_PAUSE_AT": "resume-checked", "VGG_PAUSE_DIR": str(tmp_path)}
+    resume = vgg_process(
+        "train", "--resume", "A/v001", runs_root=train_root, extra_env=pause
+    )
+    _wait_for(tmp_path / "resume-checked.reached")
+    config = manifest["config"]
+    with RunWriter.open(train_root, "A", kind="model", config=config) as writer:
+        assert writer.path == version.path  # the other writer took the version
+        (tmp_path / "resume-checked.go").touch()
+        output, _ = resume.communicate(timeout=60)
+    assert resume.returncode == 2 and "no longer resumable" in output, output
+    assert [v.path.name for v in versions(train_root / "A")] == ["v001"]
+
+
+def _wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_an_unreadable_manifest_is_listed_and_blocks_nothing(vgg, tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    with RunWriter.open(root, "X", kind="model", config={"a": 1}):
+        pass
+    for garbage in ("{not json", "[1, 2]", '{"status": "complete"}'):
+        (root / "X" / "v001" / "manifest.json").write_text(garbage)
+        assert versions(root / "X")[0].status() == UNREADABLE
+        listed = vgg("runs", "--runs-root", str(root))
+        assert listed.exit_code == 0 and "unreadable" in listed.output, listed.output
+        _one_line_error(vgg("evaluate", "X", "--runs-root", str(root)), 2, "no complete version")
+    with RunWriter.open(root, "X", kind="model", config={"a": 1}) as writer:
+        assert writer.path.name == "v002"
+
+
+def _in_small_tmpfs(folder: Path, kilobytes: int, script: str) -> subprocess.CompletedProcess:
+    """Run `script` (bash) with a tmpfs of this size mounted on `folder`, in a private mount
+    namespace (`unshare -rm`), so that the disk really fills."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not available")
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = f"mount -t tmpfs -o size={kilobytes}k tmpfs {folder}"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespace here: {probe.stderr.decode().strip()}")
+    return subprocess.run(
+        ["unshare", "-rm", "bash", "-c", f"{mount} && {script}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_full_disk_marks_the_version_failed_and_leaves_no_temporary_file(tmp_path) -> None:
+    """The disk is full to the last byte when the writer fails: the failed status still
+    lands (rewritten in place) and no half-written temporary file stays."""
+    disk = tmp_path / "disk"
+    code = (
+        "import sys; from pathlib import Path; from vggcli.runs import RunWriter\n"
+        "root = Path(sys.argv[1])\n"
+        "try:\n"
+        "    with RunWriter.open(root, 'X', kind='model', config={'a': 1}) as writer:\n"
+        "        with open(root / 'filler', 'wb') as fh:\n"
+        "            try:\n"
+        "                while True: fh.write(b'0' * 4096); fh.flush()\n"
+        "            except OSError: pass\n"
+        "        writer.set_result('x', 'y' * 10000)\n"
+        "except OSError as exc: print('failed with', exc)\n"
+    )
+    program = tmp_path / "fill.py"
+    program.write_text(code)
+    version = disk / "X" / "v001"
+    script = (
+        f"cd {Path.cwd()} && {sys.executable} {program} {disk} && ls -a {version} && "
+        f"cat {version}/manifest.json"
+    )
+    done = _in_small_tmpfs(disk, 1024, script)
+    assert "No space left on device" in done.stdout, done.stdout + done.stderr
+    listing, manifest = done.stdout.split("\n", 1)[1].split("{", 1)
+    assert ".tmp" not in listing and "partial" not in listing, listing
+    assert json.loads("{" + manifest)["status"] == FAILED
+
+
+def test_a_full_disk_during_training_fails_cleanly(train_root, tmp_path) -> None:
+    disk = tmp_path / "disk"
+    (disk / "runs").mkdir(parents=True)
+    vgg_cmd = f"{sys.executable} -m vggcli {' '.join(TRAIN)} --checkpoint-steps 1"
+    script = (
+        f"cd {Path.cwd()} && mkdir -p {disk}/runs && ln -s {train_root}/tiny {disk}/runs/tiny && "
+        f"VGG_RUNS={disk}/runs {vgg_cmd}; echo exit=$?; ls -a {disk}/runs/A/v001; "
+        f"cat {disk}/runs/A/v001/manifest.json"
+    )
+    done = _in_small_tmpfs(disk, 1200, script)  # one checkpoint (0.9 MB) fits, not two
+    output = done.stdout + done.stderr
+    assert "exit=1" in output and "disk full" in output and "Traceback" not in output, output
+    manifest = json.loads("{" + done.stdout.split("{", 1)[1])
+    assert manifest["status"] == FAILED and "model.pt" not in manifest["outputs"]
+    listing = done.stdout.split("exit=1", 1)[1].split("{", 1)[0]
+    assert ".tmp" not in listing and ".partial" not in listing, listing
+
