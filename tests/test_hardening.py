@@ -100,10 +100,30 @@ def _arguments(path: tuple[str, ...]) -> list[typing.Any]:
         (["evaluate", "x", "--scales", "a,b"], "comma-separated"),
         (["train", "--net", "A", "--scale", "5000"], "above 2048"),
         (["train", "--net", "A", "--bogus"], "No such option: --bogus"),
+        (["train", "--net", "Z"], "unknown net 'Z'"),
+        (["train", "--net", "A", "--init", "bogus", "--batch-size", "16"], "unknown init"),
+        (["finetune-scale", "x", "--scale", "1-x"], "--scale must be"),
+        (["preprocess", "x", "--write-mode", "bogus"], "--write-mode: unknown write mode"),
+        (["make-demo-data", "x", "--val-layout", "bogus"], "--val-layout: unknown"),
+        (["verify", "nothing"], "no run 'nothing'"),
     ],
 )
-def test_bad_option_text_is_one_line(vgg, args, needle) -> None:
+def test_bad_option_text_is_one_line(vgg, train_root, args, needle) -> None:
     _one_line_error(vgg(*args), 2, needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["evaluate", "A", "--mode", "bogus"], "unknown mode 'bogus'"),
+        (["evaluate", "A", "--precision", "fp8"], "unknown precision 'fp8'"),
+        (["evaluate", "A", "--device", "garbage"], "unknown device 'garbage'"),
+        (["fuse", "A", "A2", "--mode", "bogus"], "unknown fusion mode 'bogus'"),
+    ],
+)
+def test_bad_evaluation_option_text_is_one_line(vgg, eval_root, args, needle) -> None:
+    _one_line_error(vgg(*args), 2, needle)
+    assert [v.path.name for v in versions(eval_root / "A-eval")] == ["v001"]
 
 
 # -- degenerate runs ----------------------------------------------------------------------
@@ -113,12 +133,17 @@ def test_a_run_that_would_make_no_step_is_refused_before_it_starts(vgg, train_ro
     assert not (train_root / "A").exists()
 
 
-def test_a_diverging_loss_fails_the_version(vgg, train_root) -> None:
-    result = vgg(*TRAIN, "--lr", "1e12")
-    assert result.exit_code == 1 and "training diverged: the loss is nan" in result.output
+def test_a_diverging_loss_fails_the_version_and_keeps_finite_checkpoints(vgg, train_root):
+    import torch
+
+    result = vgg(*TRAIN, "--lr", "1e12", "--checkpoint-steps", "1")
+    assert result.exit_code == 1 and "training diverged" in result.output, result.output
     (version,) = versions(train_root / "A")
     assert version.status() == FAILED and "diverged" in version.manifest()["error"]
     assert not (version.path / "model.pt").exists()
+    (checkpoint,) = version.path.glob("checkpoint-*.pt")
+    state = torch.load(checkpoint, weights_only=True)["model"]
+    assert all(torch.isfinite(tensor).all() for tensor in state.values())
 
 
 # -- recorded hashes checked on input ----------------------------------------------------
@@ -218,7 +243,35 @@ def _rerecord(version: Path, name: str) -> None:
 
 def test_one_model_fused_with_itself_is_refused(vgg, eval_root) -> None:
     _one_line_error(vgg("fuse", "A", "A/v001"), 2, "A/v001", "named twice")
+    assert vgg("evaluate", "A", "--multi-scale", "--name", "A-again").exit_code == 0
+    _one_line_error(vgg("fuse", "A-eval", "A-again"), 2, "A/v001 (dense, Q=35,40,45)")
     assert vgg("fuse", "A", "A2").exit_code == 0
+
+
+def test_a_truncated_model_is_refused_even_without_hashing(vgg, eval_root) -> None:
+    model = eval_root / "A" / "v001" / "model.pt"
+    size = model.stat().st_size
+    with open(model, "r+b") as fh:
+        fh.truncate(size // 2)
+    result = vgg("evaluate", "A", "--no-verify")
+    _one_line_error(result, 1, f"model.pt is {size // 2} bytes, recorded {size}")
+
+
+def test_hashing_is_once_per_node_and_redone_when_a_file_changes(tmp_path, monkeypatch) -> None:
+    from vggcli import integrity
+    from vggcli.errors import WorkFailed
+    from vggcli.files import sha256_file
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"a" * 100)
+    record = {"size": 100, "sha256": sha256_file(path)}
+    assert integrity.check(path, record, "X/v001") == path
+    path.write_bytes(b"b" * 100)  # same size, new content and mtime: hashed again
+    with pytest.raises(WorkFailed, match="X/v001: f.bin does not match"):
+        integrity.check(path, record, "X/v001")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the node's rank 0 hashes; this one checks size
+    assert integrity.check(path, record, "X/v001") == path
+    assert integrity.damage(path, record, "X/v001", always_hash=True) is not None
 
 
 def test_a_damaged_val_jpeg_header_fails_evaluation(vgg, eval_root) -> None:
@@ -264,7 +317,8 @@ def test_resume_never_starts_a_new_version_when_another_writer_takes_it(train_ro
         assert writer.path == version.path  # the other writer took the version
         (tmp_path / "resume-checked.go").touch()
         output, _ = resume.communicate(timeout=60)
-    assert resume.returncode == 2 and "no longer resumable" in output, output
+    assert resume.returncode == 2, output
+    assert "A/v001 is being written by another process; nothing was started" in output
     assert [v.path.name for v in versions(train_root / "A")] == ["v001"]
 
 
@@ -279,7 +333,8 @@ def test_an_unreadable_manifest_is_listed_and_blocks_nothing(vgg, tmp_path: Path
     root = tmp_path / "runs"
     with RunWriter.open(root, "X", kind="model", config={"a": 1}):
         pass
-    for garbage in ("{not json", "[1, 2]", '{"status": "complete"}'):
+    bad_record = '{"status": "complete", "config": {}, "outputs": {"model.pt": 5}}'
+    for garbage in ("{not json", "[1, 2]", '{"status": "complete"}', bad_record):
         (root / "X" / "v001" / "manifest.json").write_text(garbage)
         assert versions(root / "X")[0].status() == UNREADABLE
         listed = vgg("runs", "--runs-root", str(root))
@@ -287,6 +342,18 @@ def test_an_unreadable_manifest_is_listed_and_blocks_nothing(vgg, tmp_path: Path
         _one_line_error(vgg("evaluate", "X", "--runs-root", str(root)), 2, "no complete version")
     with RunWriter.open(root, "X", kind="model", config={"a": 1}) as writer:
         assert writer.path.name == "v002"
+    checked = vgg("verify", "X/v001", "--runs-root", str(root))
+    _one_line_error(checked, 2, "is unreadable, not complete")
+
+
+def test_a_pipeline_step_passes_over_an_unreadable_version(tmp_path: Path) -> None:
+    from vggcli.stages import pipeline
+
+    file = tmp_path / "p.toml"
+    file.write_text("[[step]]\nname = 'data'\nrun = 'preprocess imagenet'\n")
+    plan = pipeline.load(file, tmp_path / "runs")
+    (tmp_path / "runs" / "data" / "v001").mkdir(parents=True)  # no manifest at all
+    assert pipeline.state(plan, plan.steps[0]) == ("to run", None)
 
 
 def _in_small_tmpfs(folder: Path, kilobytes: int, script: str) -> subprocess.CompletedProcess:
@@ -316,11 +383,13 @@ def test_a_full_disk_marks_the_version_failed_and_leaves_no_temporary_file(tmp_p
         "root = Path(sys.argv[1])\n"
         "try:\n"
         "    with RunWriter.open(root, 'X', kind='model', config={'a': 1}) as writer:\n"
-        "        with open(root / 'filler', 'wb') as fh:\n"
-        "            try:\n"
-        "                while True: fh.write(b'0' * 4096); fh.flush()\n"
-        "            except OSError: pass\n"
-        "        writer.set_result('x', 'y' * 10000)\n"
+        "        fh = open(root / 'filler', 'wb')\n"
+        "        try:\n"
+        "            while True: fh.write(b'0' * 4096); fh.flush()\n"
+        "        except OSError: pass\n"
+        "        try: fh.close()\n"
+        "        except OSError: pass\n"
+        "        writer.set_result('x', 'y' * 10000)  # cannot land: the disk is full\n"
         "except OSError as exc: print('failed with', exc)\n"
     )
     program = tmp_path / "fill.py"
@@ -334,7 +403,8 @@ def test_a_full_disk_marks_the_version_failed_and_leaves_no_temporary_file(tmp_p
     assert "No space left on device" in done.stdout, done.stdout + done.stderr
     listing, manifest = done.stdout.split("\n", 1)[1].split("{", 1)
     assert ".tmp" not in listing and "partial" not in listing, listing
-    assert json.loads("{" + manifest)["status"] == FAILED
+    written = json.loads("{" + manifest)
+    assert written["status"] == FAILED and "x" not in written["results"], written
 
 
 def test_a_full_disk_during_training_fails_cleanly(train_root, tmp_path) -> None:

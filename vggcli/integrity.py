@@ -25,7 +25,7 @@ from vggcli.progress import console
 NO_VERIFY_ENV = "VGG_NO_VERIFY"
 ANNOUNCE_BYTES = 1 << 30  # say so before hashing a file this large
 
-_verified: set[tuple[int, int, int, int]] = set()
+_verified: set[tuple[int, int, int, int, str]] = set()
 
 
 def enabled() -> bool:
@@ -58,7 +58,7 @@ def damage(
         stat = path.stat()
     except FileNotFoundError:
         return Damage(label, path.name, "is missing")
-    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, record["sha256"])
     if key in _verified:
         return None
     if stat.st_size != record["size"]:

@@ -150,7 +150,33 @@ def _shape_problem(manifest: Any) -> str | None:
     for field, kind in _OPTIONAL_FIELD_TYPES.items():
         if field in manifest and not isinstance(manifest[field], kind):
             return f"'{field}' is not a JSON {kind.__name__}"
+    for name, record in manifest["outputs"].items():
+        if not _is_record(record, {"size": int, "sha256": str}):
+            return f"output '{name}' is not a record of size and sha256"
+    parent_fields = {"run": str, "version": str, "path": str, "manifest_sha256": str}
+    if not all(_is_record(p, parent_fields) for p in manifest.get("parents", [])):
+        return "a parent is not a record of run, version, path and manifest_sha256"
     return None
+
+
+def _is_latest(path: Path, existing: list[RunVersion]) -> bool:
+    return bool(existing) and existing[-1].path.resolve() == path.resolve()
+
+
+def _not_resumable(version: RunVersion, existing: list[RunVersion]) -> str:
+    """Why `--resume` of `version` was refused, decided under the run's lock."""
+    if not _is_latest(version.path, existing):
+        return f"{version.label} is no longer the latest version of {version.name}"
+    status = version.status()
+    if status == RUNNING:
+        return f"{version.label} is being written by another process"
+    if status in (COMPLETE, UNREADABLE):
+        return f"{version.label} is {status}"
+    return f"{version.label} was started with another config"
+
+
+def _is_record(value: Any, fields: dict[str, type]) -> bool:
+    return isinstance(value, dict) and all(isinstance(value.get(k), t) for k, t in fields.items())
 
 
 def versions(run_dir: Path) -> list[RunVersion]:
@@ -252,6 +278,7 @@ class RunWriter:
         self.version = version
         self._lock = lock
         self._manifest = manifest
+        self._saved = json.dumps(manifest)  # what manifest.json holds: the full-disk fallback
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
@@ -267,10 +294,11 @@ class RunWriter:
         execution: dict[str, Any] | None = None,
         argv: list[str] | None = None,
         resume: bool = True,
-        resume_only: bool = False,
+        resume_only: Path | None = None,
     ) -> RunWriter:
         """Resume the latest unfinished version started with this config, else make a new one
-        (with `resume_only`, refuse instead: `--resume` never starts a new version).
+        (with `resume_only`, a version's path: resume exactly that one or refuse; `--resume`
+        never starts a new version).
 
         `kind` (dataset, model, ...: see artifacts.py) is recorded so readers need not guess;
         `execution` (world size, backend, nodes: runtime facts, not config) is recorded for
@@ -282,13 +310,14 @@ class RunWriter:
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / LOCK, "ab") as run_lock:
             fcntl.flock(run_lock, fcntl.LOCK_EX)  # serialise version choice per run name
-            if resume and (found := cls._resumable(run_dir, config, execution)) is not None:
-                return found
-            if resume_only:
-                raise VggError(
-                    f"{name}: its latest version is no longer resumable (another process is "
-                    "writing it, or it finished); nothing was started"
-                )
+            existing = versions(run_dir)
+            if resume and (resume_only is None or _is_latest(resume_only, existing)):
+                found = cls._resumable(run_dir, config, execution)
+                if found is not None:
+                    return found
+            if resume_only is not None:
+                why = _not_resumable(RunVersion(resume_only), existing)
+                raise VggError(f"{why}; nothing was started")
             return cls._create(run_dir, kind, config, parents, execution, argv or sys.argv)
 
     @classmethod
@@ -368,6 +397,7 @@ class RunWriter:
 
     def _save(self) -> None:
         atomic_write_json(self.path / MANIFEST, self._manifest)
+        self._saved = json.dumps(self._manifest)
 
     def recorded(self) -> list[str]:
         """Names of the outputs finished and recorded so far, whatever is on disk now."""
@@ -425,12 +455,16 @@ class RunWriter:
 
     def _save_failure(self) -> None:
         """Mark the version failed even on a full disk: when there is no room for the
-        temporary copy, rewrite the manifest in its own blocks, compacted (shorter than
-        the indented original), so it never stays 'running'."""
+        temporary copy, rewrite the last manifest that landed, with the failed status and a
+        short reason, in its own blocks, compacted (shorter than the indented file), so
+        the version never stays 'running'."""
         try:
             self._save()
         except OSError:
-            compact = json.dumps(self._manifest, separators=(",", ":")) + "\n"
+            last = json.loads(self._saved)  # not the change that failed to land
+            last.update({key: self._manifest[key] for key in ("status", "ended")})
+            last["error"] = self._manifest["error"][:200]
+            compact = json.dumps(last, separators=(",", ":")) + "\n"
             overwrite_in_place(self.path / MANIFEST, compact.encode())
 
     # -- closing ---------------------------------------------------------------------

@@ -445,12 +445,7 @@ class Trainer:
             self.device,
         )
         check_decodes(int(failed), self.train_order.num_samples, "training")  # fails early
-        if not math.isfinite(loss_sum):
-            raise WorkFailed(
-                f"training diverged: the loss is {loss_sum / self.cluster.world_size} at step "
-                f"{self.position.step + 1} (epoch {self.position.epoch + 1}); the version is "
-                "marked failed, any checkpoint it wrote is kept (a lower --lr may help)"
-            )
+        self._refuse_divergence(loss_sum / self.cluster.world_size)
         lr = self.schedule.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -474,6 +469,19 @@ class Trainer:
             }
         )
         return loss, bool(stop), bool(due)
+
+    def _refuse_divergence(self, loss: float) -> None:
+        """A NaN or infinite loss or gradient stops training before the update lands, so
+        every checkpoint kept holds finite weights. Gradients are already averaged over
+        ranks here, and the loss summed: every rank decides the same."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise WorkFailed(
+                f"training diverged: the loss is {loss:.4g} and the gradient norm {norm:.4g} "
+                f"at step {self.position.step + 1} (epoch {self.position.epoch + 1}); the "
+                "version is marked failed, its last checkpoint kept (a lower --lr may help)"
+            )
 
     def _forward_backward(
         self, images: torch.Tensor, labels: torch.Tensor, ids: Any, first: int, last: bool

@@ -36,9 +36,9 @@ def evaluate_command(
     """Top-1/top-5 error of a trained run at test scale(s) Q, saving per-image posteriors."""
     from vggcli.stages import evaluate as stage
 
+    test_scales = parse_scales(scales)  # a bad value is said once, before the ranks start
     relaunch(nproc)
-    request = stage.EvaluateRequest(run, mode, multi_scale, parse_scales(scales), precision, device,
-                                    name)
+    request = stage.EvaluateRequest(run, mode, multi_scale, test_scales, precision, device, name)
     done(stage.run(request, runs_root(root)).path)
 
 

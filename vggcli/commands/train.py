@@ -122,8 +122,8 @@ def finetune_command(
     """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512], all layers fine-tuned; the new version records its parent."""
     from vggcli.stages import finetune as stage
 
-    relaunch(nproc)
     s_min, s_max = parse_scale(scale)
+    relaunch(nproc)
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
     request = stage.FinetuneRequest(run, s_min, s_max, runtime, lr, epochs, precision, name)
     done(stage.run(request, runs_root(root)).path)

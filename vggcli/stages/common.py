@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from vggcli.artifacts import Kind
 from vggcli.distributed import Cluster, lead_does
+from vggcli.errors import VggError, WorkFailed
 from vggcli.progress import console
 from vggcli.runs import RunVersion, RunWriter
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+
+def read_on_every_rank(cluster: Cluster, device: torch.device, read: Callable[[], T]) -> T:
+    """Run `read` (which verifies the inputs it opens) on every rank; when it failed on any
+    rank, fail on all, before rank 0 opens a run. Hashing happens once per node, so only
+    that node's processes would know of a damaged file otherwise."""
+    failure: VggError | None = None
+    try:
+        value = read()
+    except VggError as exc:
+        failure = exc
+    (failed,) = cluster.sum([float(failure is not None)], device)
+    if failure is not None:
+        raise failure
+    if failed:
+        raise WorkFailed("another process of this job could not read its inputs (see its error)")
+    return value
 
 
 def open_on_lead(
@@ -22,7 +46,7 @@ def open_on_lead(
     device: str,
     parents: list[RunVersion] = (),  # type: ignore[assignment]
     resume: bool = True,
-    resume_only: bool = False,
+    resume_only: Path | None = None,
 ) -> RunWriter | None:
     """The run version this stage writes, opened (or resumed) by rank 0 alone and announced;
     the other ranks get None, or rank 0's failure."""

@@ -24,7 +24,7 @@ from vggcli.fuse import average
 from vggcli.metrics import error_table
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
-from vggcli.stages.common import open_on_lead, print_errors, save_posteriors
+from vggcli.stages.common import open_on_lead, print_errors, read_on_every_rank, save_posteriors
 
 __all__ = ["EvaluateRequest", "run"]
 
@@ -46,14 +46,17 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
     model_run = resolve_as(request.run, root, ModelRun)
     dataset = resolve_as(model_run.dataset(), root, DatasetRun)
     with distributed.joined(request.device) as (cluster, chosen):
-        model, payload = checkpoints.load_model(model_run)
+        model, payload, images = read_on_every_rank(
+            cluster,
+            chosen,
+            lambda: (*checkpoints.load_model(model_run), BetonImages(dataset.beton("val"))),
+        )
         settings = EvalSettings(
             parse_mode(request.mode),
             request.scales or model_run.default_test_scales(request.multi_scale),
             model_run.crop(),
             device.precision_for(chosen, request.precision),
         )
-        images = BetonImages(dataset.beton("val"))
         config = {
             "model": model_run.label,
             "mode": settings.mode,

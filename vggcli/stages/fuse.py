@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggcli import integrity
 from vggcli.artifacts import (
     EvaluationRun,
     Kind,
@@ -19,14 +20,15 @@ from vggcli.artifacts import (
     as_kind,
     find_evaluation,
     kind_of,
+    parent,
 )
 from vggcli.device import cpu_label
-from vggcli.errors import VggError
+from vggcli.errors import VggError, WorkFailed
 from vggcli.eval_settings import FUSION_MODES, Mode, parse_mode
 from vggcli.fuse import average, check_compatible
 from vggcli.metrics import error_table
 from vggcli.progress import console
-from vggcli.runs import RunVersion, RunWriter, resolve
+from vggcli.runs import MANIFEST, RunVersion, RunWriter, resolve
 from vggcli.stages.common import announce, print_errors, save_posteriors
 
 __all__ = ["FuseRequest", "run"]
@@ -46,10 +48,12 @@ def run(request: FuseRequest, root: Path) -> RunVersion:
     mode = parse_mode(request.mode, FUSION_MODES, "fusion mode")
     if len(request.runs) < 2:
         raise VggError("give at least two runs to fuse")
-    evaluations = [_member(ref, root, mode, request) for ref in request.runs]
-    _refuse_repeats(evaluations, mode)
-    for evaluation in evaluations:
-        _verify_model(evaluation, root)
+    named = [resolve(ref, root) for ref in request.runs]
+    _refuse_repeats([_identity(version, request.multi_scale) for version in named], mode)
+    evaluations = [_member(version, root, mode, request) for version in named]
+    if integrity.enabled():
+        for evaluation in evaluations:
+            _verify_model(evaluation, root)
     members = [e.membership() for e in evaluations]
     check_compatible(members)
     labels = _load_array(evaluations[0].labels())
@@ -80,26 +84,46 @@ def run(request: FuseRequest, root: Path) -> RunVersion:
     return writer.version
 
 
-def _refuse_repeats(evaluations: list[EvaluationRun], mode: Mode) -> None:
+Identity = tuple[str, tuple[int, ...]]  # (model version, test scales)
+
+
+def _identity(version: RunVersion, multi_scale: bool) -> Identity | None:
+    """Which model at which test scales a member stands for, known before evaluating."""
+    kind = kind_of(version)
+    if kind == Kind.EVALUATION:
+        evaluation = EvaluationRun(version)
+        return evaluation.model(), evaluation.scales()
+    if kind == Kind.MODEL:
+        model = ModelRun(version)
+        return model.label, model.default_test_scales(multi_scale)
+    return None  # _member says what is wrong with it
+
+
+def _refuse_repeats(identities: list[Identity | None], mode: Mode) -> None:
     """One model version at one set of test scales counted twice would weigh it double
-    (`vgg fuse runs/X runs/X/v001` names the same model twice)."""
-    seen: set[tuple[str, tuple[int, ...]]] = set()
-    for evaluation in evaluations:
-        key = (evaluation.model(), evaluation.scales())
-        if key in seen:
-            scales = ",".join(str(q) for q in key[1])
-            raise VggError(f"{key[0]} ({mode}, Q={scales}) is named twice; fuse distinct models")
-        seen.add(key)
+    (`vgg fuse runs/X runs/X/v001`, or two evaluations of X at the same scales)."""
+    seen: set[Identity] = set()
+    for identity in identities:
+        if identity in seen:
+            model, scales = identity
+            listed = ",".join(str(q) for q in scales)
+            raise VggError(f"{model} ({mode}, Q={listed}) is named twice; fuse distinct models")
+        if identity is not None:
+            seen.add(identity)
 
 
 def _verify_model(evaluation: EvaluationRun, root: Path) -> None:
     """The model that made stored posteriors must still be the model its run recorded:
-    posteriors of a since-damaged model are not fused. Hashes only, no torch."""
-    path = root / evaluation.model()
-    if not path.is_dir():
-        console.print(f"note: {evaluation.model()} is not under {root}; its weights are unchecked")
-        return
-    ModelRun(RunVersion(path)).weights()
+    posteriors of a since-damaged (or vanished) model are not fused. Hashes only, no torch.
+    The model is the evaluation's first parent, found by label under the root or by its
+    recorded path."""
+    model = parent(evaluation.version, 0, root)
+    if not (model.path / MANIFEST).is_file():
+        raise WorkFailed(
+            f"{evaluation.label}: its model {evaluation.model()} is gone, so its posteriors "
+            "cannot be checked (--no-verify fuses them anyway)"
+        )
+    ModelRun(model).weights()
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -113,9 +137,8 @@ def _load_array(path: Path) -> np.ndarray:
     return array
 
 
-def _member(ref: str, root: Path, mode: Mode, request: FuseRequest) -> EvaluationRun:
+def _member(version: RunVersion, root: Path, mode: Mode, request: FuseRequest) -> EvaluationRun:
     """An evaluation run holding `mode`'s posteriors for what the user named."""
-    version = resolve(ref, root)
     kind = kind_of(version)
     if kind == Kind.EVALUATION:
         evaluation = EvaluationRun(version)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from vggcli.errors import VggError, WorkFailed
 from vggcli.processes import die_with_parent
-from vggcli.runs import COMPLETE, RUNNING, RunVersion, latest_complete, versions
+from vggcli.runs import COMPLETE, RUNNING, UNREADABLE, RunVersion, latest_complete, versions
 
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
 SCALES_OUT = ("train", "finetune-scale", "evaluate")  # the steps `--nproc` applies to
@@ -137,6 +137,8 @@ def state(pipeline: Pipeline, step: Step) -> tuple[str, RunVersion | None]:
     if args is None:
         return "waiting for inputs", None
     for version in reversed(versions(pipeline.runs_root / step.name)):
+        if version.status() == UNREADABLE:
+            continue  # listed by `vgg runs`; the step makes a new version beside it
         command = version.manifest().get("command", [])[1:]
         if command == args:
             status = version.status()

@@ -23,7 +23,7 @@ from vggcli.models import VGG, NetSpec, count_parameters
 from vggcli.processes import pause_point, sigterm_requests_stop
 from vggcli.progress import console
 from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, locate, versions
-from vggcli.stages.common import open_on_lead
+from vggcli.stages.common import open_on_lead, read_on_every_rank
 from vggcli.train import Recipe, Runtime, TrainConfig, TrainData, Trainer, build_model, results
 
 if TYPE_CHECKING:
@@ -70,11 +70,12 @@ def find_dataset(root: Path, data: str | None) -> DatasetRun:
 
 
 def execute(
-    config: TrainConfig, root: Path, name: str, runtime: Runtime, resume_only: bool = False
+    config: TrainConfig, root: Path, name: str, runtime: Runtime, resume_only: Path | None = None
 ) -> RunVersion:
     """Run (or resume) a training config, in this process or in every process of a torchrun
     job; only rank 0 writes the run. Its dataset and parents are named in the config.
-    `resume_only`: finish the latest version or fail, never start a new one."""
+    `resume_only` (a version's path): finish exactly that version or fail, never start
+    a new one."""
     with (
         distributed.joined(runtime.device) as (cluster, chosen),
         sigterm_requests_stop() as stop_requested,
@@ -100,14 +101,18 @@ def _train(
     cluster: Cluster,
     chosen: torch.device,
     stop_requested: Callable[[], bool],
-    resume_only: bool,
+    resume_only: Path | None,
 ) -> tuple[dict[str, Any], str]:
     """The training summary and the run's path. The model and its DDP wrapper live in this
     frame only, so they are gone before the process group they use is destroyed."""
     dataset = resolve_as(config.dataset, root, DatasetRun)
     _refuse_no_steps(config, dataset)
-    model, parents = _model(config, root, dataset)
-    data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
+
+    def read() -> tuple[VGG, list[RunVersion], TrainData]:
+        betons = dataset.beton("train"), dataset.beton("val")
+        return (*_model(config, root, dataset), TrainData(*betons, dataset.colour_statistics()))
+
+    model, parents, data = read_on_every_rank(cluster, chosen, read)
     label = device.label(chosen)
     writer = open_on_lead(
         cluster, root, name, Kind.MODEL, config.as_manifest(), label, parents,
@@ -264,4 +269,4 @@ def resume(request: ResumeRequest, root: Path) -> RunVersion:
         raise VggError(f"{version.label} is not the latest version of {version.name}")
     config = TrainConfig.from_manifest(version.manifest()["config"])
     pause_point("resume-checked")  # tests hold a resume here to race another writer
-    return execute(config, root, version.name, request.runtime, resume_only=True)
+    return execute(config, root, version.name, request.runtime, resume_only=version.path)
