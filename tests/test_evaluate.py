@@ -149,3 +149,25 @@ def test_evaluate_and_fuse_bad_input(vgg, train_root) -> None:
     assert result.exit_code == 2 and "not a trained model run" in result.output
     result = vgg("fuse", str(train_root / "A"), str(train_root / "A"), "--mode", "centre")
     assert result.exit_code == 2 and "unknown fusion mode" in result.output
+
+
+def test_no_flip_evaluates_the_image_alone() -> None:
+    evaluator = _evaluator(crop=64)
+    image = np.random.default_rng(2).integers(0, 256, (1, 96, 128, 3), dtype=np.uint8)
+    alone = evaluator.posteriors(image, True).numpy()
+    mirror = evaluator.posteriors(image[:, :, ::-1], True).numpy()
+    np.testing.assert_allclose(evaluator.dense(image), (alone + mirror) / 2, rtol=1e-3, atol=1e-6)
+    evaluator.settings = EvalSettings("crop", (96,), 64, precision="fp32", flip=False)
+    np.testing.assert_allclose(evaluator.dense(image), alone, rtol=1e-6)
+    assert crop_views(image[0], 64, flip=False).shape == (25, 64, 64, 3)
+
+
+def test_no_flip_at_training_follows_the_model_into_evaluation(vgg, train_root) -> None:
+    args = ["--net", "A", "--scale", "40", "--epochs", "1", "--max-steps", "2", *TINY]
+    assert vgg("train", *args, "--no-flip").exit_code == 0
+    model = resolve("A", train_root)
+    assert model.manifest()["config"]["recipe"]["flip"] is False
+    assert vgg("evaluate", "A").exit_code == 0
+    assert resolve("A-eval", train_root).manifest()["config"]["flip"] is False
+    assert vgg("evaluate", "A", "--flip", "--name", "A-flip").exit_code == 0
+    assert "flip" not in resolve("A-flip", train_root).manifest()["config"]

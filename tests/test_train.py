@@ -317,3 +317,20 @@ def test_weight_decay_falls_on_every_conv_and_fc_weight_and_no_bias() -> None:
     assert len(layers) == 16 and count_parameters(model) == sum(
         p.numel() for group in (decayed, plain) for p in group["params"]
     )
+
+
+def test_half_the_training_crops_are_mirrored_and_none_with_no_flip(dataset_runs) -> None:
+    """Same seed, same windows: with flips each crop is either the no-flip crop or its
+    mirror, the mirrored share binomial(200, 1/2) (3.5 sigma: 75..125)."""
+    beton = resolve("tiny", dataset_runs).output("train.beton")
+
+    def crops(flip: bool) -> torch.Tensor:
+        loader, order = make_loader(LoaderSpec(beton, 8, 32, 40, 40, 0, True, 1, flip=flip))
+        order.start(0)
+        return torch.cat([images.clone() for images, _ in loader])
+
+    plain, flipped = crops(False), crops(True)
+    same = [torch.equal(a, b) for a, b in zip(flipped, plain, strict=True)]
+    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, plain, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert 75 <= sum(m and not s for s, m in zip(same, mirrored, strict=True)) <= 125

@@ -153,6 +153,10 @@ class ModelRun(Artifact):
     def metrics(self) -> Path:
         return self.file(self.METRICS)
 
+    def flips(self) -> bool:
+        """Trained with random flips (the paper's; runs before the switch all were)."""
+        return bool(self.config()["recipe"].get("flip", True))
+
 
 class EvaluationRun(Artifact):
     """`vgg evaluate`: float16 posteriors per method (and per scale), in .beton order."""
@@ -181,6 +185,10 @@ class EvaluationRun(Artifact):
 
     def scales(self) -> tuple[int, ...]:
         return tuple(self.config()["scales"])
+
+    def flips(self) -> bool:
+        """Mirror posteriors averaged in (recorded only when off)."""
+        return bool(self.config().get("flip", True))
 
     def errors(self) -> list[dict[str, Any]]:
         return self.results()["errors"]
@@ -251,7 +259,7 @@ def latest_of_kind(root: Path, cls: type[A]) -> list[A]:
 
 
 def find_evaluation(
-    model: ModelRun, root: Path, method: str, scales: tuple[int, ...]
+    model: ModelRun, root: Path, method: str, scales: tuple[int, ...], flip: bool = True
 ) -> EvaluationRun | None:
     """The newest complete evaluation of exactly this model version, at these scales, that
     holds `method`'s posteriors (in the default evaluation run, `<model>-eval`)."""
@@ -262,6 +270,7 @@ def find_evaluation(
         if (
             evaluation.model() == model.label
             and evaluation.scales() == scales
+            and evaluation.flips() == flip
             and evaluation.has_posteriors(method)
         ):
             return evaluation

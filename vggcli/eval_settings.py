@@ -39,6 +39,7 @@ class EvalSettings:
     crop: int
     precision: Precision = "bf16"
     batch: int = 16
+    flip: bool = True  # average each view's posteriors with its mirror's (the paper's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode))

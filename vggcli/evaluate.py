@@ -43,8 +43,9 @@ def grid_offsets(length: int, crop: int, count: int = GRID) -> list[int]:
     return [round(v) for v in np.linspace(0, length - crop, count)]
 
 
-def crop_views(image: np.ndarray, crop: int) -> np.ndarray:
-    """The 5x5 grid of crops of a rescaled image and their mirrors: (50, crop, crop, 3)."""
+def crop_views(image: np.ndarray, crop: int, flip: bool = True) -> np.ndarray:
+    """The 5x5 grid of crops of a rescaled image and their mirrors: (50, crop, crop, 3);
+    without `flip`, the 25 crops alone."""
     height, width = image.shape[:2]
     crops = [
         image[t : t + crop, s : s + crop]
@@ -52,7 +53,7 @@ def crop_views(image: np.ndarray, crop: int) -> np.ndarray:
         for s in grid_offsets(width, crop)
     ]
     stacked = np.stack(crops)
-    return np.concatenate([stacked, stacked[:, :, ::-1]])
+    return np.concatenate([stacked, stacked[:, :, ::-1]]) if flip else stacked
 
 
 def centre_view(image: np.ndarray, crop: int, q: int) -> np.ndarray:
@@ -89,7 +90,10 @@ class Evaluator:
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def dense(self, images: np.ndarray) -> np.ndarray:
-        """Same-size rescaled images (N, H, W, 3): mean of image and mirror posteriors."""
+        """Same-size rescaled images (N, H, W, 3): mean of image and mirror posteriors
+        (the image's alone when the settings say no flip)."""
+        if not self.settings.flip:
+            return self.posteriors(images, True).numpy()
         both = self.posteriors(np.concatenate([images, images[:, :, ::-1]]), True)
         return ((both[: len(images)] + both[len(images) :]) / 2).numpy()
 
@@ -134,9 +138,9 @@ def evaluate_method(
             result = evaluator.dense(np.stack([rescale(images[i], q) for i in indices]))
         elif method == Mode.CROP:
             views = np.concatenate(
-                [crop_views(rescale(images[i], q), settings.crop) for i in indices]
+                [crop_views(rescale(images[i], q), settings.crop, settings.flip) for i in indices]
             )
-            result = evaluator.views(views, 2 * GRID * GRID)
+            result = evaluator.views(views, (1 + settings.flip) * GRID * GRID)
         else:
             views = np.concatenate([centre_view(images[i], settings.crop, q) for i in indices])
             result = evaluator.views(views, 1)

@@ -47,6 +47,7 @@ class Recipe:
     colour_sigma: float = 0.1
     seed: int = 0
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    flip: bool = True  # random horizontal flips (the paper's); off for mirror-sensitive classes
 
     def accumulation(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step on each of `world_size` processes, which share
@@ -110,6 +111,8 @@ class TrainConfig:
         data = asdict(self)
         if self.augmentation == 1:
             del data["augmentation"]
+        if self.recipe.flip:  # as every run before the switch recorded it: resumable
+            del data["recipe"]["flip"]
         return data
 
     @staticmethod
@@ -331,6 +334,7 @@ class Trainer:
             world_size=self.cluster.world_size,
             scheme=self.config.augmentation,
             device=str(self.device),
+            flip=self.recipe.flip,
         )
         return make_loader(spec)
 

@@ -29,6 +29,7 @@ def evaluate_command(
     precision: Precision = "auto",
     device: Device = "auto",
     name: Annotated[str | None, typer.Option(help="Run to write (default: <run>-eval, e.g. runs/D-eval).")] = None,
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each view's posteriors with its mirror image's (the paper's); default: as the model was trained, so --no-flip at training follows the model.", show_default=False)] = None,
     nproc: NProc = 1,
     no_verify: NoVerify = False,
     root: RunsRoot = None,
@@ -38,7 +39,9 @@ def evaluate_command(
 
     test_scales = parse_scales(scales)  # a bad value is said once, before the ranks start
     relaunch(nproc)
-    request = stage.EvaluateRequest(run, mode, multi_scale, test_scales, precision, device, name)
+    request = stage.EvaluateRequest(
+        run, mode, multi_scale, test_scales, precision, device, name, flip
+    )
     done(stage.run(request, runs_root(root)).path)
 
 
@@ -50,11 +53,12 @@ def fuse_command(
     name: Annotated[str | None, typer.Option(help="Run to write (default fuse-D+E).")] = None,
     precision: Annotated[str, typer.Option(help="auto, bf16 or fp32 (for members evaluated now).")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N] (for members evaluated now).")] = "auto",
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Use posteriors averaged with the mirror image's (the paper's); default: as each member was trained.", show_default=False)] = None,
     no_verify: NoVerify = False,
     root: RunsRoot = None,
 ) -> None:
     """Average the softmax posteriors of several runs (ConvNet fusion, Table 6); members without stored posteriors for the mode are evaluated first."""
     from vggcli.stages import fuse as stage
 
-    request = stage.FuseRequest(tuple(runs), mode, multi_scale, precision, device, name)
+    request = stage.FuseRequest(tuple(runs), mode, multi_scale, precision, device, name, flip)
     done(stage.run(request, runs_root(root)).path)

@@ -60,6 +60,7 @@ def train_command(
     last_std: Annotated[float | None, typer.Option(callback=positive(), help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
     dropout: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="Dropout on fc6 and fc7.")] = 0.5,
     input_scale: Annotated[float, typer.Option(callback=positive(), help="Multiply the mean-subtracted 0-255 input by this (1 = the paper's; ~1/64 suits --init kaiming on small data).")] = 1.0,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror half the training crops at random (the paper's); --no-flip for classes that change under mirroring (digits, letters). Evaluation follows the model's setting.")] = True,
     colour_sigma: Annotated[float, typer.Option(callback=bounded(0), help="Std of the AlexNet PCA colour shift (0 = off).")] = 0.1,
     seed: Annotated[int, typer.Option(callback=bounded(0, 2**32 - 1), help="Seeds init, sample order, crops, flips, colour shifts, dropout.")] = 0,
     max_steps: Annotated[int, typer.Option(callback=at_least(0), help="Stop after this many SGD steps (0 = the whole budget).")] = 0,
@@ -91,7 +92,7 @@ def train_command(
                           momentum=momentum, weight_decay=weight_decay, plateau_patience=patience,
                           max_lr_drops=max_lr_drops, init=init, init_std=init_std,
                           last_std=last_std, colour_sigma=colour_sigma, seed=seed,
-                          max_steps=max_steps)
+                          max_steps=max_steps, flip=flip)
     recipe.accumulation(nproc)
     s_min, s_max = parse_scale(scale)
     request = stage.TrainRequest(spec, s_min, s_max, recipe, runtime, precision, compile, name,

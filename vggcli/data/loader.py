@@ -129,11 +129,18 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
     """
 
     def __init__(
-        self, crop: int, s_min: float, s_max: float, seed: int, centre: bool, scheme: int
+        self,
+        crop: int,
+        s_min: float,
+        s_max: float,
+        seed: int,
+        centre: bool,
+        scheme: int,
+        flip: bool = True,
     ) -> None:
         super().__init__((crop, crop))
         self.crop, self.s_min, self.s_max = crop, float(s_min), float(s_max)
-        self.seed, self.centre, self.scheme = seed, centre, scheme
+        self.seed, self.centre, self.scheme, self.flip = seed, centre, scheme, flip
         self.epoch_cell = np.zeros(1, dtype=np.uint64)
         # one flag per image, set when libjpeg-turbo refuses it (FFCV's own decoders ignore
         # its error code and pass on whatever the buffer held); sized in generate_code
@@ -150,6 +157,7 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
         imdecode_c = Compiler.compile(imdecode)
         resize_crop_c = Compiler.compile(resize_crop)
         crop, s_min, s_max, centre = self.crop, self.s_min, self.s_max, self.centre
+        flips = self.flip and not centre
         seed = np.uint64(self.seed)
         per_batch = self.scheme == 1
         epoch_address = self.epoch_cell.ctypes.data
@@ -195,7 +203,7 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
                 key = image_key(batch_key, seed, np.uint64(source_ix))
                 top, left, side, _ = crop_window(height, width, crop, s_min, s_max, centre, key)
                 resize_crop_c(temp_buffer, top, top + side, left, left + side, destination[dst_ix])
-                if not centre and uniform(key, 3) < 0.5:
+                if flips and uniform(key, 3) < 0.5:
                     flip_in_place(destination[dst_ix])
             return destination[: len(batch_indices)]
 
@@ -273,12 +281,13 @@ class LoaderSpec:
     world_size: int = 1
     scheme: int = SCHEME
     device: str = "cpu"  # cuda: batches go to the GPU from pinned memory, asynchronously
+    flip: bool = True  # training: mirror half the crops (the paper's)
 
 
 def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
     """An FFCV loader yielding (uint8 NCHW channels_last images, int64 labels)."""
     decoder = ScaleCropDecoder(
-        spec.crop, spec.s_min, spec.s_max, spec.seed, not spec.train, spec.scheme
+        spec.crop, spec.s_min, spec.s_max, spec.seed, not spec.train, spec.scheme, spec.flip
     )
     gpu = spec.device.startswith("cuda")
     to_device = [ToDevice(torch.device(spec.device), non_blocking=True)] if gpu else []

@@ -38,6 +38,7 @@ class EvaluateRequest:
     precision: str = "auto"
     device: str = "auto"
     name: str | None = None  # default: <model run>-eval
+    flip: bool | None = None  # mirror averaging; default: as the model was trained
 
 
 def run(request: EvaluateRequest, root: Path) -> RunVersion:
@@ -56,6 +57,7 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
             request.scales or model_run.default_test_scales(request.multi_scale),
             model_run.crop(),
             device.precision_for(chosen, request.precision),
+            flip=model_run.flips() if request.flip is None else request.flip,
         )
         config = {
             "model": model_run.label,
@@ -63,6 +65,7 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
             "scales": list(settings.scales),
             "crop": settings.crop,
             "precision": settings.precision,
+            **({} if settings.flip else {"flip": False}),  # as before the switch when on
         }
         evaluator = Evaluator(model, settings, chosen)
         writer = open_on_lead(

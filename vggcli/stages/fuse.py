@@ -42,6 +42,7 @@ class FuseRequest:
     precision: str = "auto"  # for members evaluated now
     device: str = "auto"  # for members evaluated now
     name: str | None = None  # default: fuse-D+E
+    flip: bool | None = None  # mirror averaging; default: as each member was trained
 
 
 def run(request: FuseRequest, root: Path) -> RunVersion:
@@ -154,7 +155,8 @@ def _member(version: RunVersion, root: Path, mode: Mode, request: FuseRequest) -
         )
     model = ModelRun(version)
     scales = model.default_test_scales(request.multi_scale)
-    found = find_evaluation(model, root, mode, scales)
+    flip = model.flips() if request.flip is None else request.flip
+    found = find_evaluation(model, root, mode, scales, flip)
     if found is not None:
         return found
     from vggcli.stages import evaluate  # torch and FFCV, only when a member needs them
@@ -167,6 +169,7 @@ def _member(version: RunVersion, root: Path, mode: Mode, request: FuseRequest) -
             request.multi_scale,
             precision=request.precision,
             device=request.device,
+            flip=flip,
         ),
         root,
     )
