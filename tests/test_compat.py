@@ -100,7 +100,9 @@ def test_old_evaluations_fuse_without_torch(old_root: Path) -> None:
     assert out.stdout.strip().splitlines()[-1] == "False False", out.stdout + out.stderr
     fused = resolve_as("fused-again", old_root, FusionRun)
     old = resolve_as("fuse-A+B", old_root, FusionRun)
-    np.testing.assert_array_equal(np.load(fused.file("dense.npy")), np.load(old.file("dense.npy")))
+    stored = np.load(fused.file("dense.npy"))  # float32 now; the old code stored float16
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored.astype(np.float16), np.load(old.file("dense.npy")))
     assert fused.errors() == old.errors()
 
 

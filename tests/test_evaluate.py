@@ -117,8 +117,12 @@ def test_evaluate_agrees_with_training_validation_and_fuse_writes_a_run(vgg, tra
     evaluation = resolve("A-eval", train_root)
     assert evaluation.manifest()["config"]["scales"] == [43, 48, 53]  # 48 +- 32 * 32 / 224
     posteriors = np.load(evaluation.output("dense+crop.npy"))
-    assert posteriors.dtype == np.float16 and posteriors.shape == (50, 10)
-    np.testing.assert_allclose(posteriors.astype(np.float32).sum(axis=1), 1, atol=1e-2)
+    assert posteriors.dtype == np.float32 and posteriors.shape == (50, 10)
+    np.testing.assert_allclose(posteriors.sum(axis=1), 1, atol=1e-5)
+    # what the stored file scores is exactly what the in-memory numbers scored
+    labels = np.load(evaluation.output("labels.npy"))
+    row = next(r for r in evaluation.results()["errors"] if r["method"] == "dense+crop")
+    assert topk_errors(posteriors, labels) == {1: row["top1_err"], 5: row["top5_err"]}
     assert {r["method"] for r in evaluation.results()["errors"]} == {"dense", "crop", "dense+crop"}
     fused = vgg("fuse", str(train_root / "A"), str(train_root / "B"), "--mode", "dense+crop")
     assert fused.exit_code == 0, fused.output
@@ -127,7 +131,7 @@ def test_evaluate_agrees_with_training_validation_and_fuse_writes_a_run(vgg, tra
     expected = np.mean(
         [np.load(m.output("dense+crop.npy")).astype(np.float64) for m in members], axis=0
     )
-    np.testing.assert_allclose(np.load(fusion.output("dense+crop.npy")), expected, atol=1e-3)
+    np.testing.assert_allclose(np.load(fusion.output("dense+crop.npy")), expected, atol=1e-6)
     names = [r["name"] for r in fusion.results()["errors"]]
     assert names == ["A/v001", "B/v001", "fusion"]
     # the A member reused the stored posteriors instead of evaluating again

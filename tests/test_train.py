@@ -64,12 +64,14 @@ def test_finetune_chain_records_parents_and_paper_settings(vgg, train_root: Path
     assert second.path.name == "v002"
     assert second.manifest()["parents"][0]["version"] == "v001"
     config = second.manifest()["config"]
-    assert (config["s_min"], config["s_max"], config["recipe"]["lr"]) == (48, 48, 1e-3)
+    assert (config["s_min"], config["s_max"]) == (48, 48)
+    assert config["recipe"]["lr"] == pytest.approx(0.003 / 10)  # TINY's base lr / 10
     assert config["finetune_from"] == first.label
     jitter = vgg("finetune-scale", str(train_root / "A"), "--scale", "32-64")
     assert jitter.exit_code == 0, jitter.output
     third = resolve("A", train_root)
     assert third.manifest()["parents"][0]["version"] == "v002"
+    assert third.manifest()["config"]["recipe"]["lr"] == pytest.approx(0.003 / 10)  # not /100
     assert third.results()["training"]["val_scale"] == 48
     # fine-tuning starts from the parent's weights, not from a fresh init
     start = load(first.path / "model.pt")
@@ -334,3 +336,28 @@ def test_half_the_training_crops_are_mirrored_and_none_with_no_flip(dataset_runs
     mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, plain, strict=True)]
     assert all(s or m for s, m in zip(same, mirrored, strict=True))
     assert 75 <= sum(m and not s for s, m in zip(same, mirrored, strict=True)) <= 125
+
+
+def test_deeper_nets_start_from_the_one_matching_net_a_else_glorot(vgg, train_root) -> None:
+    base = shlex.split(
+        "--scale 40 --epochs 1 --max-steps 1 --width 0.0625 --crop 32 --batch-size 16 "
+        "--input-scale 0.0156 --last-std 0.01 --lr 0.003"
+    )
+    alone = vgg("train", "--net", "B", *base, "--name", "B0")
+    assert alone.exit_code == 0 and "init: glorot random init" in alone.output, alone.output
+    config = resolve("B0", train_root).manifest()["config"]
+    assert (config["init_from"], config["recipe"]["init"]) == (None, "glorot")
+    assert vgg("train", "--net", "A", *base).exit_code == 0
+    assert resolve("A", train_root).manifest()["config"]["recipe"]["init"] == "normal"
+    wider = vgg("train", "--net", "A", *base, "--width", "0.125", "--name", "A-wide")
+    assert wider.exit_code == 0  # another width: not a candidate for B at width 1/16
+    paper = vgg("train", "--net", "B", *base)
+    assert "init: first layers from A/v001" in paper.output, paper.output
+    assert resolve("B", train_root).manifest()["config"]["init_from"] == "A/v001"
+    literal = vgg("train", "--net", "B", *base, "--init", "normal", "--name", "B-normal")
+    config = resolve("B-normal", train_root).manifest()["config"]
+    assert literal.exit_code == 0 and config["init_from"] is None
+    assert config["recipe"]["init"] == "normal"
+    assert vgg("train", "--net", "A", *base, "--name", "A-again").exit_code == 0
+    ambiguous = vgg("train", "--net", "C", *base)
+    assert ambiguous.exit_code == 2 and "several trained net-A runs" in ambiguous.output

@@ -159,7 +159,8 @@ class ModelRun(Artifact):
 
 
 class EvaluationRun(Artifact):
-    """`vgg evaluate`: float16 posteriors per method (and per scale), in .beton order."""
+    """`vgg evaluate`: float32 posteriors (float16 before) per method and scale, in .beton
+    order."""
 
     kind = Kind.EVALUATION
     LABELS = "labels.npy"

@@ -55,7 +55,7 @@ def train_command(
     weight_decay: Annotated[float, typer.Option(callback=bounded(0), help="L2 weight decay on weights.")] = 5e-4,
     patience: Annotated[int, typer.Option(callback=at_least(1), help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
     max_lr_drops: Annotated[int, typer.Option(callback=at_least(0), help="How many times the lr may be divided (the paper: 3).")] = 3,
-    init: Annotated[str, typer.Option(help="normal (N(0, init-std^2), the paper's), glorot (the paper's alternative) or kaiming.")] = "normal",
+    init: Annotated[str | None, typer.Option(help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
     init_std: Annotated[float, typer.Option(callback=positive(), help="Std of the normal init.")] = 1e-2,
     last_std: Annotated[float | None, typer.Option(callback=positive(), help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
     dropout: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="Dropout on fc6 and fc7.")] = 0.5,
@@ -90,13 +90,13 @@ def train_command(
     spec = stage.NetSpec(net=net, width=width, crop=crop, dropout=dropout, input_scale=input_scale)
     recipe = stage.Recipe(epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
                           momentum=momentum, weight_decay=weight_decay, plateau_patience=patience,
-                          max_lr_drops=max_lr_drops, init=init, init_std=init_std,
+                          max_lr_drops=max_lr_drops, init=init or "normal", init_std=init_std,
                           last_std=last_std, colour_sigma=colour_sigma, seed=seed,
                           max_steps=max_steps, flip=flip)
     recipe.accumulation(nproc)
     s_min, s_max = parse_scale(scale)
     request = stage.TrainRequest(spec, s_min, s_max, recipe, runtime, precision, compile, name,
-                                 data, init_from)
+                                 data, init_from, paper_init=init is None)
     if dry_run:
         print_plan("vgg train: the plan", stage.plan(request, runs_root(root), nproc))
         return
@@ -108,7 +108,7 @@ def train_command(
 def finetune_command(
     run: Annotated[str, typer.Argument(help="The trained run to start from, e.g. runs/D (its latest complete version) or runs/D/v001.")],
     scale: Annotated[str, typer.Option(help="New training scale: 384, or a jitter range such as 256-512.")],
-    lr: Annotated[float, typer.Option(callback=positive(), help="Initial learning rate (the paper: 1e-3 when fine-tuning).")] = 1e-3,
+    lr: Annotated[float | None, typer.Option(callback=positive(), help="Initial learning rate (default: the base lr of the run at the chain's root / 10: the paper's 1e-2 -> 1e-3).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(callback=at_least(1), help="Epoch budget (default: the parent's).")] = None,
     name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
     precision: Precision = "auto",

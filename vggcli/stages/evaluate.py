@@ -1,6 +1,6 @@
 """The evaluate stage: a model run -> an evaluation run.
 
-`vgg evaluate runs/D` writes `runs/D-eval/vNNN` holding float16 posteriors per method and
+`vgg evaluate runs/D` writes `runs/D-eval/vNNN` holding float32 posteriors per method and
 scale (`dense.npy`, `crop-Q384.npy`, ...), the labels, and the dataset version and image
 order they belong to, so that `vgg fuse` never recomputes them.
 """

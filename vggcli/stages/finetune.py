@@ -23,10 +23,19 @@ class FinetuneRequest:
     s_min: int
     s_max: int
     runtime: Runtime
-    lr: float = 1e-3
+    lr: float | None = None  # default: the chain's base lr / 10 (the paper: 1e-2 -> 1e-3)
     epochs: int | None = None  # default: the parent's
     precision: str = "auto"
     name: str | None = None  # default: the parent's run name
+
+
+def base_lr(model: ModelRun, root: Path) -> float:
+    """The learning rate the chain of fine-tunes started from: that of the run trained
+    from scratch (or from A) at its root, whatever the fine-tunes in between used."""
+    config = model.config()
+    while config.get("finetune_from"):
+        config = resolve_as(config["finetune_from"], root, ModelRun).config()
+    return float(config["recipe"]["lr"])
 
 
 def run(request: FinetuneRequest, root: Path) -> RunVersion:
@@ -35,7 +44,7 @@ def run(request: FinetuneRequest, root: Path) -> RunVersion:
     previous = TrainConfig.from_manifest(parent.config())
     recipe = replace(
         previous.recipe,
-        lr=request.lr,
+        lr=request.lr if request.lr is not None else base_lr(parent, root) / 10,
         epochs=request.epochs or previous.recipe.epochs,
         max_steps=0,
     )

@@ -2,7 +2,7 @@
 
 Members are evaluation runs, or model runs whose newest matching evaluation is used (and
 made now, on the device asked for, when there is none). Fusing stored posteriors imports
-neither torch nor FFCV: it is numpy over float16 arrays.
+neither torch nor FFCV: it is numpy over the stored float32 arrays (older runs: float16).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +47,7 @@ class TrainRequest:
     name: str | None = None  # default: the net letter
     data: str | None = None  # default: the only dataset run
     init_from: str | None = None  # a trained net-A run
+    paper_init: bool = False  # no --init given: B-E from the one matching A run, else Glorot
 
 
 @dataclass(frozen=True)
@@ -170,23 +172,55 @@ def _model(config: TrainConfig, root: Path, dataset: DatasetRun) -> tuple[VGG, l
     return model, parents
 
 
+def initialisation(
+    request: TrainRequest, root: Path, dataset: DatasetRun, net: NetSpec
+) -> tuple[Recipe, str | None, str]:
+    """The recipe, the A run to copy layers from, and what was chosen, in words. Without
+    --init or --init-from, the paper's way (Sect. 2.3): a deeper net starts from the one
+    trained net A of the same width, crop and dataset under the runs root; with none, from
+    Glorot init (the paper's post-submission note: it trains deep nets without A)."""
+    recipe = request.recipe
+    if request.init_from is not None:
+        a_run = resolve_as(request.init_from, root, ModelRun)
+        return recipe, a_run.label, f"first layers from {a_run.label}"
+    if not request.paper_init or net.net in ("A", "A-LRN"):
+        return recipe, None, f"{recipe.init} random init"
+    found = [
+        a_run
+        for a_run in latest_of_kind(root, ModelRun)
+        if a_run.net() == "A" and a_run.dataset() == dataset.label
+        and a_run.config()["net"]["width"] == net.width and a_run.crop() == net.crop
+    ]
+    if len(found) > 1:
+        names = ", ".join(a_run.label for a_run in found)
+        raise VggError(f"several trained net-A runs could initialise {net.net} ({names}): "
+                       "pick one with --init-from, or --init for random init")
+    if found:
+        return recipe, found[0].label, (
+            f"first layers from {found[0].label} (the paper's init for deeper nets; "
+            "--init normal for the random init)")
+    return replace(recipe, init="glorot"), None, (
+        "glorot random init: no trained net A of this width, crop and dataset under the runs "
+        "root (the paper initialises deeper nets from A; train A first, or --init-from)")
+
+
 def run(request: TrainRequest, root: Path) -> RunVersion:
     """`vgg train`: a net from scratch (or from A's layers), run named after the net."""
     dataset = find_dataset(root, request.data)
     net = replace(request.net, num_classes=dataset.num_classes())
-    a_label = None
-    if request.init_from is not None:
-        a_label = resolve_as(request.init_from, root, ModelRun).label
+    recipe, a_label, chosen = initialisation(request, root, dataset, net)
     config = TrainConfig(
         net,
         request.s_min,
         request.s_max,
-        request.recipe,
+        recipe,
         device.precision_for(device.pick(request.runtime.device), request.precision),
         request.compile,
         dataset.label,
         a_label,
     )
+    if request.paper_init and os.environ.get("RANK", "0") == "0":
+        console.print(f"init: {chosen}")  # chosen for the user: say what
     return execute(config, root, request.name or net.net, request.runtime)
 
 
@@ -213,6 +247,7 @@ def plan(request: TrainRequest, root: Path, world_size: int) -> list[tuple[str, 
     recipe = request.recipe
     accumulation = recipe.accumulation(world_size)
     images = int(dataset.results()["counts"]["train"])
+    _, _, chosen = initialisation(request, root, dataset, net)
     steps = images // recipe.batch_size
     total = recipe.epochs * steps
     if recipe.max_steps:
@@ -224,6 +259,7 @@ def plan(request: TrainRequest, root: Path, world_size: int) -> list[tuple[str, 
     return [
         ("dataset", f"{dataset.label}: {images:,} training images, {net.num_classes} classes"),
         ("net", f"{net.net}, width {net.width}, crop {net.crop}: {parameters:,} parameters"),
+        ("init", chosen),
         (
             "images per epoch",
             f"{steps * recipe.batch_size:,} ({steps:,} steps of {recipe.batch_size})",
