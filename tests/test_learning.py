@@ -47,6 +47,14 @@ def test_net_a_learns_the_demo_dataset(vgg, demo_runs: Path, runs_root: Path) ->
     errors = _val_errors(resolve("A", runs_root).path)
     assert errors[0] > 0.6  # it starts at chance (90% error for 10 classes)...
     assert min(errors[-5:]) < 0.2  # ...and ends under 20% top-1 error
+    # bf16 evaluation (the default where the CPU has it) agrees with fp32 within one image
+    top1 = {}
+    for precision in ("bf16", "fp32"):
+        name = f"A-{precision}"
+        assert vgg("evaluate", "A", "--precision", precision, "--name", name).exit_code == 0
+        (row,) = resolve(name, runs_root).results()["errors"]
+        top1[precision] = row["top1_err"]
+    assert abs(top1["bf16"] - top1["fp32"]) <= 1 / 200 + 1e-9, top1
 
 
 @pytest.mark.slow
