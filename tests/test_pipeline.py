@@ -180,3 +180,24 @@ def test_killed_pipeline_resumes_inside_its_training_step(tmp_path) -> None:
     assert "skip data" in output and "resuming at epoch" in output
     (version,) = versions(root / "A")
     assert version.status() == "complete" and version.manifest()["attempts"] == 2
+
+
+def test_no_flip_reaches_every_train_step_and_is_part_of_its_command(vgg, tmp_path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        [[step]]
+        name = "A"
+        run = "train --net A"
+        [[step]]
+        name = "eval"
+        run = "evaluate {A}"
+    """,
+    )
+    plan = pipeline.load(path, tmp_path / "runs", flip=False)
+    assert pipeline.resolve_args(plan, plan.steps[0]) == ["train", "--net", "A", "--name", "A",
+                                                          "--no-flip"]
+    flipped = pipeline.load(path, tmp_path / "runs")
+    assert "--no-flip" not in pipeline.resolve_args(flipped, flipped.steps[0])
+    shown = vgg("pipeline", "run", str(path), "--no-flip", "--dry-run")
+    assert shown.exit_code == 0 and "vgg train --net A --name A --no-flip" in shown.output

@@ -50,9 +50,10 @@ class Pipeline:
     steps: tuple[Step, ...]  # in dependency order
     variables: dict[str, str]
     runs_root: Path
+    flip: bool = True  # False: every train step gets --no-flip (mirror-sensitive data)
 
 
-def load(path: Path, runs_root: Path | None = None) -> Pipeline:
+def load(path: Path, runs_root: Path | None = None, flip: bool = True) -> Pipeline:
     """Parse and check a pipeline file; every problem names the file and the step."""
     try:
         data = tomllib.loads(path.read_text())
@@ -77,7 +78,7 @@ def load(path: Path, runs_root: Path | None = None) -> Pipeline:
     if len(set(names)) != len(names):
         raise VggError(f"{path}: step names must be unique")
     root = runs_root or Path(settings.get("runs_root", "runs"))
-    return Pipeline(path, _ordered(path, steps), variables, root)
+    return Pipeline(path, _ordered(path, steps), variables, root, flip)
 
 
 def _parse_step(path: Path, raw: dict, names: set[str], variables: dict[str, str]) -> Step:
@@ -128,7 +129,10 @@ def resolve_args(pipeline: Pipeline, step: Step) -> list[str] | None:
                 return None
             replacement = str(version.path)
         text = text.replace(f"{{{ref}}}", replacement)
-    return [*shlex.split(text), "--name", step.name]
+    args = [*shlex.split(text), "--name", step.name]
+    if not pipeline.flip and args[0] == "train":
+        args.append("--no-flip")  # part of the command: a flipped run is not this step's
+    return args
 
 
 def state(pipeline: Pipeline, step: Step) -> tuple[str, RunVersion | None]:
