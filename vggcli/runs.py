@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from vggcli import integrity
 from vggcli.errors import VggError
 from vggcli.files import atomic_write_json, overwrite_in_place, sha256_file
 
@@ -406,8 +407,10 @@ class RunWriter:
     def has_output(self, name: str) -> bool:
         """True when `name` was recorded and the file on disk still has the recorded hash."""
         record = self._manifest["outputs"].get(name)
-        target = self.path / name
-        return bool(record) and target.is_file() and sha256_file(target) == record["sha256"]
+        if record is None:
+            return False
+        damage = integrity.damage(self.path / name, record, self.version.label, always_hash=True)
+        return damage is None
 
     @contextlib.contextmanager
     def writing(self, name: str) -> Iterator[Path]:
