@@ -57,14 +57,18 @@ def crop_views(image: np.ndarray, crop: int, flip: bool = True) -> np.ndarray:
 
 
 def centre_view(image: np.ndarray, crop: int, q: int) -> np.ndarray:
-    """Training-time validation: the centre window of side crop*short/Q resized to the crop
-    (the same arithmetic and interpolation as the training loader's decoder)."""
+    """Training-time validation: the centre window of side crop*short/Q resized to the crop,
+    by the training loader's own window arithmetic and FFCV resize call, so that the pixels
+    are exactly the ones training validated on."""
+    from ffcv.libffcv import resize_crop
+
+    from vggcli.data.loader import crop_window
+
     height, width = image.shape[:2]
-    short = min(height, width)
-    side = max(1, min(short, int(round(crop * short / q))))
-    top, left = (height - side) // 2, (width - side) // 2
-    window = image[top : top + side, left : left + side]
-    return cv2.resize(window, (crop, crop), interpolation=cv2.INTER_AREA)[None]
+    top, left, side, _ = crop_window(height, width, crop, q, q, True, np.uint64(0))
+    out = np.empty((crop, crop, 3), dtype=np.uint8)
+    resize_crop(np.ascontiguousarray(image), top, top + side, left, left + side, out)
+    return out[None]
 
 
 class Evaluator:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from multiprocessing import Process, Queue, Value
 from pathlib import Path
 
-import cv2
 import numpy as np
 from ffcv.fields import IntField, RGBImageField
 from ffcv.memory_allocator import MemoryAllocator
@@ -253,11 +252,21 @@ class BetonImages:
         if image_meta["mode"] == 1:  # raw
             return np.array(self._data[ptr : ptr + height * width * 3]).reshape(height, width, 3)
         encoded = np.array(self._data[ptr : ptr + self._sizes[ptr]])
-        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
-        if decoded is None:  # counted (see check_decodes); black keeps the shapes right
+        decoded = np.empty((height, width, 3), dtype=np.uint8)
+        if decode_jpeg(encoded, decoded) != 0:  # counted (see check_decodes); black as in training
             self.failed.add(index)
-            return np.zeros((height, width, 3), dtype=np.uint8)
-        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+            decoded[:] = 0
+        return decoded
+
+
+def decode_jpeg(encoded: np.ndarray, out: np.ndarray) -> int:
+    """FFCV's libjpeg-turbo decode of a whole stored JPEG into `out` (height, width, 3) RGB:
+    the call and flags the training loader's compiled decoder makes (`ScaleCropDecoder`),
+    so that evaluation sees exactly the pixels training saw. 0 when it decoded."""
+    from ffcv.libffcv import imdecode
+
+    height, width = out.shape[:2]
+    return int(imdecode(encoded, out, height, width, height, width, 0, 0, 1, 1, False, False))
 
 
 def read_samples(path: Path) -> list[tuple[np.ndarray, int]]:
