@@ -24,6 +24,7 @@ CORE = (
     "vggcli.metrics",
     "vggcli.bench",
     "vggcli.report",
+    "vggcli.claims",
     "vggcli.data",
 )
 RUN_LAYER = ("vggcli.runs", "vggcli.artifacts", "vggcli.checkpoints", "vggcli.stages")

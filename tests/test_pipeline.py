@@ -130,10 +130,14 @@ def test_pipeline_runs_skips_finished_steps_and_reports_from_the_runs(vgg, tmp_p
     text = (resolve("report", root).path / "report.md").read_text()
     evaluation = resolve("eval-A", root).results()["errors"]
     single = next(r for r in evaluation if r["method"] == "dense" and r["scales"] == [40])
-    expected = f"| A | 40 | 40 | {100 * single['top1_err']:.1f} | {100 * single['top5_err']:.1f} |"
+    se = 100 * (single["top1_err"] * (1 - single["top1_err"]) / 50) ** 0.5
+    top1, top5 = 100 * single["top1_err"], 100 * single["top5_err"]
+    expected = f"| A | 40 | 40 | {top1:.1f} ± {se:.1f} | {top5:.1f} |"
     assert expected in text  # Table 3 is read from the evaluation run
     fusion = next(r for r in resolve("fuse", root).results()["errors"] if r["name"] == "fusion")
-    assert f"| dense, 2 nets | fusion | {100 * fusion['top1_err']:.1f} |" in text
+    group = "dense, 2 nets, no paper counterpart"  # A and jittered D are not Table 6's pairs
+    assert f"| {group} | fusion | {100 * fusion['top1_err']:.1f} ± " in text
+    assert "| D: jitter beats fixed S=256 (Table 3) | 25.6 vs 27.0 | - | - | not run |" in text
     assert "29.6 / 10.4" in text  # the paper's A beside ours
     for plot in ("training-curves.png", "error-vs-scale.png"):
         assert (resolve("report", root).path / plot).read_bytes()[:4] == b"\x89PNG"

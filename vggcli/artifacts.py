@@ -151,6 +151,10 @@ class ModelRun(Artifact):
         """Trained with random flips (the paper's; runs before the switch all were)."""
         return bool(self.config()["recipe"].get("flip", True))
 
+    def fc_only(self) -> bool:
+        """Fine-tuned its fully-connected layers only (recorded only when so)."""
+        return bool(self.config()["recipe"].get("fc_only", False))
+
 
 class EvaluationRun(Artifact):
     """`vgg evaluate`: float32 posteriors (float16 before) per method and scale, in .beton

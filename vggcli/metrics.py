@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def _rivals(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image, how many other classes score at least as high as the true one (all of
+    them when the true score is NaN)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    true = scores[np.arange(len(labels)), labels][:, None]
+    rivals = (scores >= true).sum(axis=1) - 1
+    rivals[np.isnan(true[:, 0])] = scores.shape[1]
+    return rivals
+
+
 def topk_errors(
     scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)
 ) -> dict[int, float]:
@@ -13,15 +24,16 @@ def topk_errors(
     Ties count against us: the true class is within the top k only if fewer than k other
     classes score at least as high, so a constant prediction is never "right".
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    true = scores[np.arange(len(labels)), labels][:, None]
-    rivals = (scores >= true).sum(axis=1) - 1  # other classes at least as high
-    rivals[np.isnan(true[:, 0])] = scores.shape[1]  # a NaN score is never right
+    rivals = _rivals(scores, labels)
     return {
         k: float(np.mean(rivals >= min(k, scores.shape[1]))) if len(labels) else float("nan")
         for k in ks
     }
+
+
+def top1_correct(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image, right at top-1 under the same tie rule (what paired tests compare)."""
+    return _rivals(scores, labels) == 0
 
 
 def counts_correct(

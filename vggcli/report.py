@@ -1,15 +1,21 @@
-"""`vgg report`: Tables 3-6 from the runs, beside the paper's, with plots, as Markdown.
+"""`vgg report`: Tables 3-6 from the runs, beside the paper's, every claim of Sect. 4 checked
+with its noise, the settings that qualify them, and plots, as Markdown.
 
-Every number in our columns was read from a run's manifest (evaluation errors) or metrics
-file (training curves) by the report stage; nothing is recomputed here, and nothing here
-reads a run.
+Every number in our columns was read from a run's manifest (evaluation errors), metrics file
+(training curves) or stored posteriors (per-image correctness, for the paired tests) by the
+report stage; nothing here reads a run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from vggcli.claims import Claim, Expect, Score, Verdict, with_error
 
 # The paper's Tables 3-6 (top-1, top-5 val error %), keyed by (net, stage); stages are the
 # fixed small scale ("256"), the fixed large scale ("384") and scale jitter ("jitter").
@@ -29,47 +35,107 @@ PAPER_T5 = {("D", "dense"): (24.8, 7.5), ("D", "crop"): (24.6, 7.5),
 PAPER_T6 = {"dense": (24.0, 7.1), "crop": (23.9, 7.2), "dense+crop": (23.7, 6.8)}
 PAPER_T6_SUBMISSION = (24.7, 7.5)  # 7 nets, dense
 # fmt: on
+# Table 6's fusions by their members, (net, stage) each: the post-submission pair of jittered
+# D and E, and the ILSVRC submission's 7 (its multi-scale D fine-tuned its FC layers only).
+D_AND_E = Counter({("D", "jitter"): 1, ("E", "jitter"): 1})
+SUBMISSION = Counter(
+    {(net, stage): 1 for net in "CDE" for stage in ("256", "384")} | {("D", "jitter-fc"): 1}
+)
+SUBMISSION_MODE = "dense"
+
+
+Scores = dict[tuple[str, tuple[int, ...]], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Evaluated:
-    """One evaluation run's errors and the trained model it describes."""
+    """One evaluation run's errors (and, when its posteriors were read, which images each
+    method got right) and the trained model it describes."""
 
     net: str
     s_min: int
     s_max: int
     scales: list[int]
     errors: list[dict[str, Any]]
+    model: str = ""  # the model run version's label
+    num_images: int = 0
+    images: str = ""  # the validation index's sha256: same images, paired tests
+    correct: Scores = field(default_factory=dict)  # (method, scales) -> top-1 right per image
+    fc_only: bool = False  # the model fine-tuned only its FC layers (the submission's D)
+    flip: bool = True  # mirror posteriors averaged in
 
     def stage(self, small: int) -> str:
+        """The paper's name for the training scale: fixed small ("256"), fixed large ("384"),
+        jittered ("jitter"), or jittered by an FC-only fine-tune ("jitter-fc")."""
         if self.s_min != self.s_max:
-            return "jitter"
+            return "jitter-fc" if self.fc_only else "jitter"
         return "256" if self.s_min == small else "384"
 
     def train_scale(self) -> str:
-        return str(self.s_min) if self.s_min == self.s_max else f"[{self.s_min};{self.s_max}]"
+        scale = str(self.s_min) if self.s_min == self.s_max else f"[{self.s_min};{self.s_max}]"
+        return scale + (", FC only" if self.fc_only else "")
 
     def row(self, method: str, scales: list[int]) -> dict[str, Any] | None:
         return next(
             (r for r in self.errors if r["method"] == method and r["scales"] == scales), None
         )
 
+    def score(self, method: str, scales: list[int]) -> Score | None:
+        row = self.row(method, scales)
+        if row is None:
+            return None
+        correct = self.correct.get((method, tuple(scales)))
+        return Score(row["top1_err"], self.num_images, self.images, correct)
+
 
 @dataclass(frozen=True)
 class Fused:
-    """One fusion run: its mode, how many nets, every member's errors and the fusion's."""
+    """One fusion run: its mode, its members' evaluations, every member's errors and the
+    fusion's, and which images the fusion got right."""
 
     mode: str
-    members: int
+    members: list[Evaluated]
     errors: list[dict[str, Any]]
+    correct: np.ndarray | None = None
+
+    def score(self, name: str) -> Score | None:
+        """The fusion's ("fusion") or a member's (by model label) top-1 error."""
+        row = next((r for r in self.errors if r["name"] == name), None)
+        if row is None:
+            return None
+        if name == "fusion":
+            correct, first = self.correct, self.members[0] if self.members else None
+            images, count = (first.images, first.num_images) if first else ("", 0)
+            return Score(row["top1_err"], count, images, correct)
+        member = next((m for m in self.members if m.model == name), None)
+        if member is None:
+            return Score(row["top1_err"], 0)
+        found = member.score(self.mode, member.scales)
+        return found or Score(row["top1_err"], member.num_images, member.images)
+
+    def paper(self, small: int) -> tuple[tuple[float, float] | None, str]:
+        """The paper's Table 6 row these members match, and how to name the fusion."""
+        members = Counter((m.net, m.stage(small)) for m in self.members)
+        if members == D_AND_E:
+            return PAPER_T6.get(self.mode), "D & E, jittered"
+        if members == SUBMISSION and self.mode == SUBMISSION_MODE:
+            return PAPER_T6_SUBMISSION, "the ILSVRC submission's 7"
+        return None, f"{len(self.members)} nets, no paper counterpart"
 
 
 @dataclass(frozen=True)
 class Curve:
-    """A training run's metrics rows (JSON lines), named after the run."""
+    """A training run's metrics rows (JSON lines), named after the run, and what the report
+    says about its setting."""
 
     name: str
     rows: list[dict[str, Any]]
+    net: str = ""
+    width: float = 1.0
+    crop: int = 224
+    epochs: int = 0
+    finetuned: bool = False
+    flip: bool = True  # random training flips
 
 
 def _pct(value: float) -> str:
@@ -86,6 +152,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _ours(row: dict[str, Any], score: Score) -> list[str]:
+    """Our top-1 (± its standard error) and top-5 cells."""
+    return [with_error(score) if score.num_images else _pct(row["top1_err"]), _pct(row["top5_err"])]
+
+
 SCALE_HEADER = [
     "ConvNet config.",
     "train S",
@@ -95,61 +166,52 @@ SCALE_HEADER = [
     "paper top-1 / top-5",
 ]
 
+Keyed = dict[Any, Score]
 
-def _scale_table(evaluated: list[Evaluated], small: int, multi: bool) -> tuple[str, dict]:
+
+def _scale_table(evaluated: list[Evaluated], small: int, multi: bool) -> tuple[str, Keyed]:
     """Table 3 (single Q: S, or the jitter middle) or Table 4 (all evaluated scales)."""
     rows, values = [], {}
     for e in evaluated:
         middle = (e.s_min + e.s_max) // 2
         scales = e.scales if multi else [middle]
         row = e.row("dense", scales) if len(e.scales) > 1 or not multi else None
-        if row is None:
+        score = e.score("dense", scales)
+        if row is None or score is None:
             continue
         key = (e.net, e.stage(small))
-        values[key] = row["top1_err"]
+        values[key] = score
         paper = _paper(PAPER_T4 if multi else PAPER_T3, key)
-        rows.append(
-            [
-                e.net,
-                e.train_scale(),
-                ",".join(map(str, scales)),
-                _pct(row["top1_err"]),
-                _pct(row["top5_err"]),
-                paper,
-            ]
-        )
+        rows.append([e.net, e.train_scale(), ",".join(map(str, scales)), *_ours(row, score), paper])
     return _table(SCALE_HEADER, rows), values
 
 
-def table3(evaluated: list[Evaluated], small: int) -> tuple[str, dict]:
+def table3(evaluated: list[Evaluated], small: int) -> tuple[str, Keyed]:
     return _scale_table(evaluated, small, multi=False)
 
 
-def table4(evaluated: list[Evaluated], small: int) -> tuple[str, dict]:
+def table4(evaluated: list[Evaluated], small: int) -> tuple[str, Keyed]:
     return _scale_table(evaluated, small, multi=True)
 
 
-def table5(evaluated: list[Evaluated]) -> tuple[str, dict]:
+T5_METHODS = (("dense", "dense"), ("crop", "multi-crop"), ("dense+crop", "multi-crop & dense"))
+
+
+def table5(evaluated: list[Evaluated], small: int) -> tuple[str, Keyed]:
+    """Evaluation methods side by side, keyed by (net, stage, method); the paper's numbers
+    only beside jittered nets tested at their three scales, as in its Table 5."""
     rows, values = [], {}
     for e in evaluated:
-        for method, label in (
-            ("dense", "dense"),
-            ("crop", "multi-crop"),
-            ("dense+crop", "multi-crop & dense"),
-        ):
-            row = e.row(method, e.scales)
-            if row is None or e.row("crop", e.scales) is None:
+        if e.row("crop", e.scales) is None:
+            continue
+        stage = e.stage(small)
+        for method, label in T5_METHODS:
+            row, score = e.row(method, e.scales), e.score(method, e.scales)
+            if row is None or score is None:
                 continue
-            values[(e.net, method)] = row["top1_err"]
-            rows.append(
-                [
-                    f"{e.net} ({e.train_scale()})",
-                    label,
-                    _pct(row["top1_err"]),
-                    _pct(row["top5_err"]),
-                    _paper(PAPER_T5, (e.net, method)),
-                ]
-            )
+            values[(e.net, stage, method)] = score
+            paper = _paper(PAPER_T5, (e.net, method)) if stage == "jitter" else "-"
+            rows.append([f"{e.net} ({e.train_scale()})", label, *_ours(row, score), paper])
     header = [
         "ConvNet config. (train S)",
         "evaluation method",
@@ -160,58 +222,131 @@ def table5(evaluated: list[Evaluated]) -> tuple[str, dict]:
     return _table(header, rows), values
 
 
-def table6(fused: list[Fused]) -> tuple[str, dict]:
-    """Fusion rows; two members compare with the paper's D & E rows, more with its
-    7-net ILSVRC submission."""
-    rows, values = [], {}
+def table6(fused: list[Fused], small: int) -> str:
+    """Fusion rows, the paper's beside a fusion only when its members are the paper's."""
+    rows = []
     for fusion in fused:
-        mode, members = fusion.mode, fusion.members
-        group = f"{mode}, {members} nets"
-        paper = PAPER_T6.get(mode) if members == 2 else PAPER_T6_SUBMISSION
+        paper, name = fusion.paper(small)
+        group = f"{fusion.mode}, {name}"
         for row in fusion.errors:
             is_fusion = row["name"] == "fusion"
-            values[(group, row["name"])] = row["top1_err"]
+            score = fusion.score(row["name"]) or Score(row["top1_err"], 0)
             rows.append(
                 [
                     group,
                     "fusion" if is_fusion else f"member {row['name']}",
-                    _pct(row["top1_err"]),
-                    _pct(row["top5_err"]),
+                    *_ours(row, score),
                     f"{paper[0]:.1f} / {paper[1]:.1f}" if is_fusion and paper else "",
                 ]
             )
     header = ["fusion", "model", "top-1 val err. (%)", "top-5 val err. (%)", "paper top-1 / top-5"]
-    return _table(header, rows), values
+    return _table(header, rows)
 
 
-def orderings(t3: dict, t4: dict, t5: dict, t6: dict) -> list[str]:
-    """The paper's claims, checked on our numbers, each with an honest verdict."""
-    lines = []
+def centre_scores(evaluated: list[Evaluated], small: int) -> Keyed:
+    """Single centre-crop errors by (net, stage): the paper's 5x5 comparison is on these."""
+    found = {}
+    for e in evaluated:
+        middle = (e.s_min + e.s_max) // 2
+        score = e.score("centre", [middle])
+        if score is not None:
+            found[(e.net, e.stage(small))] = score
+    return found
 
-    def verdict(claim: str, ours: float, other: float) -> None:
-        holds = "holds" if ours < other else "does **not** hold on this tiny data"
-        lines.append(f"- {claim}: {_pct(ours)}% vs {_pct(other)}% top-1 error: {holds}.")
 
-    for net in ("C", "D", "E"):
-        if (net, "jitter") in t3 and (net, "256") in t3:
-            verdict(
-                f"{net}: scale jitter beats fixed small S (single scale)",
-                t3[(net, "jitter")],
-                t3[(net, "256")],
+def claims(
+    t3: Keyed, t4: Keyed, t5: Keyed, centre: Keyed, fused: list[Fused], small: int
+) -> list[Claim]:
+    """Every claim of the paper's Sect. 4, each as first-vs-second on our runs."""
+    found: list[Claim] = []
+
+    def add(text: str, paper: Any, first: Any, second: Any, table: Keyed, **kw: Any) -> None:
+        found.append(Claim(text, paper, first=table.get(first), second=table.get(second), **kw))
+
+    def t3_paper(first: tuple, second: tuple) -> tuple[float, float]:
+        return PAPER_T3[first][0], PAPER_T3[second][0]
+
+    fixed = "256"
+    for first, second, text, expect in (
+        ("A-LRN", "A", "LRN does not help: A-LRN no better than A", Expect.NOT_LOWER),
+        ("B", "A", "depth: B (13 layers) beats A (11)", Expect.LOWER),
+        ("C", "B", "1x1 layers help: C beats B", Expect.LOWER),
+        ("D", "C", "3x3 beats 1x1 at the same depth: D beats C", Expect.LOWER),
+        ("D", "A", "depth: D (16 layers) beats A (11)", Expect.LOWER),
+        ("E", "D", "depth saturates: E (19 layers) no better than D (16)", Expect.NOT_LOWER),
+    ):
+        a, b = (first, fixed), (second, fixed)
+        add(f"{text} (Table 3)", t3_paper(a, b), a, b, t3, expect=expect)
+    add(
+        "3x3 pairs beat single 5x5 layers: B beats B-5x5 (centre crop)",
+        "B-5x5 7 points higher",
+        ("B", fixed),
+        ("B-5x5", fixed),
+        centre,
+    )
+    for net in "CDE":
+        for other in ("256", "384"):
+            a, b = (net, "jitter"), (net, other)
+            add(f"{net}: jitter beats fixed S={other} (Table 3)", t3_paper(a, b), a, b, t3)
+    for key in PAPER_T4:
+        text = f"{key[0]} (S {key[1]}): multi-scale beats single-scale testing (Tables 4, 3)"
+        paper = (PAPER_T4[key][0], PAPER_T3[key][0])
+        found.append(Claim(text, paper, first=t4.get(key), second=t3.get(key)))
+    for net in "DE":
+        dense, crop, both = ((net, "jitter", m) for m in ("dense", "crop", "dense+crop"))
+        paper = (PAPER_T5[(net, "crop")][0], PAPER_T5[(net, "dense")][0])
+        add(f"{net}: multi-crop beats dense (Table 5)", paper, crop, dense, t5)
+        better = min((t5[k] for k in (dense, crop) if k in t5), key=lambda s: s.error, default=None)
+        paper = (PAPER_T5[(net, "dense+crop")][0], PAPER_T5[(net, "crop")][0])
+        found.append(
+            Claim(
+                f"{net}: dense + multi-crop beats the better of the two (Table 5)",
+                paper,
+                first=t5.get(both),
+                second=better if both in t5 else None,
             )
-    for key, multi in t4.items():
-        if key in t3:
-            verdict(f"{key[0]} ({key[1]}): multi-scale beats single-scale testing", multi, t3[key])
-    for net in sorted({k[0] for k in t5}):
-        if (net, "dense+crop") in t5:
-            best = min(t5.get((net, "dense"), 1.0), t5.get((net, "crop"), 1.0))
-            claim = f"{net}: dense + multi-crop beats the better of the two"
-            verdict(claim, t5[(net, "dense+crop")], best)
-    for mode in sorted({k[0] for k in t6}):
-        members = [v for (m, name), v in t6.items() if m == mode and name != "fusion"]
-        if (mode, "fusion") in t6 and members:
-            verdict(f"fusion ({mode}) beats its best member", t6[(mode, "fusion")], min(members))
-    return lines
+        )
+    for fusion in fused:
+        members = [s for s in (fusion.score(m.model) for m in fusion.members) if s is not None]
+        found.append(
+            Claim(
+                f"fusion ({fusion.mode}, {fusion.paper(small)[1]}) beats its best member (Table 6)",
+                _paper_fusion_gain(fusion, small),
+                first=fusion.score("fusion"),
+                second=min(members, key=lambda s: s.error, default=None),
+            )
+        )
+    return found
+
+
+def _paper_fusion_gain(fusion: Fused, small: int) -> tuple[float, float] | str:
+    """The paper's fusion vs its best member: D & E from Tables 6 and 5; the submission's
+    members include the FC-only D, which the paper does not score alone."""
+    paper, _ = fusion.paper(small)
+    if paper is None:
+        return "-"
+    if Counter((m.net, m.stage(small)) for m in fusion.members) == D_AND_E:
+        return paper[0], min(PAPER_T5[(net, fusion.mode)][0] for net in "DE")
+    return f"{paper[0]:.1f} (7 nets)"
+
+
+def claims_table(found: list[Claim]) -> str:
+    rows = []
+    for claim in found:
+        paper = (
+            claim.paper
+            if isinstance(claim.paper, str)
+            else (f"{claim.paper[0]:.1f} vs {claim.paper[1]:.1f}")
+        )
+        ours = "-"
+        if claim.first is not None and claim.second is not None:
+            ours = f"{with_error(claim.first)} vs {with_error(claim.second)}"
+        tested = claim.test()
+        verdict = claim.verdict()
+        shown = f"**{verdict}**" if verdict in (Verdict.HOLDS, Verdict.FAILS) else str(verdict)
+        rows.append([claim.text, paper, ours, tested[0] if tested else "-", shown])
+    header = ["claim (first vs second)", "paper top-1 (%)", "ours top-1 (%)", "test", "verdict"]
+    return _table(header, rows)
 
 
 def plot_training(curves: list[Curve], path: Path) -> None:
@@ -269,6 +404,48 @@ def plot_scales(evaluated: list[Evaluated], path: Path) -> None:
     plt.close(fig)
 
 
+def _names(items: list[str]) -> str:
+    return ", ".join(items)
+
+
+def setting_notes(curves: list[Curve], evaluated: list[Evaluated], small: int) -> list[str]:
+    """What qualifies every number above, read from the runs: images, widths, budgets,
+    scales and flips."""
+    notes = []
+    sizes = sorted({e.num_images for e in evaluated if e.num_images})
+    for size in sizes:
+        notes.append(
+            f"Evaluations score {size} validation images: one image is "
+            f"{100 / size:.2g}% of top-1 error."
+        )
+    shapes: dict[str, list[str]] = {}
+    for c in curves:
+        shape = "full width" if c.width == 1 else f"width {c.width:g}"
+        shapes.setdefault(f"{shape} on {c.crop}-px crops", []).append(c.name)
+    if len(shapes) == 1:
+        notes.append(f"Every net is at {next(iter(shapes))}.")
+    else:
+        notes += [f"At {shape}: {_names(names)}." for shape, names in shapes.items()]
+    budgets: dict[tuple[bool, int], list[str]] = {}
+    for c in curves:
+        budgets.setdefault((c.finetuned, c.epochs), []).append(c.name)
+    for (finetuned, epochs), names in sorted(budgets.items()):
+        how = "fine-tuned for" if finetuned else "trained for"
+        notes.append(f"{_names(names)}: {how} {epochs} epochs at most.")
+    if small and small != 256:
+        notes.append(f"The fixed small training scale S={small} plays the role of the paper's 256.")
+    for what, off in (
+        ("Random flips in training", [c.name for c in curves if not c.flip]),
+        ("Mirror averaging at test", [e.model for e in evaluated if not e.flip]),
+    ):
+        notes.append(
+            f"{what}: off (`--no-flip`) for {_names(off)}."
+            if off
+            else f"{what}: on everywhere (the paper's)."
+        )
+    return notes
+
+
 def write_report(
     root: Path, curves: list[Curve], evaluated: list[Evaluated], fused: list[Fused], out_dir: Path
 ) -> str:
@@ -277,18 +454,24 @@ def write_report(
     small = min(fixed) if fixed else 0
     t3, v3 = table3(evaluated, small)
     t4, v4 = table4(evaluated, small)
-    t5, v5 = table5(evaluated)
-    t6, v6 = table6(fused)
+    t5, v5 = table5(evaluated, small)
+    t6 = table6(fused, small)
+    found = claims(v3, v4, v5, centre_scores(evaluated, small), fused, small)
     plot_training(curves, out_dir / "training-curves.png")
     plot_scales(evaluated, out_dir / "error-vs-scale.png")
-    best = min((v for (_, name), v in v6.items() if name == "fusion"), default=None)
+    best = min(
+        (s for s in (f.score("fusion") for f in fused) if s), key=lambda s: s.error, default=None
+    )
+    verdicts = Counter(c.verdict() for c in found)
     parts = [
         f"# VGG reproduction report: `{root}`",
         "Every number in our columns is read from the runs under this root (evaluation "
-        "manifests, training metrics). The paper's columns are Tables 3-6 of arXiv v6 "
-        "(ILSVRC-2012 validation, full-size nets at S = 256 / 384 / [256;512]); here the "
-        f"fixed small scale S={small} plays the role of 256.",
-        f"Best fused model: **{_pct(best)}% top-1 error**." if best is not None else "",
+        "manifests and posteriors, training metrics). The paper's columns are Tables 3-6 of "
+        "arXiv v6 (ILSVRC-2012 validation: 50,000 images, full-size nets at S = 256 / 384 / "
+        "[256;512]). Our top-1 errors carry their binomial standard error.",
+        f"Best fused model: **{with_error(best)}% top-1 error**." if best is not None else "",
+        "## What these runs are",
+        "\n".join(f"- {note}" for note in setting_notes(curves, evaluated, small)),
         "## Table 3: single test scale",
         t3,
         "## Table 4: multiple test scales",
@@ -297,10 +480,14 @@ def write_report(
         t5,
         "## Table 6: ConvNet fusion",
         t6,
-        "## The paper's orderings on our runs",
-        "\n".join(orderings(v3, v4, v5, v6)),
-        "Where an ordering does not hold, remember the scale: 200 validation images (one "
-        "image is 0.5%), nets of a quarter width trained for minutes.",
+        "## The paper's claims on our runs",
+        "Each claim compares a first model with a second. Two models scored on the same "
+        "images are compared by McNemar's exact test on the images exactly one of them gets "
+        "right (wins vs losses of the first); p < 0.05 decides **holds** or **does not "
+        "hold**, otherwise the difference is *within noise*. Claims that something does "
+        "*not* help hold unless the first model is significantly better.",
+        claims_table(found),
+        "Verdicts: " + ", ".join(f"{verdicts[v]} {v}" for v in Verdict) + ".",
         "## Plots",
         "![training curves](training-curves.png)",
         "![error against test scale](error-vs-scale.png)",

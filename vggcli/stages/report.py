@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from vggcli.artifacts import (
     EvaluationRun,
     FusionRun,
@@ -17,7 +19,8 @@ from vggcli.artifacts import (
     latest_of_kind,
     parent,
 )
-from vggcli.report import Curve, Evaluated, Fused, write_report
+from vggcli.metrics import top1_correct
+from vggcli.report import Curve, Evaluated, Fused, Scores, write_report
 from vggcli.runs import RunVersion, RunWriter
 from vggcli.stages import pipeline as pipelines
 from vggcli.stages.common import announce
@@ -41,9 +44,7 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
         folder = pipelines.load(request.pipeline, request.runs_root).runs_root
     curves = [_curve(m) for m in latest_of_kind(folder, ModelRun)]
     evaluated = [_evaluated(e, folder) for e in latest_of_kind(folder, EvaluationRun)]
-    fused = [
-        Fused(f.mode(), len(f.members()), f.errors()) for f in latest_of_kind(folder, FusionRun)
-    ]
+    fused = [_fused(f, folder) for f in latest_of_kind(folder, FusionRun)]
     with RunWriter.open(
         folder, "report", kind=Kind.REPORT, config={"root": str(folder)}, resume=False
     ) as writer:
@@ -57,10 +58,64 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
 
 def _curve(model: ModelRun) -> Curve:
     lines = model.metrics().read_text().splitlines()
-    return Curve(model.name, [json.loads(line) for line in lines])
+    config = model.config()
+    return Curve(
+        model.name,
+        [json.loads(line) for line in lines],
+        model.net(),
+        float(config["net"].get("width", 1.0)),
+        model.crop(),
+        int(config["recipe"]["epochs"]),
+        bool(config.get("finetune_from")),
+        model.flips(),
+    )
 
 
 def _evaluated(evaluation: EvaluationRun, root: Path) -> Evaluated:
+    """An evaluation, its model's training scale, and which images each of its error rows
+    got right (read from the stored posteriors, for the paired tests)."""
     model = as_kind(parent(evaluation.version, 0, root), ModelRun)
     s_min, s_max = model.train_scales()
-    return Evaluated(model.net(), s_min, s_max, list(evaluation.scales()), evaluation.errors())
+    results = evaluation.results()
+    return Evaluated(
+        model.net(),
+        s_min,
+        s_max,
+        list(evaluation.scales()),
+        evaluation.errors(),
+        model.label,
+        int(results.get("num_images", 0)),
+        str(results.get("val_index_sha256", "")),
+        _correct(evaluation),
+        model.fc_only(),
+        evaluation.flips(),
+    )
+
+
+def _correct(evaluation: EvaluationRun) -> Scores:
+    labels = np.load(evaluation.labels(), allow_pickle=False)
+    scales = list(evaluation.scales())
+    found: Scores = {}
+    for row in evaluation.errors():
+        method, at = row["method"], row["scales"]
+        name = evaluation.posteriors_name(method, None if at == scales else at[0])
+        if evaluation.has(name):
+            probs = np.load(evaluation.file(name), allow_pickle=False)
+            found[(method, tuple(at))] = top1_correct(probs, labels)
+    return found
+
+
+def _fused(fusion: FusionRun, root: Path) -> Fused:
+    """A fusion with its members' evaluations (its parents) and its own per-image scores."""
+    count = len(fusion.manifest()["parents"])
+    members = [
+        _evaluated(as_kind(parent(fusion.version, i, root), EvaluationRun), root)
+        for i in range(count)
+    ]
+    name = EvaluationRun.posteriors_name(fusion.mode())
+    correct = None
+    first = as_kind(parent(fusion.version, 0, root), EvaluationRun)
+    if fusion.has(name):
+        labels = np.load(first.labels(), allow_pickle=False)
+        correct = top1_correct(np.load(fusion.file(name), allow_pickle=False), labels)
+    return Fused(fusion.mode(), members, fusion.errors(), correct)
