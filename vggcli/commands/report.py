@@ -15,7 +15,7 @@ def command(
     pipeline: Annotated[Path | None, typer.Option(help="Report on this pipeline's runs root (e.g. pipelines/smoke.toml).")] = None,
     root: RunsRoot = None,
 ) -> None:
-    """Write report.md (Tables 3-6 beside the paper's, the paper's orderings checked, plots of training curves and error against test scale) as a new version of the run `report`."""
+    """Write report.md (Tables 3-6 beside the paper's, every claim of Sect. 4 checked with a paired test, plots of training curves and error against test scale) as a new version of the run `report`."""
     from vggcli.stages import report as stage
 
     version = stage.run(stage.ReportRequest(pipeline, root), runs_root(root))
