@@ -258,64 +258,77 @@ def claims(
     t3: Keyed, t4: Keyed, t5: Keyed, centre: Keyed, fused: list[Fused], small: int
 ) -> list[Claim]:
     """Every claim of the paper's Sect. 4, each as first-vs-second on our runs."""
-    found: list[Claim] = []
+    return [
+        *_architecture_claims(t3, centre),
+        *_scale_claims(t3, t4),
+        *_method_claims(t5),
+        *_fusion_claims(fused, small),
+    ]
 
-    def add(text: str, paper: Any, first: Any, second: Any, table: Keyed, **kw: Any) -> None:
-        found.append(Claim(text, paper, first=table.get(first), second=table.get(second), **kw))
 
-    def t3_paper(first: tuple, second: tuple) -> tuple[float, float]:
-        return PAPER_T3[first][0], PAPER_T3[second][0]
+ARCHITECTURE = (  # Table 3, fixed small S: (first, second, claim, expectation)
+    ("A-LRN", "A", "LRN does not help: A-LRN no better than A", Expect.NOT_LOWER),
+    ("B", "A", "depth: B (13 layers) beats A (11)", Expect.LOWER),
+    ("C", "B", "1x1 layers help: C beats B", Expect.LOWER),
+    ("D", "C", "3x3 beats 1x1 at the same depth: D beats C", Expect.LOWER),
+    ("D", "A", "depth: D (16 layers) beats A (11)", Expect.LOWER),
+    ("E", "D", "depth saturates: E (19 layers) no better than D (16)", Expect.NOT_LOWER),
+)
 
-    fixed = "256"
-    for first, second, text, expect in (
-        ("A-LRN", "A", "LRN does not help: A-LRN no better than A", Expect.NOT_LOWER),
-        ("B", "A", "depth: B (13 layers) beats A (11)", Expect.LOWER),
-        ("C", "B", "1x1 layers help: C beats B", Expect.LOWER),
-        ("D", "C", "3x3 beats 1x1 at the same depth: D beats C", Expect.LOWER),
-        ("D", "A", "depth: D (16 layers) beats A (11)", Expect.LOWER),
-        ("E", "D", "depth saturates: E (19 layers) no better than D (16)", Expect.NOT_LOWER),
-    ):
-        a, b = (first, fixed), (second, fixed)
-        add(f"{text} (Table 3)", t3_paper(a, b), a, b, t3, expect=expect)
-    add(
-        "3x3 pairs beat single 5x5 layers: B beats B-5x5 (centre crop)",
-        "B-5x5 7 points higher",
-        ("B", fixed),
-        ("B-5x5", fixed),
-        centre,
-    )
+
+def _architecture_claims(t3: Keyed, centre: Keyed) -> list[Claim]:
+    found = []
+    for first, second, text, expect in ARCHITECTURE:
+        a, b = (first, "256"), (second, "256")
+        paper = (PAPER_T3[a][0], PAPER_T3[b][0])
+        found.append(Claim(f"{text} (Table 3)", paper, expect, t3.get(a), t3.get(b)))
+    text = "3x3 pairs beat single 5x5 layers: B beats B-5x5 (centre crop)"
+    b, shallow = centre.get(("B", "256")), centre.get(("B-5x5", "256"))
+    return [*found, Claim(text, "B-5x5 7 points higher", Expect.LOWER, b, shallow)]
+
+
+def _scale_claims(t3: Keyed, t4: Keyed) -> list[Claim]:
+    """Scale jitter vs each fixed training scale; multi-scale vs single-scale testing."""
+    found = []
     for net in "CDE":
-        for other in ("256", "384"):
-            a, b = (net, "jitter"), (net, other)
-            add(f"{net}: jitter beats fixed S={other} (Table 3)", t3_paper(a, b), a, b, t3)
+        for fixed in ("256", "384"):
+            a, b = (net, "jitter"), (net, fixed)
+            text = f"{net}: jitter beats fixed S={fixed} (Table 3)"
+            found.append(
+                Claim(text, (PAPER_T3[a][0], PAPER_T3[b][0]), Expect.LOWER, t3.get(a), t3.get(b))
+            )
     for key in PAPER_T4:
         text = f"{key[0]} (S {key[1]}): multi-scale beats single-scale testing (Tables 4, 3)"
         paper = (PAPER_T4[key][0], PAPER_T3[key][0])
-        found.append(Claim(text, paper, first=t4.get(key), second=t3.get(key)))
+        found.append(Claim(text, paper, Expect.LOWER, t4.get(key), t3.get(key)))
+    return found
+
+
+def _method_claims(t5: Keyed) -> list[Claim]:
+    """Multi-crop vs dense, and both vs the better of the two (jittered D and E)."""
+    found = []
     for net in "DE":
-        dense, crop, both = ((net, "jitter", m) for m in ("dense", "crop", "dense+crop"))
+        dense, crop, both = (t5.get((net, "jitter", m)) for m in ("dense", "crop", "dense+crop"))
         paper = (PAPER_T5[(net, "crop")][0], PAPER_T5[(net, "dense")][0])
-        add(f"{net}: multi-crop beats dense (Table 5)", paper, crop, dense, t5)
-        better = min((t5[k] for k in (dense, crop) if k in t5), key=lambda s: s.error, default=None)
-        paper = (PAPER_T5[(net, "dense+crop")][0], PAPER_T5[(net, "crop")][0])
         found.append(
-            Claim(
-                f"{net}: dense + multi-crop beats the better of the two (Table 5)",
-                paper,
-                first=t5.get(both),
-                second=better if both in t5 else None,
-            )
+            Claim(f"{net}: multi-crop beats dense (Table 5)", paper, Expect.LOWER, crop, dense)
         )
+        singles = [s for s in (dense, crop) if s is not None]
+        better = min(singles, key=lambda s: s.error) if len(singles) == 2 else None
+        text = f"{net}: dense + multi-crop beats the better of the two (Table 5)"
+        paper = (PAPER_T5[(net, "dense+crop")][0], PAPER_T5[(net, "crop")][0])
+        found.append(Claim(text, paper, Expect.LOWER, both, better))
+    return found
+
+
+def _fusion_claims(fused: list[Fused], small: int) -> list[Claim]:
+    found = []
     for fusion in fused:
         members = [s for s in (fusion.score(m.model) for m in fusion.members) if s is not None]
-        found.append(
-            Claim(
-                f"fusion ({fusion.mode}, {fusion.paper(small)[1]}) beats its best member (Table 6)",
-                _paper_fusion_gain(fusion, small),
-                first=fusion.score("fusion"),
-                second=min(members, key=lambda s: s.error, default=None),
-            )
-        )
+        text = f"fusion ({fusion.mode}, {fusion.paper(small)[1]}) beats its best member (Table 6)"
+        best = min(members, key=lambda s: s.error, default=None)
+        paper = _paper_fusion_gain(fusion, small)
+        found.append(Claim(text, paper, Expect.LOWER, fusion.score("fusion"), best))
     return found
 
 
