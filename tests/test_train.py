@@ -354,6 +354,13 @@ def test_deeper_nets_start_from_the_one_matching_net_a_else_glorot(vgg, train_ro
     paper = vgg("train", "--net", "B", *base)
     assert "init: first layers from A/v001" in paper.output, paper.output
     assert resolve("B", train_root).manifest()["config"]["init_from"] == "A/v001"
+    shallow = vgg("train", "--net", "B-5x5", *base)  # shallower than A: initialised like A
+    assert shallow.exit_code == 0 and "init: normal random init" in shallow.output, shallow.output
+    config = resolve("B-5x5", train_root).manifest()["config"]
+    assert (config["init_from"], config["recipe"]["init"]) == (None, "normal")
+    refused = vgg("train", "--net", "B-5x5", *base, "--init-from", str(train_root / "A"))
+    assert refused.exit_code == 2 and refused.output.strip().count("\n") == 0
+    assert "B-5x5 cannot start from net A's layers" in refused.output
     literal = vgg("train", "--net", "B", *base, "--init", "normal", "--name", "B-normal")
     config = resolve("B-normal", train_root).manifest()["config"]
     assert literal.exit_code == 0 and config["init_from"] is None
