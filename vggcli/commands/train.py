@@ -111,6 +111,7 @@ def finetune_command(
     lr: Annotated[float | None, typer.Option(callback=positive(), help="Initial learning rate (default: the base lr of the run at the chain's root / 10: the paper's 1e-2 -> 1e-3).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(callback=at_least(1), help="Epoch budget (default: the parent's).")] = None,
     name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
+    fc_only: Annotated[bool, typer.Option("--fc-only", help="Train only fc6, fc7 and fc8; the conv layers keep the parent's weights (the ILSVRC-submission multi-scale D, Sect. 4.4).")] = False,
     precision: Precision = "auto",
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
@@ -120,11 +121,13 @@ def finetune_command(
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:
-    """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512], all layers fine-tuned; the new version records its parent."""
+    """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512], all layers fine-tuned (--fc-only: fc6-fc8 alone); the new version records its parent."""
     from vggcli.stages import finetune as stage
 
     s_min, s_max = parse_scale(scale)
     relaunch(nproc)
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
-    request = stage.FinetuneRequest(run, s_min, s_max, runtime, lr, epochs, precision, name)
+    request = stage.FinetuneRequest(
+        run, s_min, s_max, runtime, lr, epochs, precision, name, fc_only
+    )
     done(stage.run(request, runs_root(root)).path)
