@@ -147,6 +147,30 @@ def test_a_killed_rank_stops_the_job_and_one_process_resumes_it(root: Path) -> N
     assert [e["world_size"] for e in _executions(root, "killed")] == [2, 1]
 
 
+def test_fc_only_finetune_over_two_processes_killed_and_resumed_by_one(root: Path) -> None:
+    """Frozen convs under DDP, and a resumed fc-only run stays fc-only: killed while two
+    processes fine-tune the head and finished by one, it equals an uninterrupted one-process
+    fc-only fine-tune, and its convs are still ref's."""
+    tune = ["finetune-scale", "ref", "--scale", "40", "--fc-only", "--precision", "fp32"]
+    tune += ["--workers", "1", "--checkpoint-steps", "1"]
+    _finish(_vgg(root, *tune, "--name", "fc-one"))
+    job = _vgg(root, *tune, "--name", "fc-killed", "--nproc", "2")
+    _wait_for_steps(root, "fc-killed", 8, job)
+    for rank in _workers(job.pid):  # both ranks at once: no collective timeout to wait for
+        os.kill(rank, signal.SIGKILL)
+    job.communicate(timeout=60)
+    assert job.returncode != 0
+    _finish(_vgg(root, *tune, "--name", "fc-killed"))
+    assert len(versions(root / "fc-killed")) == 1
+    assert [e["world_size"] for e in _executions(root, "fc-killed")] == [2, 1]
+    assert resolve("fc-killed", root).manifest()["config"]["fc_only"] is True
+    _assert_same_training(root, "fc-killed", "fc-one")
+    ours, ref = _state(root, "fc-killed"), _state(root, "ref")
+    convs = [k for k in ref if k.startswith("features.")]
+    assert convs and all(torch.equal(ours[k], ref[k]) for k in convs)
+    assert not torch.equal(ours["head.fc6.weight"], ref["head.fc6.weight"])
+
+
 def test_one_process_killed_resumes_with_two(root: Path) -> None:
     job = _vgg(root, "train", *NET, "--name", "grown", "--checkpoint-steps", "1")
     _wait_for_steps(root, "grown", 8, job)

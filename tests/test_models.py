@@ -16,11 +16,12 @@ EXACT = {
     "A": 132_863_336,
     "A-LRN": 132_863_336,
     "B": 133_047_848,
+    "B-5x5": 134_503_528,  # not in Table 2: see the B-5x5 test
     "C": 133_638_952,
     "D": 138_357_544,
     "E": 143_667_240,
 }
-WEIGHT_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
+WEIGHT_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "B-5x5": 8, "C": 16, "D": 16, "E": 19}
 
 
 def _layer_list_count(net: str, classes: int = 1000) -> int:
@@ -29,7 +30,10 @@ def _layer_list_count(net: str, classes: int = 1000) -> int:
     for item in CONFIGS[net]:
         if item in ("M", "LRN"):
             continue
-        k, out = (1, int(item.split("-")[1])) if isinstance(item, str) else (3, item)
+        if isinstance(item, str):  # "C1-256", "C5-64"
+            k, out = (int(n) for n in item[1:].split("-"))
+        else:
+            k, out = 3, item
         total += k * k * channels * out + out
         channels = out
     for fan_in, fan_out in ((7 * 7 * 512, 4096), (4096, 4096), (4096, classes)):
@@ -37,13 +41,50 @@ def _layer_list_count(net: str, classes: int = 1000) -> int:
     return total
 
 
+def _receptive_fields(model: VGG) -> list[int]:
+    """Input pixels seen by one cell after each max-pool, from the layers' kernels and
+    strides."""
+    field, step, fields = 1, 1, []
+    for layer in model.features:
+        if isinstance(layer, nn.Conv2d):
+            field += (layer.kernel_size[0] - 1) * step
+        elif isinstance(layer, nn.MaxPool2d):
+            field += (layer.kernel_size - 1) * step
+            step *= layer.stride
+            fields.append(field)
+    return fields
+
+
 @pytest.mark.parametrize("net", list(CONFIGS))
 def test_parameter_count_matches_table_2(net: str) -> None:
     with torch.device("meta"):
         model = VGG(NetSpec(net))
     assert count_parameters(model) == EXACT[net] == _layer_list_count(net)
-    assert round(count_parameters(model) / 1e6) == TABLE_2[net]
+    if net in TABLE_2:
+        assert round(count_parameters(model) / 1e6) == TABLE_2[net]
     assert len(list(model.weight_layers())) == WEIGHT_LAYERS[net]
+
+
+def test_b_5x5_is_b_with_each_pair_of_3x3_convs_one_5x5_conv() -> None:
+    """Sect. 4.1's shallow B: conv5-64 P conv5-128 P conv5-256 P conv5-512 P conv5-512 P
+    (stride 1, padding 2), then B's head; the same receptive fields as B."""
+    stages = [(3, 64), (64, 128), (128, 256), (256, 512), (512, 512)]  # (c_in, c_out)
+    convs = sum(25 * c_in * c_out + c_out for c_in, c_out in stages)
+    assert convs == 4_864 + 204_928 + 819_456 + 3_277_312 + 6_554_112 == 10_860_672
+    fc = 25_088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000
+    assert EXACT["B-5x5"] == convs + fc == 134_503_528
+    # B's pair in each stage (3x3 c_in -> c, 3x3 c -> c) gives way to one 5x5 c_in -> c
+    pairs = sum(9 * c_in * c + c + 9 * c * c + c for c_in, c in stages)
+    assert EXACT["B-5x5"] == EXACT["B"] - pairs + convs
+    with torch.device("meta"):
+        model, b = VGG(NetSpec("B-5x5")), VGG(NetSpec("B"))
+    assert count_parameters(model) == EXACT["B-5x5"]
+    assert [(c.in_channels, c.out_channels) for c in model.convs()] == stages
+    assert {(c.kernel_size, c.stride, c.padding) for c in model.convs()} == {
+        ((5, 5), (1, 1), (2, 2))
+    }
+    assert sum(isinstance(m, nn.ReLU) for m in model.features) == 5
+    assert _receptive_fields(model) == _receptive_fields(b) == [6, 16, 36, 76, 156]
 
 
 def test_d_matches_torchvision_vgg16_count() -> None:
@@ -161,9 +202,12 @@ def test_init_from_a_refuses_a_mismatched_run() -> None:
     with pytest.raises(VggError, match="need net A"):
         b_spec = NetSpec("B", 10, 1 / 8, 32)
         init_from_a(deep, VGG(b_spec).state_dict(), b_spec)
+    shallow = VGG(NetSpec("B-5x5", num_classes=10, width=1 / 16, crop=32))
+    with pytest.raises(VggError, match="B-5x5 cannot start from net A's layers"):
+        init_from_a(shallow, VGG(a_spec).state_dict(), a_spec)
 
 
-@pytest.mark.parametrize("net", ["A", "C"])
+@pytest.mark.parametrize("net", ["A", "C", "B-5x5"])
 def test_fc_as_conv_gives_the_same_logits_on_a_crop(net: str) -> None:
     """The dense path (fc6 as a 7x7 conv, fc7/fc8 as 1x1) equals the FC path at 224."""
     torch.manual_seed(0)

@@ -205,3 +205,41 @@ def test_no_flip_reaches_every_train_step_and_is_part_of_its_command(vgg, tmp_pa
     assert "--no-flip" not in pipeline.resolve_args(flipped, flipped.steps[0])
     shown = vgg("pipeline", "run", str(path), "--no-flip", "--dry-run")
     assert shown.exit_code == 0 and "vgg train --net A --name A --no-flip" in shown.output
+
+
+@pytest.mark.parametrize(
+    ("name", "small", "large", "jitter"),
+    [("paper", 256, 384, "256-512"), ("smoke", 80, 112, "80-144")],
+)
+def test_shipped_pipelines_fuse_the_ilsvrc_submissions_seven_nets(
+    name: str, small: int, large: int, jitter: str
+) -> None:
+    """Sect. 4.4's submission: D, C, E at both fixed scales and the multi-scale D fine-tuned
+    in its FC layers only (from the large-scale D), each evaluated dense and multi-scale;
+    B and its shallow 5x5 variant (random init, like A) on a centre crop (Sect. 4.1)."""
+    shipped = pipeline.load(Path(__file__).parents[1] / "pipelines" / f"{name}.toml")
+    steps = {s.name: s for s in shipped.steps}
+
+    def option(step: str, flag: str) -> str:
+        words = steps[step].command.split()
+        return words[words.index(flag) + 1]
+
+    def model(step: str) -> tuple[str, str]:
+        """(net, training scale, with '+fc' for an FC-only fine-tune) of a model step."""
+        words = steps[step].command.split()
+        scale = option(step, "--scale") + ("+fc" if "--fc-only" in words else "")
+        if words[0] == "train":
+            return option(step, "--net"), scale
+        return model(steps[step].inputs[0])[0], scale
+
+    members = steps["fuse-ilsvrc"].inputs
+    assert "--mode dense" in steps["fuse-ilsvrc"].command
+    for member in members:
+        assert re.fullmatch(r"evaluate \{[^}]+\} --multi-scale", steps[member].command)
+    fixed = [(net, str(s)) for net in "DCE" for s in (small, large)]
+    expected = [*fixed, ("D", f"{jitter}+fc")]
+    assert sorted(model(steps[m].inputs[0]) for m in members) == sorted(expected)
+    assert steps["D-jitter-fc"].inputs == (f"D-{large}",)
+    assert option("B-5x5", "--net") == "B-5x5" and "--init-from" not in steps["B-5x5"].command
+    for net in ("B", "B-5x5"):
+        assert steps[f"eval-{net}-centre"].command == f"evaluate {{{net}}} --mode centre"

@@ -7,6 +7,7 @@ import shlex
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from tests.conftest import metrics_rows, vgg_process
 from vggcli.artifacts import ModelRun
 from vggcli.checkpoints import load, load_model
 from vggcli.data.loader import LoaderSpec, crop_window, make_loader
+from vggcli.distributed import SINGLE
+from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec, count_parameters, initialise
 from vggcli.runs import COMPLETE, INTERRUPTED, resolve, versions
 from vggcli.train import PlateauSchedule, TrainConfig, build_model
@@ -77,6 +80,59 @@ def test_finetune_chain_records_parents_and_paper_settings(vgg, train_root: Path
     start = load(first.path / "model.pt")
     model = build_model(TrainConfig.from_manifest(config), start, None)
     assert all(torch.equal(start["state_dict"][k], v) for k, v in model.state_dict().items())
+
+
+def test_fc_only_finetune_trains_fc6_to_fc8_alone_and_keeps_the_convs(
+    vgg, train_root: Path
+) -> None:
+    """Sect. 4.4's ILSVRC-submission D: the multi-scale model fine-tuned from S=384 in its FC
+    layers only. The convs come out bit-identical to the parent's, the head changes; without
+    --fc-only the convs change too. The optimizer the training loop builds from the recorded
+    config (as a resume does) holds fc6-fc8 alone."""
+    from vggcli import checkpoints
+    from vggcli.artifacts import DatasetRun, resolve_as
+    from vggcli.train import Runtime, TrainData, Trainer
+
+    short = ["--scale", "40", "--epochs", "1", "--max-steps", "1"]
+    assert vgg("train", "--net", "A", *short, *TINY).exit_code == 0
+    parent = resolve("A", train_root)
+    for name, extra in (("A-fc", ["--fc-only"]), ("A-all", [])):
+        args = ["--scale", "32-48", "--epochs", "1", "--name", name, *extra]
+        result = vgg("finetune-scale", str(parent.path), *args)
+        assert result.exit_code == 0, result.output
+    before, _ = load_model(ModelRun(parent))
+    fc, _ = load_model(ModelRun(resolve("A-fc", train_root)))
+    every, _ = load_model(ModelRun(resolve("A-all", train_root)))
+    for old, new in zip(before.convs(), fc.convs(), strict=True):
+        assert torch.equal(old.weight, new.weight) and torch.equal(old.bias, new.bias)
+    for old, new in zip(before.fcs(), fc.fcs(), strict=True):
+        assert not torch.equal(old.weight, new.weight)
+    assert not any(
+        torch.equal(old.weight, new.weight)
+        for old, new in zip(before.convs(), every.convs(), strict=True)
+    )
+    recorded = resolve("A-fc", train_root).manifest()["config"]
+    assert recorded["fc_only"] is True
+    assert "fc_only" not in resolve("A-all", train_root).manifest()["config"]
+    assert "fc_only" not in parent.manifest()["config"]  # other runs' configs unchanged
+
+    config = TrainConfig.from_manifest(recorded)
+    dataset = resolve_as("tiny", train_root, DatasetRun)
+    data = TrainData(dataset.beton("train"), dataset.beton("val"), dataset.colour_statistics())
+    model = build_model(config, checkpoints.load(parent.path / "model.pt"), None)
+    store = checkpoints.LeadCheckpoints(SINGLE, None)
+    cpu = torch.device("cpu")
+    trainer = Trainer(config, data, model, Runtime(1), cpu, store, checkpoints.NO_METRICS)
+    held = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    head = [p for layer in trainer.model.fcs() for p in (layer.weight, layer.bias)]
+    assert {id(p) for p in held} == {id(p) for p in head} and len(held) == 6
+    decayed = trainer.optimizer.param_groups[0]
+    assert decayed["weight_decay"] == 5e-4
+    assert {id(p) for p in decayed["params"]} == {id(layer.weight) for layer in model.fcs()}
+    assert not any(p.requires_grad for conv in trainer.model.convs() for p in conv.parameters())
+    trainer.release()
+    with pytest.raises(VggError, match="needs trained convs"):
+        replace(config, finetune_from=None)  # a net trained from scratch cannot freeze its convs
 
 
 def test_init_from_a_is_recorded_as_a_parent(vgg, train_root: Path) -> None:
@@ -354,6 +410,13 @@ def test_deeper_nets_start_from_the_one_matching_net_a_else_glorot(vgg, train_ro
     paper = vgg("train", "--net", "B", *base)
     assert "init: first layers from A/v001" in paper.output, paper.output
     assert resolve("B", train_root).manifest()["config"]["init_from"] == "A/v001"
+    shallow = vgg("train", "--net", "B-5x5", *base)  # shallower than A: initialised like A
+    assert shallow.exit_code == 0 and "init: normal random init" in shallow.output, shallow.output
+    config = resolve("B-5x5", train_root).manifest()["config"]
+    assert (config["init_from"], config["recipe"]["init"]) == (None, "normal")
+    refused = vgg("train", "--net", "B-5x5", *base, "--init-from", str(train_root / "A"))
+    assert refused.exit_code == 2 and refused.output.strip().count("\n") == 0
+    assert "B-5x5 cannot start from net A's layers" in refused.output
     literal = vgg("train", "--net", "B", *base, "--init", "normal", "--name", "B-normal")
     config = resolve("B-normal", train_root).manifest()["config"]
     assert literal.exit_code == 0 and config["init_from"] is None

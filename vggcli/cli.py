@@ -55,8 +55,9 @@ app = typer.Typer(
     name="vgg",
     help=(
         "Reproduce Simonyan & Zisserman, 'Very Deep Convolutional Networks for Large-Scale "
-        "Image Recognition' (VGG, 2014). Nets are Table 1's configs A, A-LRN, B, C, D, E; "
-        "S is the training scale (smallest image side before the 224 crop), Q the test scale."
+        "Image Recognition' (VGG, 2014). Nets are Table 1's configs A, A-LRN, B, C, D, E "
+        "(and B-5x5, Sect. 4.1's shallow B); S is the training scale (smallest image side "
+        "before the 224 crop), Q the test scale."
     ),
     no_args_is_help=True,
     add_completion=False,

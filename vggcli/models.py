@@ -19,13 +19,15 @@ from torch.nn import functional as F
 
 from vggcli.errors import VggError
 
-# conv3 output channels, "M" = 2x2/2 max-pool, "C1-n" = 1x1 conv (config C), "LRN" = local
-# response normalisation (A-LRN only).
+# conv3 output channels, "M" = 2x2/2 max-pool, "Ck-n" = k x k conv with n outputs ("C1-512":
+# config C's 1x1 convs; "C5-64": the shallow B of Sect. 4.1, each pair of B's 3x3 convs one 5x5),
+# "LRN" = local response normalisation (A-LRN only).
 # fmt: off
 CONFIGS: dict[str, list[int | str]] = {
     "A":     [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "B":     [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B-5x5": ["C5-64", "M", "C5-128", "M", "C5-256", "M", "C5-512", "M", "C5-512", "M"],
     "C":     [64, 64, "M", 128, 128, "M", 256, 256, "C1-256", "M",
               512, 512, "C1-512", "M", 512, 512, "C1-512", "M"],
     "D":     [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -36,7 +38,9 @@ CONFIGS: dict[str, list[int | str]] = {
 # fmt: on
 FC_WIDTH = 4096
 # Which conv layers of a deeper net receive A's four: shape-consistent reading of "the first
-# four convolutional layers" (A's conv1..conv4 are 3-64, 64-128, 128-256, 256-256).
+# four convolutional layers" (A's conv1..conv4 are 3-64, 64-128, 128-256, 256-256). B-5x5 has
+# none: its 5x5 convs match no 3x3 conv of A, and with 8 weight layers it is shallower than A,
+# so it starts from random init, as A does.
 INIT_FROM_A_CONV = {
     "A": [0, 1, 2, 3],
     "A-LRN": [0, 1, 2, 3],
@@ -135,9 +139,11 @@ def _features(spec: NetSpec) -> nn.Sequential:
             layers.append(nn.MaxPool2d(2, 2))
         elif item == "LRN":
             layers.append(LocalResponseNorm())  # after conv1's ReLU, as in AlexNet
-        elif isinstance(item, str):  # "C1-256": 1x1 conv keeping the channel count
-            out = spec.channels(int(item.split("-")[1]))
-            layers += [nn.Conv2d(channels, out, 1), nn.ReLU(inplace=True)]
+        elif isinstance(item, str):  # "C5-64": 5x5 conv, 64 outputs, "same" padding
+            kernel, width = (int(n) for n in item[1:].split("-"))
+            out = spec.channels(width)
+            conv = nn.Conv2d(channels, out, kernel, padding=kernel // 2)
+            layers += [conv, nn.ReLU(inplace=True)]
             channels = out
         else:
             out = spec.channels(item)
@@ -223,9 +229,19 @@ def initialise(model: VGG, scheme: str, std: float = 0.01, last_std: float | Non
         nn.init.normal_(model.head.fc8.weight, 0.0, last_std)
 
 
+def check_takes_a_layers(net: str) -> None:
+    """Refuse init-from-A for a net none of whose convs has the shape of one of A's."""
+    if net not in INIT_FROM_A_CONV:
+        raise VggError(
+            f"net {net} cannot start from net A's layers: its convs match none of A's, so it "
+            "starts from random init like A (drop --init-from; --init picks the scheme)"
+        )
+
+
 def init_from_a(model: VGG, a_state: dict[str, torch.Tensor], a_spec: NetSpec) -> list[str]:
     """Copy A's first four conv layers and its three FC layers into `model` (the paper's
     init for deeper nets); return the names of the parameters copied."""
+    check_takes_a_layers(model.spec.net)
     if (
         a_spec.net not in ("A", "A-LRN")
         or a_spec.width != model.spec.width

@@ -84,8 +84,11 @@ class TrainConfig:
     init_from: str | None = None  # label of the A run version (deeper nets)
     finetune_from: str | None = None  # label of the run version whose weights we start from
     augmentation: int = SCHEME  # per-image random draws: see data/loader.py
+    fc_only: bool = False  # train fc6-fc8 alone, convs frozen (the ILSVRC-submission D)
 
     def __post_init__(self) -> None:
+        if self.fc_only and self.finetune_from is None:
+            raise VggError("training only the FC layers needs trained convs: fine-tune a run")
         if not self.net.crop <= self.s_min <= self.s_max:
             raise VggError(
                 f"training scale S={self.s_min}-{self.s_max} must be at least the crop "
@@ -113,6 +116,8 @@ class TrainConfig:
             del data["augmentation"]
         if self.recipe.flip:  # as every run before the switch recorded it: resumable
             del data["recipe"]["flip"]
+        if not self.fc_only:  # recorded only when on: every other run's config is unchanged
+            del data["fc_only"]
         return data
 
     @staticmethod
@@ -211,9 +216,14 @@ def build_model(
     return model
 
 
-def _optimizer(model: VGG, recipe: Recipe) -> torch.optim.SGD:
-    """Weight decay on the conv and FC weights only (Caffe's usual decay_mult 0 for biases)."""
-    layers = list(model.weight_layers())
+def _optimizer(model: VGG, recipe: Recipe, fc_only: bool = False) -> torch.optim.SGD:
+    """Weight decay on the conv and FC weights only (Caffe's usual decay_mult 0 for biases).
+    `fc_only` (Sect. 4.4: the submitted multi-scale D fine-tuned "only the fully-connected
+    layers"): fc6-fc8 alone; the convs are frozen (requires_grad False, so autograd stops at
+    fc6 and DDP leaves them out; call this before wrapping the model)."""
+    layers = model.fcs() if fc_only else list(model.weight_layers())
+    for conv in model.convs():
+        conv.requires_grad_(not fc_only)
     weights = [layer.weight for layer in layers]
     biases = [layer.bias for layer in layers]
     return torch.optim.SGD(
@@ -284,10 +294,10 @@ class Trainer:
             )
         self.accumulation = self.recipe.accumulation(cluster.world_size)
         self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.optimizer = _optimizer(self.model, self.recipe, config.fc_only)  # before DDP
         self.ddp = self._wrap(self.model) if cluster.distributed else None
         wrapped = self.ddp or self.model
         self.forward = torch.compile(wrapped) if config.compile else wrapped
-        self.optimizer = _optimizer(self.model, self.recipe)
         self.schedule = PlateauSchedule(
             self.recipe.lr, self.recipe.plateau_patience, self.recipe.max_lr_drops
         )

@@ -40,7 +40,7 @@ def _runtime(jobs: int | None, checkpoint_minutes: float, checkpoint_steps: int,
 
 @user_errors
 def train_command(
-    net: Annotated[str, typer.Option(help="Table 1 configuration: A, A-LRN, B, C, D or E.")] = "",
+    net: Annotated[str, typer.Option(help="Table 1 configuration: A, A-LRN, B, C, D or E; or B-5x5, B with each pair of 3x3 convs one 5x5 conv (Sect. 4.1), initialised like A.")] = "",
     scale: Annotated[str, typer.Option(help="Training scale S (smallest image side before the crop), e.g. 256, or a jitter range Smin-Smax, e.g. 256-512.")] = "256",
     data: Annotated[str | None, typer.Option(help="Dataset run (default: the only one under the runs root).")] = None,
     name: Name = None,
@@ -55,7 +55,7 @@ def train_command(
     weight_decay: Annotated[float, typer.Option(callback=bounded(0), help="L2 weight decay on weights.")] = 5e-4,
     patience: Annotated[int, typer.Option(callback=at_least(1), help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
     max_lr_drops: Annotated[int, typer.Option(callback=at_least(0), help="How many times the lr may be divided (the paper: 3).")] = 3,
-    init: Annotated[str | None, typer.Option(help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
+    init: Annotated[str | None, typer.Option(help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A, A-LRN and B-5x5 from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
     init_std: Annotated[float, typer.Option(callback=positive(), help="Std of the normal init.")] = 1e-2,
     last_std: Annotated[float | None, typer.Option(callback=positive(), help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
     dropout: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="Dropout on fc6 and fc7.")] = 0.5,
@@ -85,7 +85,7 @@ def train_command(
         done(stage.resume(stage.ResumeRequest(resume, runtime), runs_root(root)).path)
         return
     if not net:
-        raise VggError("give --net (A, A-LRN, B, C, D or E), or --resume RUN")
+        raise VggError("give --net (A, A-LRN, B, B-5x5, C, D or E), or --resume RUN")
 
     spec = stage.NetSpec(net=net, width=width, crop=crop, dropout=dropout, input_scale=input_scale)
     recipe = stage.Recipe(epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
@@ -111,6 +111,7 @@ def finetune_command(
     lr: Annotated[float | None, typer.Option(callback=positive(), help="Initial learning rate (default: the base lr of the run at the chain's root / 10: the paper's 1e-2 -> 1e-3).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(callback=at_least(1), help="Epoch budget (default: the parent's).")] = None,
     name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
+    fc_only: Annotated[bool, typer.Option("--fc-only", help="Train only fc6, fc7 and fc8; the conv layers keep the parent's weights (the ILSVRC-submission multi-scale D, Sect. 4.4).")] = False,
     precision: Precision = "auto",
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
@@ -120,11 +121,13 @@ def finetune_command(
     root: RunsRoot = None,
     jobs: Workers = None,
 ) -> None:
-    """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512], all layers fine-tuned; the new version records its parent."""
+    """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512], all layers fine-tuned (--fc-only: fc6-fc8 alone); the new version records its parent."""
     from vggcli.stages import finetune as stage
 
     s_min, s_max = parse_scale(scale)
     relaunch(nproc)
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
-    request = stage.FinetuneRequest(run, s_min, s_max, runtime, lr, epochs, precision, name)
+    request = stage.FinetuneRequest(
+        run, s_min, s_max, runtime, lr, epochs, precision, name, fc_only
+    )
     done(stage.run(request, runs_root(root)).path)

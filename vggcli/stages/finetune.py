@@ -1,6 +1,7 @@
 """The finetune stage: `vgg finetune-scale`, all layers from a trained run at a new training
 scale (Sect. 3.1: S=256 -> 384 -> [256, 512]), written as the next version of the same run
-with the previous one as its parent."""
+with the previous one as its parent. `fc_only` trains fc6-fc8 alone (Sect. 4.4: the
+ILSVRC-submission multi-scale D)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class FinetuneRequest:
     epochs: int | None = None  # default: the parent's
     precision: str = "auto"
     name: str | None = None  # default: the parent's run name
+    fc_only: bool = False  # train fc6-fc8 alone, the convs frozen at the parent's weights
 
 
 def base_lr(model: ModelRun, root: Path) -> float:
@@ -57,5 +59,6 @@ def run(request: FinetuneRequest, root: Path) -> RunVersion:
         finetune_from=parent.label,
         augmentation=SCHEME,  # a new run: today's scheme, whatever its parent used
         precision=device.precision_for(device.pick(request.runtime.device), request.precision),
+        fc_only=request.fc_only,  # not inherited: each fine-tune says which layers it trains
     )
     return execute(config, root, request.name or parent.name, request.runtime)

@@ -20,7 +20,7 @@ from vggcli import checkpoints, device, distributed
 from vggcli.artifacts import DatasetRun, Kind, ModelRun, latest_of_kind, resolve_as
 from vggcli.distributed import Cluster
 from vggcli.errors import VggError
-from vggcli.models import VGG, NetSpec, count_parameters
+from vggcli.models import VGG, NetSpec, check_takes_a_layers, count_parameters
 from vggcli.processes import pause_point, sigterm_requests_stop
 from vggcli.progress import console
 from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, locate, versions
@@ -29,6 +29,10 @@ from vggcli.train import Recipe, Runtime, TrainConfig, TrainData, Trainer, build
 
 if TYPE_CHECKING:
     import torch
+
+# Nets the paper trains from random init: A ("shallow enough"), A-LRN (A's sibling), and the
+# shallow 5x5 variant of B (8 weight layers, fewer than A's 11; Sect. 4.1).
+RANDOM_INIT = ("A", "A-LRN", "B-5x5")
 
 __all__ = ["NetSpec", "Recipe", "ResumeRequest", "Runtime", "TrainRequest", "plan", "resume", "run"]
 
@@ -47,7 +51,7 @@ class TrainRequest:
     name: str | None = None  # default: the net letter
     data: str | None = None  # default: the only dataset run
     init_from: str | None = None  # a trained net-A run
-    paper_init: bool = False  # no --init given: B-E from the one matching A run, else Glorot
+    paper_init: bool = False  # no --init: B-E from the one matching A run, else Glorot (not B-5x5)
 
 
 @dataclass(frozen=True)
@@ -178,12 +182,14 @@ def initialisation(
     """The recipe, the A run to copy layers from, and what was chosen, in words. Without
     --init or --init-from, the paper's way (Sect. 2.3): a deeper net starts from the one
     trained net A of the same width, crop and dataset under the runs root; with none, from
-    Glorot init (the paper's post-submission note: it trains deep nets without A)."""
+    Glorot init (the paper's post-submission note: it trains deep nets without A). A, A-LRN
+    and B-5x5 (shallower than A, no conv shaped like A's) start from random init like A."""
     recipe = request.recipe
     if request.init_from is not None:
+        check_takes_a_layers(net.net)
         a_run = resolve_as(request.init_from, root, ModelRun)
         return recipe, a_run.label, f"first layers from {a_run.label}"
-    if not request.paper_init or net.net in ("A", "A-LRN"):
+    if not request.paper_init or net.net in RANDOM_INIT:
         return recipe, None, f"{recipe.init} random init"
     found = [
         a_run
