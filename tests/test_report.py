@@ -127,7 +127,7 @@ def _run(root: Path, name: str, kind: Kind, config: dict, parents=(), results=No
     return writer.version
 
 
-def _model(root: Path, name: str, net: str, s: tuple[int, int], epochs: int, flip: bool = True):
+def _model(root: Path, name: str, net: str, s: tuple[int, int], epochs: int, flip=True, **extra):
     recipe = {"epochs": epochs, **({} if flip else {"flip": False})}
     config = {
         "net": {"net": net, "width": 0.25, "crop": 64},
@@ -135,6 +135,7 @@ def _model(root: Path, name: str, net: str, s: tuple[int, int], epochs: int, fli
         "s_max": s[1],
         "recipe": recipe,
         "dataset": "data/v001",
+        **extra,
     }
     row = {"kind": "epoch", "epoch": 0, "val_top1_err": 0.5}
     metrics = json.dumps(row) + "\n"
@@ -171,6 +172,8 @@ def test_report_stage_reads_per_image_scores_from_the_stored_posteriors(tmp_path
     b = _model(root, "B", "B", (80, 80), 16, flip=False)
     _evaluation(root, a, 80, _posteriors(labels, _correct(60)), labels)
     _evaluation(root, b, 80, _posteriors(labels, _correct(90)), labels)  # 30 vs 0 images
+    fc = _model(root, "D-fc", "D", (80, 144), 6, fc_only=True, finetune_from="D/v001")
+    _evaluation(root, fc, 112, _posteriors(labels, _correct(75)), labels)
     report = report_stage.run(report_stage.ReportRequest(runs_root=root), tmp_path)
     text = (report.path / "report.md").read_text()
     assert "| A | 80 | 80 | 40.0 ± 4.9 | 0.0 | 29.6 / 10.4 |" in text
@@ -181,6 +184,8 @@ def test_report_stage_reads_per_image_scores_from_the_stored_posteriors(tmp_path
     assert "one image is 1% of top-1 error" in text
     assert "- B: trained for 16 epochs at most." in text
     assert "- A: trained for 35 epochs at most." in text
+    assert "- D-fc: fine-tuned for 6 epochs at most." in text
+    assert "| D | [80;144], FC only | 112 | 25.0 ± 4.3 | 0.0 | - |" in text  # not Table 3's D
     assert "Random flips in training: off (`--no-flip`) for B." in text
     assert "Every net is at width 0.25 on 64-px crops." in text
     assert "plays the role of the paper's 256" in text

@@ -153,7 +153,7 @@ class ModelRun(Artifact):
 
     def fc_only(self) -> bool:
         """Fine-tuned its fully-connected layers only (recorded only when so)."""
-        return bool(self.config()["recipe"].get("fc_only", False))
+        return bool(self.config().get("fc_only", False))
 
 
 class EvaluationRun(Artifact):
