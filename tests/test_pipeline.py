@@ -243,3 +243,22 @@ def test_shipped_pipelines_fuse_the_ilsvrc_submissions_seven_nets(
     assert option("B-5x5", "--net") == "B-5x5" and "--init-from" not in steps["B-5x5"].command
     for net in ("B", "B-5x5"):
         assert steps[f"eval-{net}-centre"].command == f"evaluate {{{net}}} --mode centre"
+
+
+def test_warm_launcher_runs_each_step_as_a_fresh_command(tmp_path: Path) -> None:
+    """Steps forked from the zygote record the command `python -m vggcli ARGS` would, get
+    their own environment, and report their exit codes."""
+    import os
+
+    from vggcli.stages.pipeline import warm_launcher
+
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(2, 2, 1))
+    env = {**os.environ, "VGG_RUNS": str(tmp_path / "runs")}
+    args = ["preprocess", str(source), "--name", "data", "--max-side", "64"]
+    with warm_launcher() as launch:
+        assert launch(args, env) == 0
+        assert launch(["preprocess", str(tmp_path / "missing")], env) != 0
+        assert launch(["runs", "list"], env) == 0  # the child after a failed one is fresh
+    command = resolve("data", tmp_path / "runs").manifest()["command"]
+    entry = Path(__import__("vggcli").__file__).with_name("__main__.py")
+    assert command == [str(entry), *args]

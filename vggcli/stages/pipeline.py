@@ -18,13 +18,15 @@ command (every `vgg` command resumes its unfinished version).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,32 +159,66 @@ def run(
 ) -> list[str]:
     """Run every step not yet done, in dependency order; return the names of those run.
     With `nproc` > 1 the training and evaluation steps run under torchrun; that is not part
-    of a step's command (results do not depend on it), so finished steps stay finished."""
+    of a step's command (results do not depend on it), so finished steps stay finished.
+    Steps run as children of a warm launcher (`zygote.py`), each its own process."""
     executed = []
-    for step in pipeline.steps:
-        status, version = state(pipeline, step)
-        if status == "done":
-            report(f"[dim]skip[/] {step.name}: done ({version.label if version else ''})")
-            continue
-        args = resolve_args(pipeline, step)
-        if dry_run:
-            shown = " ".join(args) if args else step.command
-            report(f"[bold]{status}[/] {step.name}: vgg {shown}")
-            continue
-        assert args is not None  # inputs ran before this step
-        report(f"[bold]run[/] {step.name}: vgg {' '.join(args)}")
-        env = {**os.environ, "VGG_RUNS": str(pipeline.runs_root)}
-        launch = ["--nproc", str(nproc)] if nproc > 1 and args[0] in SCALES_OUT else []
-        result = subprocess.run(
-            [sys.executable, "-m", "vggcli", *args, *launch],
-            env=env,
-            check=False,
-            preexec_fn=die_with_parent,
-        )
-        if result.returncode != 0:
-            raise WorkFailed(
-                f"{pipeline.path}: step {step.name} failed (exit "
-                f"{result.returncode}); fix it and re-run to resume"
-            )
-        executed.append(step.name)
+    with contextlib.ExitStack() as stack:
+        launcher = None
+        for step in pipeline.steps:
+            status, version = state(pipeline, step)
+            if status == "done":
+                report(f"[dim]skip[/] {step.name}: done ({version.label if version else ''})")
+                continue
+            args = resolve_args(pipeline, step)
+            if dry_run:
+                shown = " ".join(args) if args else step.command
+                report(f"[bold]{status}[/] {step.name}: vgg {shown}")
+                continue
+            assert args is not None  # inputs ran before this step
+            report(f"[bold]run[/] {step.name}: vgg {' '.join(args)}")
+            env = {**os.environ, "VGG_RUNS": str(pipeline.runs_root)}
+            launch = ["--nproc", str(nproc)] if nproc > 1 and args[0] in SCALES_OUT else []
+            launcher = launcher or stack.enter_context(warm_launcher())
+            code = launcher([*args, *launch], env)
+            if code != 0:
+                raise WorkFailed(
+                    f"{pipeline.path}: step {step.name} failed (exit "
+                    f"{code}); fix it and re-run to resume"
+                )
+            executed.append(step.name)
     return executed
+
+
+Launch = Callable[[list[str], dict[str, str]], int]
+
+
+@contextlib.contextmanager
+def warm_launcher() -> Iterator[Launch]:
+    """A zygote process (fresh, so safe to fork) that imported the heavy modules once; the
+    yielded function runs `vgg ARGS` with ENV in a child of it and returns the exit code."""
+    results_fd, write_fd = os.pipe()
+    zygote = subprocess.Popen(
+        [sys.executable, "-m", "vggcli.zygote", str(write_fd)],
+        stdin=subprocess.PIPE,
+        text=True,
+        pass_fds=(write_fd,),
+        preexec_fn=die_with_parent,
+    )
+    os.close(write_fd)
+    assert zygote.stdin is not None
+    with os.fdopen(results_fd) as results:
+
+        def launch(argv: list[str], env: dict[str, str]) -> int:
+            zygote.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")  # type: ignore[union-attr]
+            zygote.stdin.flush()  # type: ignore[union-attr]
+            line = results.readline()
+            if not line:
+                raise WorkFailed(f"the step launcher stopped (exit {zygote.wait()})")
+            return int(line)
+
+        try:
+            yield launch
+        finally:
+            with contextlib.suppress(OSError):
+                zygote.stdin.close()
+            zygote.wait()

@@ -1,0 +1,78 @@
+"""A warm launcher for pipeline steps: one fresh interpreter imports torch, FFCV and our
+stages once, then forks a child per step.
+
+A fresh `python -m vggcli` spends about 5 s importing before it does anything (most of it
+FFCV compiling a numba typed dict at import), which a 30-step pipeline pays 30 times. A
+forked child starts with everything imported and is otherwise a fresh command: its own
+process, environment, signals and exit code. The zygote itself never computes, so forking
+it is safe (a process whose OpenMP pool has run must not fork); the pipeline process, which
+may have (the tests run it inside pytest), only talks to it through pipes.
+
+Protocol: one JSON line per step on stdin, {"argv": [...], "env": {...}}; one line back on
+the result pipe (fd given as argv[1]) with the child's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+ENTRY = str(Path(__file__).with_name("__main__.py"))  # sys.argv[0] under `python -m vggcli`
+PRELOAD = ("vggcli.cli", "vggcli.stages.train", "vggcli.stages.evaluate",
+           "vggcli.stages.preprocess", "vggcli.stages.fuse")  # fmt: skip
+
+
+def _child(argv: list[str], env: dict[str, str]) -> None:
+    """Run `vgg argv` in this forked process and exit with its code."""
+    code = 1
+    try:
+        from vggcli.processes import die_with_parent
+
+        die_with_parent()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the step
+        os.environ.clear()
+        os.environ.update(env)
+        from vggcli.cli import app
+
+        # manifests record sys.argv as the command: make it `python -m vggcli ARGS`'s
+        sys.argv = [ENTRY, *argv]
+
+        app(args=argv, prog_name="vgg")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(result_fd: int) -> None:
+    """Import once, then fork a child per request until stdin closes."""
+    import importlib
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+    with os.fdopen(result_fd, "w", buffering=1) as results:
+        for line in sys.stdin:
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                sys.stdin.close()
+                _child(request["argv"], request["env"])
+            _, status = os.waitpid(pid, 0)
+            results.write(f"{os.waitstatus_to_exitcode(status)}\n")
+
+
+if __name__ == "__main__":
+    from vggcli.processes import die_with_parent
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the step's and the pipeline's
+    serve(int(sys.argv[1]))
