@@ -258,7 +258,7 @@ def test_warm_launcher_runs_each_step_as_a_fresh_command(tmp_path: Path) -> None
     with warm_launcher() as launch:
         assert launch(args, env) == 0
         assert launch(["preprocess", str(tmp_path / "missing")], env) != 0
-        assert launch(["runs", "list"], env) == 0  # the child after a failed one is fresh
+        assert launch(["runs"], env) == 0  # the child after a failed one is fresh
     command = resolve("data", tmp_path / "runs").manifest()["command"]
     entry = Path(__import__("vggcli").__file__).with_name("__main__.py")
     assert command == [str(entry), *args]
