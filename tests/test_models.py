@@ -122,6 +122,24 @@ def test_c_has_1x1_convs_last_in_stages_3_to_5_and_lrn_only_in_a_lrn() -> None:
     )
 
 
+def test_lrn_equals_krizhevsky_formula_and_pytorchs_module() -> None:
+    """b_c = a_c / (k + alpha * sum over the 5 channels around c of a^2)^beta, by hand."""
+    from vggcli.models import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = (torch.rand(2, 7, 5, 4) * 60).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ours = LocalResponseNorm()(x)
+    padded = torch.nn.functional.pad(x.detach() ** 2, (0, 0, 0, 0, 2, 2))
+    sums = torch.stack([padded[:, c : c + 5].sum(1) for c in range(7)], 1)
+    torch.testing.assert_close(ours.detach(), x.detach() / (2 + 1e-4 * sums) ** 0.75)
+    reference = nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)
+    torch.testing.assert_close(ours, reference(x))
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    (expected,) = torch.autograd.grad(reference(x).sum(), x)
+    torch.testing.assert_close(grad, expected)
+
+
 def test_dropout_only_on_fc6_and_fc7_and_relu_not_after_fc8() -> None:
     model = VGG(NetSpec("A", num_classes=5, width=1 / 16, crop=32, dropout=0.5))
     model.eval()
