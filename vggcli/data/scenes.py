@@ -74,8 +74,12 @@ def _place(points: np.ndarray, centre: tuple[float, float], size: float, rng) ->
 
 
 def _texture(kind: str, height: int, width: int, period: float, rng) -> np.ndarray:
-    """A 0-1 pattern over the whole image: stripes, dots, checks or noise, at a random
+    """A 0-1 pattern of (height, width): stripes, dots, checks, noise or plain, at a random
     orientation."""
+    if kind == "plain":
+        return np.zeros((height, width), np.float32)
+    if kind == "noise":
+        return _noise(rng, height, width, 2, channels=1)[..., 0]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     angle = rng.uniform(0, np.pi)
     u = xs * math.cos(angle) + ys * math.sin(angle)
@@ -85,9 +89,7 @@ def _texture(kind: str, height: int, width: int, period: float, rng) -> np.ndarr
     if kind == "dotted":
         du, dv = (u % period) - period / 2, (v % period) - period / 2
         return (du * du + dv * dv < (0.3 * period) ** 2).astype(np.float32)
-    if kind == "checked":
-        return (((u // period) + (v // period)) % 2).astype(np.float32)
-    return _noise(rng, height, width, 2, channels=1)[..., 0]
+    return (((u // period) + (v // period)) % 2).astype(np.float32)  # checked
 
 
 def _noise(rng, height: int, width: int, octaves: int, channels: int = 3) -> np.ndarray:
@@ -111,23 +113,28 @@ def _colours(rng, count: int, saturation: float = 0.6) -> np.ndarray:
     return grey + saturation * (colours - grey)
 
 
-def _mask(height: int, width: int, polygon: list) -> np.ndarray:
-    canvas = Image.new("L", (width, height), 0)
-    ImageDraw.Draw(canvas).polygon(polygon, fill=255)
-    soft = canvas.filter(ImageFilter.GaussianBlur(0.6))  # anti-aliased edges
-    return np.asarray(soft, np.float32)[..., None] / 255.0
-
-
-def _paint(image: np.ndarray, mask: np.ndarray, pattern: np.ndarray, rng) -> np.ndarray:
-    """Fill `mask` with two random colours mixed by `pattern`, shaded across the image."""
-    ink, paper = _colours(rng, 2)
+def _paint(image: np.ndarray, polygon: list, kind: str, period: float, rng) -> None:
+    """Fill `polygon` (anti-aliased) with two random colours mixed by a `kind` pattern and
+    shaded across it; only its bounding box is touched."""
     height, width = image.shape[:2]
-    ramp = np.linspace(-1, 1, width, dtype=np.float32)[None, :, None] * rng.uniform(-0.25, 0.25)
-    ramp = ramp + np.linspace(-1, 1, height, dtype=np.float32)[:, None, None] * rng.uniform(
+    xs, ys = [x for x, _ in polygon], [y for _, y in polygon]
+    left, top = max(0, int(min(xs)) - 2), max(0, int(min(ys)) - 2)
+    right, bottom = min(width, int(max(xs)) + 3), min(height, int(max(ys)) + 3)
+    if right <= left or bottom <= top:
+        return
+    box_h, box_w = bottom - top, right - left
+    canvas = Image.new("L", (box_w, box_h), 0)
+    ImageDraw.Draw(canvas).polygon([(x - left, y - top) for x, y in polygon], fill=255)
+    soft = canvas.filter(ImageFilter.GaussianBlur(0.6))  # anti-aliased edges
+    mask = np.asarray(soft, np.float32)[..., None] / 255.0
+    pattern = _texture(kind, box_h, box_w, period, rng)[..., None]
+    ink, paper = _colours(rng, 2)
+    ramp = np.linspace(-1, 1, box_w, dtype=np.float32)[None, :, None] * rng.uniform(
         -0.25, 0.25
-    )
-    fill = (paper + (ink - paper) * pattern[..., None]) * (1 + ramp)
-    return image * (1 - mask) + fill * mask
+    ) + np.linspace(-1, 1, box_h, dtype=np.float32)[:, None, None] * rng.uniform(-0.25, 0.25)
+    fill = (paper + (ink - paper) * pattern) * (1 + ramp)
+    region = image[top:bottom, left:right]
+    region += (fill - region) * mask
 
 
 def _blob(height: int, width: int, size: float, rng) -> list:
@@ -147,27 +154,27 @@ def render_scene(
     short = min(height, width)
     low, high = _colours(rng, 2)
     image = low + (high - low) * _noise(rng, height, width, 4)
-    distractors = int(rng.poisson(settings.clutter))
-    for _ in range(distractors):
+    for _ in range(int(rng.poisson(settings.clutter))):
         size = rng.uniform(0.04, 0.2) * short
         kind = str(rng.choice(["plain", "striped", "dotted", "checked", "noise"]))
-        pattern = _texture(kind, height, width, rng.uniform(0.15, 0.35) * size + 2, rng)
-        if kind == "plain":
-            pattern = np.zeros((height, width), np.float32)
-        image = _paint(image, _mask(height, width, _blob(height, width, size, rng)), pattern, rng)
+        period = rng.uniform(0.15, 0.35) * size + 2
+        _paint(image, _blob(height, width, size, rng), kind, period, rng)
     shape, texture = divmod(class_index, len(TEXTURE_NAMES))
     size = rng.uniform(settings.min_object, settings.max_object) * short / 2
     centre = (rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height)
     polygon = _place(_outline(SHAPE_NAMES[shape], rng), centre, size, rng)
     period = max(3.0, rng.uniform(0.15, 0.3) * size)
-    pattern = _texture(TEXTURE_NAMES[texture], height, width, period, rng)
-    image = _paint(image, _mask(height, width, polygon), pattern, rng)
+    _paint(image, polygon, TEXTURE_NAMES[texture], period, rng)
     if rng.random() < settings.occlusion:
-        blob = _place(_outline("disc", rng) * rng.uniform(0.3, 0.6), centre, size, rng)
         offset = rng.uniform(-1, 1, 2) * size
-        blob = [(x + offset[0], y + offset[1]) for x, y in blob]
-        plain = np.zeros((height, width), np.float32)
-        image = _paint(image, _mask(height, width, blob), plain, rng)
+        hidden = (centre[0] + offset[0], centre[1] + offset[1])
+        _paint(
+            image,
+            _place(_outline("disc", rng), hidden, rng.uniform(0.3, 0.6) * size, rng),
+            "plain",
+            1.0,
+            rng,
+        )
     light = 1 + _noise(rng, height, width, 1, channels=1) * rng.uniform(-0.5, 0.3)
     cast = rng.uniform(0.85, 1.15, 3).astype(np.float32)
     image = image * light * cast + rng.normal(0, rng.uniform(1, 6), image.shape)
