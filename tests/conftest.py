@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 from vggcli.cli import app
 from vggcli.data.synthetic import SyntheticSpec, generate
 
-TINY = SyntheticSpec(classes=4, train_per_class=6, val_per_class=3, seed=1, style="shapes")
+TINY = SyntheticSpec(classes=4, train_per_class=6, val_per_class=3, seed=1)
 
 
 def make_dataset(folder: Path, spec: SyntheticSpec = TINY) -> Path:
@@ -54,7 +54,7 @@ def dataset_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vggcli.stages import preprocess
 
     base = tmp_path_factory.mktemp("dataset")
-    source = make_dataset(base / "tiny", SyntheticSpec(10, 20, 5, seed=2, style="shapes"))
+    source = make_dataset(base / "tiny", SyntheticSpec(10, 20, 5, seed=2))
     storage = preprocess.StorageSettings(max_side=128)
     config = preprocess.PreprocessConfig(source, name="tiny", workers=2, storage=storage)
     preprocess.run(config, base / "runs")

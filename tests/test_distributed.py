@@ -25,7 +25,7 @@ from vggcli.runs import COMPLETE, resolve, versions
 pytestmark = pytest.mark.slow
 
 # 96 training images (6 steps of 16 an epoch), 21 validation images (odd: shards differ).
-DATA = SyntheticSpec(classes=3, train_per_class=32, val_per_class=7, seed=3, style="shapes")
+DATA = SyntheticSpec(classes=3, train_per_class=32, val_per_class=7, seed=3)
 NET = shlex.split(
     "--net A --scale 32-48 --epochs 3 --width 0.0625 --crop 32 --batch-size 16 --init kaiming "
     "--input-scale 0.0156 --last-std 0.01 --lr 0.003 --dropout 0 --precision fp32 --workers 1"

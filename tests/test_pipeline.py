@@ -81,7 +81,7 @@ def test_cli_reports_bad_pipeline_as_one_line(vgg, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_pipeline_runs_skips_finished_steps_and_reports_from_the_runs(vgg, tmp_path) -> None:
-    source = make_dataset(tmp_path / "tiny", SyntheticSpec(10, 20, 5, seed=2, style="shapes"))
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(10, 20, 5, seed=2))
     path = _write(
         tmp_path,
         f"""
@@ -145,7 +145,7 @@ def test_pipeline_runs_skips_finished_steps_and_reports_from_the_runs(vgg, tmp_p
 
 @pytest.mark.slow
 def test_killed_pipeline_resumes_inside_its_training_step(tmp_path) -> None:
-    source = make_dataset(tmp_path / "tiny", SyntheticSpec(10, 20, 5, seed=2, style="shapes"))
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(10, 20, 5, seed=2))
     root = tmp_path / "runs"
     path = _write(
         tmp_path,
@@ -199,14 +199,8 @@ def test_no_flip_reaches_every_train_step_and_is_part_of_its_command(vgg, tmp_pa
     """,
     )
     plan = pipeline.load(path, tmp_path / "runs", flip=False)
-    assert pipeline.resolve_args(plan, plan.steps[0]) == [
-        "train",
-        "--net",
-        "A",
-        "--name",
-        "A",
-        "--no-flip",
-    ]
+    assert pipeline.resolve_args(plan, plan.steps[0]) == ["train", "--net", "A", "--name", "A",
+                                                          "--no-flip"]
     flipped = pipeline.load(path, tmp_path / "runs")
     assert "--no-flip" not in pipeline.resolve_args(flipped, flipped.steps[0])
     shown = vgg("pipeline", "run", str(path), "--no-flip", "--dry-run")

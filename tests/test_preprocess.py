@@ -76,9 +76,7 @@ def _val_labels_by_content(version_path: Path) -> list[tuple[str, int]]:
 def test_all_val_layouts_give_the_same_labels(vgg, tmp_path: Path, runs_root: Path) -> None:
     found = {}
     for layout in ("folders", "loc", "devkit"):
-        spec = SyntheticSpec(
-            classes=4, train_per_class=2, val_per_class=3, val_layout=layout, style="shapes"
-        )
+        spec = SyntheticSpec(classes=4, train_per_class=2, val_per_class=3, val_layout=layout)
         source = make_dataset(tmp_path / layout, spec)
         result = vgg("preprocess", str(source), *RAW)
         assert result.exit_code == 0, result.output
@@ -88,9 +86,7 @@ def test_all_val_layouts_give_the_same_labels(vgg, tmp_path: Path, runs_root: Pa
 
 
 def test_devkit_text_synset_order_is_honoured(vgg, tmp_path: Path, runs_root: Path) -> None:
-    spec = SyntheticSpec(
-        classes=3, train_per_class=2, val_per_class=2, val_layout="devkit", style="shapes"
-    )
+    spec = SyntheticSpec(classes=3, train_per_class=2, val_per_class=2, val_layout="devkit")
     source = make_dataset(tmp_path / "dk", spec)
     data = source / "ILSVRC2012_devkit_t12" / "data"
     (data / "meta.mat").unlink()
@@ -99,9 +95,7 @@ def test_devkit_text_synset_order_is_honoured(vgg, tmp_path: Path, runs_root: Pa
     order.write_text("".join(f"{wnid(c)}\n" for c in reversed(range(3))))
     result = vgg("preprocess", str(source), "--synsets", str(order), *RAW)
     assert result.exit_code == 0, result.output
-    folders = make_dataset(
-        tmp_path / "ref", SyntheticSpec(3, 2, 2, val_layout="folders", style="shapes")
-    )
+    folders = make_dataset(tmp_path / "ref", SyntheticSpec(3, 2, 2, val_layout="folders"))
     assert vgg("preprocess", str(folders), *RAW).exit_code == 0
     assert _val_labels_by_content(resolve("dk", runs_root).path) == _val_labels_by_content(
         resolve("ref", runs_root).path
@@ -198,9 +192,7 @@ def _first_val_image_of(source: Path, class_index: int) -> str:
 def test_missing_val_images_are_listed_counted_and_summarised(
     vgg, tmp_path, runs_root, val_layout
 ) -> None:
-    source = make_dataset(
-        tmp_path / val_layout, SyntheticSpec(4, 2, 3, val_layout=val_layout, style="shapes")
-    )
+    source = make_dataset(tmp_path / val_layout, SyntheticSpec(4, 2, 3, val_layout=val_layout))
     gone = "val/ILSVRC2012_val_00000005.JPEG"
     (source / gone).unlink()
     result = vgg("preprocess", str(source), *RAW, "--max-skipped-fraction", "0.1")
@@ -328,9 +320,7 @@ def test_bad_input_is_one_clear_line(vgg, tmp_path, runs_root, damage, message) 
 
 
 def test_unknown_val_folder_class_is_rejected(vgg, tmp_path, runs_root) -> None:
-    source = make_dataset(
-        tmp_path / "f", SyntheticSpec(2, 2, 1, val_layout="folders", style="shapes")
-    )
+    source = make_dataset(tmp_path / "f", SyntheticSpec(2, 2, 1, val_layout="folders"))
     (source / "val" / "n00000001").mkdir()
     result = vgg("preprocess", str(source))
     assert result.exit_code == 2 and "unknown val label" in result.output
@@ -354,7 +344,7 @@ def test_full_disk_fails_cleanly(tmp_path: Path, tiny_source: Path, runs_root: P
 
 @pytest.mark.slow
 def test_killed_preprocess_leaves_no_complete_version_and_resumes(tmp_path, runs_root) -> None:
-    source = make_dataset(tmp_path / "big", SyntheticSpec(10, 40, 4, style="shapes"))
+    source = make_dataset(tmp_path / "big", SyntheticSpec(10, 40, 4))
     process = vgg_process("preprocess", str(source), "--workers", "1", runs_root=runs_root)
     partial = runs_root / "big" / "v001" / ".train.beton.partial"
     deadline = time.time() + 120

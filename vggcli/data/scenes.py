@@ -29,7 +29,7 @@ CLASS_NAMES = tuple(f"{t}-{s}" for s in SHAPE_NAMES for t in TEXTURE_NAMES)
 class SceneSettings:
     """What varies between the demo set and the held-out generated set."""
 
-    clutter: int = 6  # distractor patches per image, on average
+    clutter: int = 4  # distractor patches per image, on average
     min_object: float = 0.3  # object size, as a share of the shorter side
     max_object: float = 0.7
     occlusion: float = 0.3  # chance that a distractor overlaps the object
@@ -163,7 +163,7 @@ def render_scene(
     size = rng.uniform(settings.min_object, settings.max_object) * short / 2
     centre = (rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height)
     polygon = _place(_outline(SHAPE_NAMES[shape], rng), centre, size, rng)
-    period = max(3.0, rng.uniform(0.15, 0.3) * size)
+    period = max(4.0, rng.uniform(0.35, 0.6) * size)  # 3-6 stripes across: visible at S=80
     _paint(image, polygon, TEXTURE_NAMES[texture], period, rng)
     if rng.random() < settings.occlusion:
         offset = rng.uniform(-1, 1, 2) * size

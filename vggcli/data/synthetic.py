@@ -1,12 +1,13 @@
 """A tiny, deterministic, ILSVRC-shaped dataset for the demo and the tests.
 
-Two styles. `scenes` (the demo's): each class a textured object on a cluttered background,
-with varied lighting, noise and JPEG quality (see `scenes.py`). `shapes` (the tests'): each
-class a flat shape or texture (circle, ring, stripes...) in a random colour on a smooth
-background, easy enough to learn in seconds. Both draw objects at random scales and
-positions in images of random size and ImageNet-like aspect ratio (sides 96-400 px, 3:4 to
-4:3), so scale jitter and multi-scale testing have something to win, and colour says nothing
-about the class. Every image is a pure function of (seed, split, class, index).
+Two styles. `shapes` (the demo's and the tests'): each class a flat shape or texture
+(circle, ring, stripes...) in a random colour on a smooth background, learnt in a minute.
+`scenes`: each class a textured object on a cluttered background, with varied lighting,
+noise and JPEG quality (see `scenes.py`); harder than the smoke recipe can learn yet. Both
+draw objects at random scales and positions in images of random size and ImageNet-like
+aspect ratio (sides 96-400 px, 3:4 to 4:3), so scale jitter and multi-scale testing have
+something to win, and colour says nothing about the class. Every image is a pure function
+of (seed, split, class, index).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class SyntheticSpec:
     min_side: int = 96
     max_side: int = 400
     val_layout: str = "loc"
-    style: str = "scenes"
+    style: str = "shapes"
     scenes: SceneSettings = SceneSettings()
 
     def __post_init__(self) -> None:
