@@ -104,3 +104,19 @@ def test_demo_data_is_a_pure_function_of_the_seed(vgg, tmp_path: Path) -> None:
 def _image_size(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:
         return image.size
+
+
+def test_scene_demo_data_is_deterministic_and_varied(vgg, tmp_path: Path) -> None:
+    spec = SyntheticSpec(seed=3, style="scenes")
+    first = render(spec, "train", 7, 5)
+    assert first.tobytes() == render(spec, "train", 7, 5).tobytes()
+    assert first.tobytes() != render(spec, "train", 6, 5).tobytes()
+    out = tmp_path / "scenes"
+    args = ["--classes", "10", "--train-per-class", "1", "--val-per-class", "1"]
+    result = vgg("make-demo-data", str(out), *args, "--style", "scenes", "--clutter", "8")
+    assert result.exit_code == 0, result.output
+    names = (out / "LOC_synset_mapping.txt").read_text().split("\n")
+    assert names[0].endswith(" striped-disc") and names[9].endswith(" dotted-cross")
+    assert len(list((out / "train").glob("*/*.JPEG"))) == 10
+    bad = vgg("make-demo-data", str(tmp_path / "x"), "--min-object", "0.8", "--max-object", "0.5")
+    assert bad.exit_code != 0 and "need 0 < min <= max" in bad.output

@@ -18,9 +18,17 @@ def command(
     val_per_class: Annotated[int, typer.Option(callback=at_least(1), help="Validation images per class.")] = 20,
     seed: Annotated[int, typer.Option(callback=bounded(0, 2**32 - 1), help="Everything follows from this seed.")] = 0,
     val_layout: Annotated[str, typer.Option(help="folders (val/<wnid>/), loc (flat + LOC_val_solution.csv) or devkit (flat + ILSVRC2012 devkit ground truth and meta.mat).")] = "loc",
+    style: Annotated[str, typer.Option(help="shapes (flat shapes and textures: the demo's) or scenes (textured objects in cluttered scenes: harder; the smoke recipe does not learn them yet).")] = "shapes",
+    clutter: Annotated[int, typer.Option(callback=bounded(0, 40), help="scenes: distractor patches per image, on average.")] = 6,
+    min_object: Annotated[float, typer.Option(callback=bounded(0.05, 1.0), help="scenes: smallest object, as a share of the shorter side.")] = 0.3,
+    max_object: Annotated[float, typer.Option(callback=bounded(0.05, 1.0), help="scenes: largest object, as a share of the shorter side.")] = 0.7,
+    occlusion: Annotated[float, typer.Option(callback=bounded(0.0, 1.0), help="scenes: chance that a patch hides part of the object.")] = 0.3,
 ) -> None:
-    """Generate a tiny, deterministic ILSVRC-layout dataset (shapes at varied scales and positions) for the demo and for smoke tests; no download needed."""
+    """Generate a tiny, deterministic ILSVRC-layout dataset (shapes, or textured objects in cluttered scenes, at varied scales and positions) for the demo and for smoke tests; no download needed."""
     from vggcli.stages import demo_data as stage
 
-    spec = stage.SyntheticSpec(classes, train_per_class, val_per_class, seed, val_layout=val_layout)
+    scenes = stage.SceneSettings(clutter, min_object, max_object, occlusion)
+    spec = stage.SyntheticSpec(
+        classes, train_per_class, val_per_class, seed, val_layout=val_layout, style=style, scenes=scenes
+    )
     done(stage.run(spec, out))

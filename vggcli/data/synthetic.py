@@ -1,11 +1,13 @@
 """A tiny, deterministic, ILSVRC-shaped dataset for the demo and the tests.
 
-Each class is a shape or texture (circle, ring, stripes...) drawn in a random colour, at a
-random scale (15-75% of the shorter side) and position, on a smooth random background, in
-images of random size and ImageNet-like aspect ratio (sides 96-400 px, 3:4 to 4:3, so a
-crop of the smallest side still shows most of the image). Colour says nothing about the
-class, and objects come at many scales, so scale jitter and multi-scale testing have
-something to win. Every image is a pure function of (seed, split, class, index).
+Two styles. `shapes` (the demo's and the tests'): each class a flat shape or texture
+(circle, ring, stripes...) in a random colour on a smooth background, learnt in a minute.
+`scenes`: each class a textured object on a cluttered background, with varied lighting,
+noise and JPEG quality (see `scenes.py`); harder than the smoke recipe can learn yet. Both
+draw objects at random scales and positions in images of random size and ImageNet-like
+aspect ratio (sides 96-400 px, 3:4 to 4:3), so scale jitter and multi-scale testing have
+something to win, and colour says nothing about the class. Every image is a pure function
+of (seed, split, class, index).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vggcli.data.scenes import CLASS_NAMES, SceneSettings, render_scene
 from vggcli.errors import VggError
 from vggcli.files import atomic_write_bytes
 
 Box = tuple[float, float, float, float]
 VAL_LAYOUTS = ("folders", "loc", "devkit")
+STYLES = ("scenes", "shapes")
 
 
 def _circle(d: ImageDraw.ImageDraw, b: Box, c: tuple, w: int) -> None:
@@ -110,10 +114,14 @@ class SyntheticSpec:
     min_side: int = 96
     max_side: int = 400
     val_layout: str = "loc"
+    style: str = "shapes"
+    scenes: SceneSettings = SceneSettings()
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise VggError(f"unknown style: choose {', '.join(STYLES)}", field="style")
         if not 1 <= self.classes <= len(SHAPES):
-            raise VggError(f"there are 1 to {len(SHAPES)} shape classes", field="classes")
+            raise VggError(f"there are 1 to {len(SHAPES)} classes", field="classes")
         if self.val_layout not in VAL_LAYOUTS:
             raise VggError(
                 f"unknown validation layout: choose {', '.join(VAL_LAYOUTS)}", field="val_layout"
@@ -126,13 +134,34 @@ def _colour(rng: np.random.Generator, low: int, high: int) -> tuple[int, int, in
     return tuple(int(v) for v in rng.integers(low, high, size=3))  # type: ignore[return-value]
 
 
+def class_names(spec: SyntheticSpec) -> list[str]:
+    names = CLASS_NAMES if spec.style == "scenes" else tuple(SHAPES)
+    return list(names[: spec.classes])
+
+
 def render(spec: SyntheticSpec, split: str, class_index: int, index: int) -> Image.Image:
-    """One image: smooth background, a distractor blob, and the class's shape."""
+    """One image of the spec's style."""
+    return _render(spec, split, class_index, index)[0]
+
+
+def _render(
+    spec: SyntheticSpec, split: str, class_index: int, index: int
+) -> tuple[Image.Image, int]:
+    """One image and the JPEG quality to store it at."""
     split_key = 0 if split == "train" else 1
     rng = np.random.default_rng([spec.seed, split_key, class_index, index])
     short = int(rng.integers(spec.min_side, int(spec.max_side * 0.75) + 1))
     long = min(spec.max_side, int(short * rng.uniform(1.0, 4 / 3)))
     width, height = (long, short) if rng.random() < 0.5 else (short, long)
+    if spec.style == "scenes":
+        return render_scene(spec.scenes, class_index, height, width, rng)
+    return _render_shape(class_index, height, width, rng), 85
+
+
+def _render_shape(
+    class_index: int, height: int, width: int, rng: np.random.Generator
+) -> Image.Image:
+    """Smooth background, a distractor blob, and the class's shape."""
     corners = np.array([_colour(rng, 0, 256) for _ in range(4)], dtype=np.float32)
     ys, xs = np.linspace(0, 1, height)[:, None, None], np.linspace(0, 1, width)[None, :, None]
     top = corners[0] * (1 - xs) + corners[1] * xs
@@ -151,19 +180,20 @@ def render(spec: SyntheticSpec, split: str, class_index: int, index: int) -> Ima
     return image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 1.2))))
 
 
-def _save_jpeg(image: Image.Image, path: Path) -> None:
+def _save(spec: SyntheticSpec, split: str, class_index: int, index: int, path: Path) -> None:
+    image, quality = _render(spec, split, class_index, index)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="JPEG", quality=85)
+    image.save(path, format="JPEG", quality=quality)
 
 
 def generate(out: Path, spec: SyntheticSpec, on_image: Callable[[], None] = lambda: None) -> None:
     """Write train/<wnid>/*.JPEG and val/ in the chosen layout, with label files."""
     if out.exists() and any(out.iterdir()):
         raise VggError(f"{out} exists and is not empty; choose a new folder")
-    names = list(SHAPES)[: spec.classes]
+    names = class_names(spec)
     for c in range(spec.classes):
         for i in range(spec.train_per_class):
-            _save_jpeg(render(spec, "train", c, i), out / "train" / wnid(c) / f"{wnid(c)}_{i}.JPEG")
+            _save(spec, "train", c, i, out / "train" / wnid(c) / f"{wnid(c)}_{i}.JPEG")
             on_image()
     mapping = "".join(f"{wnid(c)} {names[c]}\n" for c in range(spec.classes))
     atomic_write_bytes(out / "LOC_synset_mapping.txt", mapping.encode())
@@ -174,20 +204,20 @@ def _write_val(out: Path, spec: SyntheticSpec, on_image: Callable[[], None]) -> 
     pairs = [(c, i) for c in range(spec.classes) for i in range(spec.val_per_class)]
     if spec.val_layout == "folders":
         for c, i in pairs:
-            _save_jpeg(render(spec, "val", c, i), out / "val" / wnid(c) / f"{wnid(c)}_val_{i}.JPEG")
+            _save(spec, "val", c, i, out / "val" / wnid(c) / f"{wnid(c)}_val_{i}.JPEG")
             on_image()
         return
     order = np.random.default_rng([spec.seed, 7]).permutation(len(pairs))  # mix the classes
     labels: list[int] = []
     for image_id, k in enumerate(order, start=1):
         c, i = pairs[k]
-        _save_jpeg(render(spec, "val", c, i), out / "val" / f"ILSVRC2012_val_{image_id:08d}.JPEG")
+        _save(spec, "val", c, i, out / "val" / f"ILSVRC2012_val_{image_id:08d}.JPEG")
         labels.append(c)
         on_image()
     if spec.val_layout == "loc":
         _write_loc_solution(out / "LOC_val_solution.csv", labels)
     else:
-        _write_devkit(out / "ILSVRC2012_devkit_t12" / "data", labels, spec.classes)
+        _write_devkit(out / "ILSVRC2012_devkit_t12" / "data", labels, class_names(spec))
 
 
 def _write_loc_solution(path: Path, labels: list[int]) -> None:
@@ -204,9 +234,10 @@ def devkit_order(classes: int) -> list[int]:
     return list(reversed(range(classes)))
 
 
-def _write_devkit(data_dir: Path, labels: list[int], classes: int) -> None:
+def _write_devkit(data_dir: Path, labels: list[int], names: list[str]) -> None:
     from scipy.io import savemat
 
+    classes = len(names)
     data_dir.mkdir(parents=True, exist_ok=True)
     order = devkit_order(classes)
     id_of = {c: position + 1 for position, c in enumerate(order)}
@@ -215,6 +246,6 @@ def _write_devkit(data_dir: Path, labels: list[int], classes: int) -> None:
     fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
     records = np.zeros(classes + 1, dtype=fields)
     for position, c in enumerate(order):
-        records[position] = (position + 1, wnid(c), list(SHAPES)[c], 0)
+        records[position] = (position + 1, wnid(c), names[c], 0)
     records[classes] = (classes + 1, "n00001740", "entity", classes)  # a non-leaf, as in ILSVRC
     savemat(data_dir / "meta.mat", {"synsets": records})

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vggcli.data.scenes import SceneSettings
 from vggcli.data.synthetic import SyntheticSpec, generate
 from vggcli.progress import progress_bar
 
-__all__ = ["SyntheticSpec", "run"]
+__all__ = ["SceneSettings", "SyntheticSpec", "run"]
 
 
 def run(spec: SyntheticSpec, out: Path) -> Path:
