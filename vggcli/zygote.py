@@ -43,7 +43,9 @@ def _child(argv: list[str], env: dict[str, str]) -> None:
 
         app(args=argv, prog_name="vgg")
         code = 0
-    except SystemExit as exc:
+    except SystemExit as exc:  # as the interpreter would: a message is printed, then 1
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:
         traceback.print_exc()
