@@ -130,7 +130,6 @@ class Curve:
 
     name: str
     rows: list[dict[str, Any]]
-    net: str = ""
     width: float = 1.0
     crop: int = 224
     epochs: int = 0

@@ -75,6 +75,17 @@ def announce(writer: RunWriter) -> None:
     console.print(f"run directory: [bold]{writer.path}[/]{resumed}")
 
 
+def load_array(path: Path) -> np.ndarray:
+    """A stored numeric array; never a pickled object array."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise VggError(f"{path}: not a readable numeric array ({exc})", exit_code=1) from exc
+    if array.dtype.kind not in "fiu":
+        raise VggError(f"{path}: holds {array.dtype} values, not numbers", exit_code=1)
+    return array
+
+
 def save_posteriors(writer: RunWriter, name: str, posteriors: np.ndarray) -> None:
     """Posteriors are stored as float32, so that a fusion read from the files scores exactly
     what the in-memory numbers scored (float16 turns near-ties into ties, and a tie counts

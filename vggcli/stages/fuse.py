@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from vggcli import integrity
 from vggcli.artifacts import (
     EvaluationRun,
@@ -29,7 +27,7 @@ from vggcli.fuse import average, check_compatible
 from vggcli.metrics import error_table
 from vggcli.progress import console
 from vggcli.runs import MANIFEST, RunVersion, RunWriter, resolve
-from vggcli.stages.common import announce, print_errors, save_posteriors
+from vggcli.stages.common import announce, load_array, print_errors, save_posteriors
 
 __all__ = ["FuseRequest", "run"]
 
@@ -57,9 +55,9 @@ def run(request: FuseRequest, root: Path) -> RunVersion:
             _verify_model(evaluation, root)
     members = [e.membership() for e in evaluations]
     check_compatible(members)
-    labels = _load_array(evaluations[0].labels())
+    labels = load_array(evaluations[0].labels())
     posteriors = {
-        m["model"]: _load_array(e.posteriors(mode))
+        m["model"]: load_array(e.posteriors(mode))
         for m, e in zip(members, evaluations, strict=True)
     }
     fused = average(list(posteriors.values()))
@@ -125,17 +123,6 @@ def _verify_model(evaluation: EvaluationRun, root: Path) -> None:
             "cannot be checked (--no-verify fuses them anyway)"
         )
     ModelRun(model).weights()
-
-
-def _load_array(path: Path) -> np.ndarray:
-    """A stored numeric array; never a pickled object array."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise VggError(f"{path}: not a readable numeric array ({exc})", exit_code=1) from exc
-    if array.dtype.kind not in "fiu":
-        raise VggError(f"{path}: holds {array.dtype} values, not numbers", exit_code=1)
-    return array
 
 
 def _member(version: RunVersion, root: Path, mode: Mode, request: FuseRequest) -> EvaluationRun:

@@ -4,10 +4,9 @@ report.md (Tables 3-6 beside the paper's) and its plots."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from vggcli.artifacts import (
     EvaluationRun,
@@ -23,7 +22,7 @@ from vggcli.metrics import top1_correct
 from vggcli.report import Curve, Evaluated, Fused, Scores, write_report
 from vggcli.runs import RunVersion, RunWriter
 from vggcli.stages import pipeline as pipelines
-from vggcli.stages.common import announce
+from vggcli.stages.common import announce, load_array
 
 __all__ = ["ReportRequest", "run"]
 
@@ -43,13 +42,20 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
     if request.pipeline is not None:
         folder = pipelines.load(request.pipeline, request.runs_root).runs_root
     curves = [_curve(m) for m in latest_of_kind(folder, ModelRun)]
-    evaluated = [_evaluated(e, folder) for e in latest_of_kind(folder, EvaluationRun)]
-    fused = [_fused(f, folder) for f in latest_of_kind(folder, FusionRun)]
+    read: dict[Path, Evaluated] = {}  # each evaluation's posteriors read once
+
+    def evaluated(evaluation: EvaluationRun) -> Evaluated:
+        if evaluation.path not in read:
+            read[evaluation.path] = _evaluated(evaluation, folder)
+        return read[evaluation.path]
+
+    tables = [evaluated(e) for e in latest_of_kind(folder, EvaluationRun)]
+    fused = [_fused(f, folder, evaluated) for f in latest_of_kind(folder, FusionRun)]
     with RunWriter.open(
         folder, "report", kind=Kind.REPORT, config={"root": str(folder)}, resume=False
     ) as writer:
         announce(writer)
-        text = write_report(folder, curves, evaluated, fused, writer.path)
+        text = write_report(folder, curves, tables, fused, writer.path)
         for plot in PLOTS:
             writer.record_output(plot)
         writer.write_text(ReportRun.REPORT, text)
@@ -62,7 +68,6 @@ def _curve(model: ModelRun) -> Curve:
     return Curve(
         model.name,
         [json.loads(line) for line in lines],
-        model.net(),
         float(config["net"].get("width", 1.0)),
         model.crop(),
         int(config["recipe"]["epochs"]),
@@ -93,29 +98,26 @@ def _evaluated(evaluation: EvaluationRun, root: Path) -> Evaluated:
 
 
 def _correct(evaluation: EvaluationRun) -> Scores:
-    labels = np.load(evaluation.labels(), allow_pickle=False)
+    labels = load_array(evaluation.labels())
     scales = list(evaluation.scales())
     found: Scores = {}
     for row in evaluation.errors():
         method, at = row["method"], row["scales"]
         name = evaluation.posteriors_name(method, None if at == scales else at[0])
         if evaluation.has(name):
-            probs = np.load(evaluation.file(name), allow_pickle=False)
-            found[(method, tuple(at))] = top1_correct(probs, labels)
+            found[(method, tuple(at))] = top1_correct(load_array(evaluation.file(name)), labels)
     return found
 
 
-def _fused(fusion: FusionRun, root: Path) -> Fused:
+def _fused(fusion: FusionRun, root: Path, evaluated: Callable[[EvaluationRun], Evaluated]) -> Fused:
     """A fusion with its members' evaluations (its parents) and its own per-image scores."""
-    count = len(fusion.manifest()["parents"])
-    members = [
-        _evaluated(as_kind(parent(fusion.version, i, root), EvaluationRun), root)
-        for i in range(count)
+    runs = [
+        as_kind(parent(fusion.version, i, root), EvaluationRun)
+        for i in range(len(fusion.manifest()["parents"]))
     ]
     name = EvaluationRun.posteriors_name(fusion.mode())
     correct = None
-    first = as_kind(parent(fusion.version, 0, root), EvaluationRun)
     if fusion.has(name):
-        labels = np.load(first.labels(), allow_pickle=False)
-        correct = top1_correct(np.load(fusion.file(name), allow_pickle=False), labels)
-    return Fused(fusion.mode(), members, fusion.errors(), correct)
+        labels = load_array(runs[0].labels())
+        correct = top1_correct(load_array(fusion.file(name)), labels)
+    return Fused(fusion.mode(), [evaluated(run) for run in runs], fusion.errors(), correct)
