@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -225,7 +224,7 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
         dataset.label,
         a_label,
     )
-    if request.paper_init and os.environ.get("RANK", "0") == "0":
+    if request.paper_init and distributed.from_environment().lead:
         console.print(f"init: {chosen}")  # chosen for the user: say what
     return execute(config, root, request.name or net.net, request.runtime)
 
