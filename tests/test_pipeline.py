@@ -250,7 +250,7 @@ def test_warm_launcher_runs_each_step_as_a_fresh_command(tmp_path: Path) -> None
     their own environment, and report their exit codes."""
     import os
 
-    from vggcli.stages.pipeline import warm_launcher
+    from vggcli.zygote import warm_launcher
 
     source = make_dataset(tmp_path / "tiny", SyntheticSpec(2, 2, 1))
     env = {**os.environ, "VGG_RUNS": str(tmp_path / "runs")}

@@ -9,17 +9,24 @@ it is safe (a process whose OpenMP pool has run must not fork); the pipeline pro
 may have (the tests run it inside pytest), only talks to it through pipes.
 
 Protocol: one JSON line per step on stdin, {"argv": [...], "env": {...}}; one line back on
-the result pipe (fd given as argv[1]) with the child's exit code.
+the result pipe (fd given as argv[1]) with the child's exit code. `warm_launcher` is the
+pipeline's side of it, `serve` the zygote's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from vggcli.errors import WorkFailed
+from vggcli.processes import die_with_parent
 
 ENTRY = str(Path(__file__).with_name("__main__.py"))  # sys.argv[0] under `python -m vggcli`
 PRELOAD = ("vggcli.cli", "vggcli.stages.train", "vggcli.stages.evaluate",
@@ -30,8 +37,6 @@ def _child(argv: list[str], env: dict[str, str]) -> None:
     """Run `vgg argv` in this forked process and exit with its code."""
     code = 1
     try:
-        from vggcli.processes import die_with_parent
-
         die_with_parent()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the step
         os.environ.clear()
@@ -72,9 +77,42 @@ def serve(result_fd: int) -> None:
             results.write(f"{os.waitstatus_to_exitcode(status)}\n")
 
 
-if __name__ == "__main__":
-    from vggcli.processes import die_with_parent
+Launch = Callable[[list[str], dict[str, str]], int]
 
+
+@contextlib.contextmanager
+def warm_launcher() -> Iterator[Launch]:
+    """A zygote process (fresh, so safe to fork) that imported the heavy modules once; the
+    yielded function runs `vgg ARGS` with ENV in a child of it and returns the exit code."""
+    results_fd, write_fd = os.pipe()
+    zygote = subprocess.Popen(
+        [sys.executable, "-m", "vggcli.zygote", str(write_fd)],
+        stdin=subprocess.PIPE,
+        text=True,
+        pass_fds=(write_fd,),
+        preexec_fn=die_with_parent,
+    )
+    os.close(write_fd)
+    assert zygote.stdin is not None
+    with os.fdopen(results_fd) as results:
+
+        def launch(argv: list[str], env: dict[str, str]) -> int:
+            zygote.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")  # type: ignore[union-attr]
+            zygote.stdin.flush()  # type: ignore[union-attr]
+            line = results.readline()
+            if not line:
+                raise WorkFailed(f"the step launcher stopped (exit {zygote.wait()})")
+            return int(line)
+
+        try:
+            yield launch
+        finally:
+            with contextlib.suppress(OSError):
+                zygote.stdin.close()
+            zygote.wait()
+
+
+if __name__ == "__main__":
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the step's and the pipeline's
     serve(int(sys.argv[1]))

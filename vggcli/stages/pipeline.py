@@ -19,20 +19,17 @@ command (every `vgg` command resumes its unfinished version).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vggcli.errors import VggError, WorkFailed
-from vggcli.processes import die_with_parent
 from vggcli.runs import COMPLETE, RUNNING, UNREADABLE, RunVersion, latest_complete, versions
+from vggcli.zygote import warm_launcher
 
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
 SCALES_OUT = ("train", "finetune-scale", "evaluate")  # the steps `--nproc` applies to
@@ -187,38 +184,3 @@ def run(
                 )
             executed.append(step.name)
     return executed
-
-
-Launch = Callable[[list[str], dict[str, str]], int]
-
-
-@contextlib.contextmanager
-def warm_launcher() -> Iterator[Launch]:
-    """A zygote process (fresh, so safe to fork) that imported the heavy modules once; the
-    yielded function runs `vgg ARGS` with ENV in a child of it and returns the exit code."""
-    results_fd, write_fd = os.pipe()
-    zygote = subprocess.Popen(
-        [sys.executable, "-m", "vggcli.zygote", str(write_fd)],
-        stdin=subprocess.PIPE,
-        text=True,
-        pass_fds=(write_fd,),
-        preexec_fn=die_with_parent,
-    )
-    os.close(write_fd)
-    assert zygote.stdin is not None
-    with os.fdopen(results_fd) as results:
-
-        def launch(argv: list[str], env: dict[str, str]) -> int:
-            zygote.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")  # type: ignore[union-attr]
-            zygote.stdin.flush()  # type: ignore[union-attr]
-            line = results.readline()
-            if not line:
-                raise WorkFailed(f"the step launcher stopped (exit {zygote.wait()})")
-            return int(line)
-
-        try:
-            yield launch
-        finally:
-            with contextlib.suppress(OSError):
-                zygote.stdin.close()
-            zygote.wait()
