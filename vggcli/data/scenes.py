@@ -29,7 +29,7 @@ CLASS_NAMES = tuple(f"{t}-{s}" for s in SHAPE_NAMES for t in TEXTURE_NAMES)
 class SceneSettings:
     """What varies between the demo set and the held-out generated set."""
 
-    clutter: int = 4  # distractor patches per image, on average
+    clutter: int = 6  # distractor patches per image, on average
     min_object: float = 0.3  # object size, as a share of the shorter side
     max_object: float = 0.7
     occlusion: float = 0.3  # chance that a distractor overlaps the object
