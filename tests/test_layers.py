@@ -25,6 +25,8 @@ CORE = (
     "vggcli.bench",
     "vggcli.report",
     "vggcli.claims",
+    "vggcli.classes",
+    "vggcli.torchvision_weights",
     "vggcli.data",
 )
 RUN_LAYER = ("vggcli.runs", "vggcli.artifacts", "vggcli.checkpoints", "vggcli.stages")

@@ -12,6 +12,7 @@ No torch here: fusion and listing runs must stay light.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -98,6 +99,7 @@ class DatasetRun(Artifact):
     """`vgg preprocess`: train/val betons, their image order, the training colour statistics."""
 
     kind = Kind.DATASET
+    CLASSES = "classes.json"
 
     def beton(self, split: str) -> Path:
         return self.file(f"{split}.beton")
@@ -111,17 +113,24 @@ class DatasetRun(Artifact):
     def num_classes(self) -> int:
         return int(self.results()["num_classes"])
 
+    def classes(self) -> list[dict[str, Any]]:
+        """The class list in label order: index, wnid, name (classes.json)."""
+        return _read_json(self.file(self.CLASSES))
+
     def val_index_sha256(self) -> str:
         """Identifies the validation images and their order (what fusion must agree on)."""
         return self.manifest()["outputs"]["val.csv"]["sha256"]
 
 
 class ModelRun(Artifact):
-    """`vgg train` / `vgg finetune-scale`: the weights and the config that trained them."""
+    """`vgg train` / `vgg finetune-scale`: the weights and the config that trained them; or
+    `vgg import-weights`: torchvision's weights, with their source and class list instead of
+    a dataset and training scales (`imported`)."""
 
     kind = Kind.MODEL
     WEIGHTS = "model.pt"
     METRICS = "metrics.jsonl"
+    CLASSES = "classes.json"  # imported runs only; trained runs use their dataset's
 
     def weights(self) -> Path:
         return self.file(self.WEIGHTS)
@@ -132,24 +141,42 @@ class ModelRun(Artifact):
     def crop(self) -> int:
         return int(self.config()["net"]["crop"])
 
-    def train_scales(self) -> tuple[int, int]:
+    def imported(self) -> bool:
+        """Weights imported from another library, not trained by a recipe here."""
+        return "source" in self.config()
+
+    def train_scales(self) -> tuple[int, int] | None:
+        """(S_min, S_max); None for imported weights, which had no training scale here."""
         config = self.config()
+        if self.imported():
+            return None
         return int(config["s_min"]), int(config["s_max"])
 
-    def dataset(self) -> str:
-        """Label of the dataset run version it was trained on."""
-        return self.config()["dataset"]
+    def dataset(self) -> str | None:
+        """Label of the dataset run version it was trained on (None when imported)."""
+        return self.config().get("dataset")
 
     def default_test_scales(self, multi_scale: bool) -> tuple[int, ...]:
-        """The paper's test scales Q for this model's training scale (Sect. 4.1, 4.2)."""
-        return default_scales(*self.train_scales(), multi_scale, self.crop())
+        """The paper's test scales Q for this model's training scale (Sect. 4.1, 4.2); an
+        imported run's are stated in its config."""
+        scales = self.train_scales()
+        if scales is None:
+            return tuple(self.config()["test_scales"]["multi" if multi_scale else "single"])
+        return default_scales(*scales, multi_scale, self.crop())
+
+    def classes(self, root: Path) -> list[dict[str, Any]]:
+        """Its outputs' classes in order: the dataset's it was trained on, or its own."""
+        if self.imported():
+            return _read_json(self.file(self.CLASSES))
+        return resolve_as(self.dataset(), root, DatasetRun).classes()
 
     def metrics(self) -> Path:
         return self.file(self.METRICS)
 
     def flips(self) -> bool:
-        """Trained with random flips (the paper's; runs before the switch all were)."""
-        return bool(self.config()["recipe"].get("flip", True))
+        """Trained with random flips (the paper's; runs before the switch all were, and so
+        were torchvision's)."""
+        return bool(self.config().get("recipe", {}).get("flip", True))
 
     def fc_only(self) -> bool:
         """Fine-tuned its fully-connected layers only (recorded only when so)."""
@@ -231,6 +258,11 @@ _MARKERS = (
     (Kind.REPORT, ReportRun.REPORT),
     (Kind.BENCH, BenchRun.RESULTS),
 )
+
+
+def _read_json(path: Path) -> Any:
+    """A verified JSON output (Artifact.file checked its hash, so it parses)."""
+    return json.loads(path.read_text())
 
 
 def as_kind(version: RunVersion, cls: type[A]) -> A:

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from vggcli.artifacts import ModelRun
+from vggcli.classes import ClassList, indices_for
 from vggcli.distributed import Cluster, lead_does
 from vggcli.errors import VggError, WorkFailed
-from vggcli.models import VGG, NetSpec, with_normalisation
+from vggcli.models import VGG, NetSpec, keep_classes, with_normalisation
 from vggcli.runs import RunWriter
 
 MODEL_FILE = ModelRun.WEIGHTS
@@ -60,12 +61,28 @@ def load_payload(path: Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(run: ModelRun) -> tuple[VGG, dict[str, Any]]:
-    """The trained net of a model run and everything saved with it."""
+def load_model(
+    run: ModelRun, classes: ClassList | None = None, root: Path | None = None
+) -> tuple[VGG, dict[str, Any]]:
+    """The trained net of a model run and everything saved with it; given a dataset's
+    `classes` (and the runs `root` that finds the model's own), a net whose outputs are
+    those classes, in their order."""
     payload = load_payload(run.weights())
+    if classes is not None:
+        payload = for_classes(payload, run.classes(root or run.path.parent.parent), classes)
     model = VGG(NetSpec(**payload["spec"]))
     model.load_state_dict(payload["state_dict"])
     return model, payload
+
+
+def for_classes(payload: dict[str, Any], own: ClassList, wanted: ClassList) -> dict[str, Any]:
+    """A payload whose fc8 gives the `wanted` classes' logits alone, in their order (by
+    wnid); unchanged when the class lists are the same."""
+    indices = indices_for(own, wanted)
+    if indices is None:
+        return payload
+    state, spec = keep_classes(payload["state_dict"], NetSpec(**payload["spec"]), indices)
+    return {**payload, "state_dict": state, "spec": spec.as_dict()}
 
 
 class RunCheckpoints:

@@ -13,6 +13,7 @@ from vggcli.commands import (
     bench,
     demo_data,
     evaluate,
+    import_weights,
     pipeline,
     preprocess,
     report,
@@ -67,6 +68,7 @@ app.command("make-demo-data")(demo_data.command)
 app.command("preprocess")(preprocess.command)
 app.command("train")(train.train_command)
 app.command("finetune-scale")(train.finetune_command)
+app.command("import-weights")(import_weights.command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("fuse")(evaluate.fuse_command)
 app.command("report")(report.command)

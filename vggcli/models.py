@@ -11,7 +11,7 @@ evaluation of whole images (a larger map, averaged spatially).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -215,6 +215,18 @@ def with_normalisation(
         return state
     completed = {"mean": torch.as_tensor(mean), "std": torch.as_tensor(std), **state}
     return {k: v.float() if k in ("mean", "std") else v for k, v in completed.items()}
+
+
+def keep_classes(
+    state: dict[str, torch.Tensor], spec: NetSpec, indices: Sequence[int]
+) -> tuple[dict[str, torch.Tensor], NetSpec]:
+    """The weights of the same net with only fc8's outputs at `indices`, in that order: the
+    logits of a subset of its classes, as a smaller net (state dict and spec) of its own."""
+    keep = torch.as_tensor(list(indices), dtype=torch.long)
+    kept = {**state}
+    for name in ("head.fc8.weight", "head.fc8.bias"):
+        kept[name] = state[name].index_select(0, keep).clone()
+    return kept, replace(spec, num_classes=len(keep))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,6 +30,7 @@ def evaluate_command(
     device: Device = "auto",
     name: Annotated[str | None, typer.Option(help="Run to write (default: <run>-eval, e.g. runs/D-eval).")] = None,
     flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each view's posteriors with its mirror image's (the paper's); default: as the model was trained, so --no-flip at training follows the model.", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset run to evaluate on (default: the one the model was trained on; needed for imported weights). Its classes are matched to the model's by wnid: the softmax runs over the dataset's classes only.")] = None,
     nproc: NProc = 1,
     no_verify: NoVerify = False,
     root: RunsRoot = None,
@@ -40,7 +41,7 @@ def evaluate_command(
     test_scales = parse_scales(scales)  # a bad value is said once, before the ranks start
     relaunch(nproc)
     request = stage.EvaluateRequest(
-        run, mode, multi_scale, test_scales, precision, device, name, flip
+        run, mode, multi_scale, test_scales, precision, device, name, flip, data
     )
     done(stage.run(request, runs_root(root)).path)
 

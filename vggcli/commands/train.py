@@ -112,6 +112,7 @@ def finetune_command(
     epochs: Annotated[int | None, typer.Option(callback=at_least(1), help="Epoch budget (default: the parent's).")] = None,
     name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
     fc_only: Annotated[bool, typer.Option("--fc-only", help="Train only fc6, fc7 and fc8; the conv layers keep the parent's weights (the ILSVRC-submission multi-scale D, Sect. 4.4).")] = False,
+    data: Annotated[str | None, typer.Option(help="Dataset run to fine-tune on (default: the parent's; needed for imported weights). fc8 keeps the dataset's classes, matched by wnid.")] = None,
     precision: Precision = "auto",
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
@@ -128,6 +129,6 @@ def finetune_command(
     relaunch(nproc)
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
     request = stage.FinetuneRequest(
-        run, s_min, s_max, runtime, lr, epochs, precision, name, fc_only
+        run, s_min, s_max, runtime, lr, epochs, precision, name, fc_only, data
     )
     done(stage.run(request, runs_root(root)).path)

@@ -18,6 +18,7 @@ from vggcli import checkpoints, device, distributed
 from vggcli.artifacts import DatasetRun, EvaluationRun, Kind, ModelRun, resolve_as
 from vggcli.data.beton import BetonImages, check_decodes
 from vggcli.distributed import Cluster
+from vggcli.errors import VggError
 from vggcli.eval_settings import EvalSettings, Mode, parse_mode
 from vggcli.evaluate import Evaluator, assemble, evaluate_method
 from vggcli.fuse import average
@@ -39,18 +40,23 @@ class EvaluateRequest:
     device: str = "auto"
     name: str | None = None  # default: <model run>-eval
     flip: bool | None = None  # mirror averaging; default: as the model was trained
+    data: str | None = None  # a dataset run; default: the model's (imported models: required)
 
 
 def run(request: EvaluateRequest, root: Path) -> RunVersion:
     """Evaluate a trained run, in this process or sharded over a torchrun job; rank 0
     gathers the posteriors in image order and writes the evaluation run."""
     model_run = resolve_as(request.run, root, ModelRun)
-    dataset = resolve_as(model_run.dataset(), root, DatasetRun)
+    dataset = _dataset(model_run, request.data, root)
+    own_data = dataset.label == model_run.dataset()
     with distributed.joined(request.device) as (cluster, chosen):
         model, payload, images = read_on_every_rank(
             cluster,
             chosen,
-            lambda: (*checkpoints.load_model(model_run), BetonImages(dataset.beton("val"))),
+            lambda: (
+                *checkpoints.load_model(model_run, None if own_data else dataset.classes(), root),
+                BetonImages(dataset.beton("val")),
+            ),
         )
         settings = EvalSettings(
             parse_mode(request.mode),
@@ -66,6 +72,7 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
             "crop": settings.crop,
             "precision": settings.precision,
             **({} if settings.flip else {"flip": False}),  # as before the switch when on
+            **({} if own_data else {"data": dataset.label}),  # recorded when not the model's
         }
         evaluator = Evaluator(model, settings, chosen)
         writer = open_on_lead(
@@ -91,6 +98,17 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
     if writer is not None:
         print_errors(f"{model_run.label} ({payload.get('stage', '')})", rows)
     return RunVersion(Path(path))
+
+
+def _dataset(model_run: ModelRun, data: str | None, root: Path) -> DatasetRun:
+    """The dataset named, else the one the model was trained on (an imported model has
+    none: it must be named)."""
+    if data is None and model_run.dataset() is None:
+        raise VggError(
+            f"{model_run.label} was imported and has no dataset of its own: name the dataset "
+            "run to evaluate it on with --data (its classes are matched by wnid)"
+        )
+    return resolve_as(data or model_run.dataset(), root, DatasetRun)
 
 
 def _posteriors(

@@ -9,11 +9,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vggcli import device
-from vggcli.artifacts import ModelRun, resolve_as
+from vggcli.artifacts import DatasetRun, ModelRun, resolve_as
 from vggcli.data.loader import SCHEME
+from vggcli.errors import VggError
+from vggcli.models import NetSpec
 from vggcli.runs import RunVersion
 from vggcli.stages.train import execute
-from vggcli.train import Runtime, TrainConfig
+from vggcli.train import Recipe, Runtime, TrainConfig
 
 __all__ = ["FinetuneRequest", "Runtime", "run"]
 
@@ -29,21 +31,43 @@ class FinetuneRequest:
     precision: str = "auto"
     name: str | None = None  # default: the parent's run name
     fc_only: bool = False  # train fc6-fc8 alone, the convs frozen at the parent's weights
+    data: str | None = None  # a dataset run; default: the parent's (imported parents: required)
 
 
 def base_lr(model: ModelRun, root: Path) -> float:
     """The learning rate the chain of fine-tunes started from: that of the run trained
-    from scratch (or from A) at its root, whatever the fine-tunes in between used."""
+    from scratch (or from A) at its root, whatever the fine-tunes in between used; the
+    paper's for imported weights."""
     config = model.config()
     while config.get("finetune_from"):
         config = resolve_as(config["finetune_from"], root, ModelRun).config()
-    return float(config["recipe"]["lr"])
+    return float(config.get("recipe", {}).get("lr", Recipe.lr))
+
+
+def starting_config(parent: ModelRun, data: str | None, root: Path) -> TrainConfig:
+    """The parent's training config, on the dataset named (default: the parent's). An
+    imported parent has none: the paper's recipe, on a dataset that must be named."""
+    if parent.imported():
+        if data is None:
+            raise VggError(
+                f"{parent.label} was imported and has no dataset of its own: name the "
+                "dataset run to fine-tune on with --data"
+            )
+        net = NetSpec(**parent.config()["net"])
+        previous = TrainConfig(net, net.crop, net.crop)
+    else:
+        previous = TrainConfig.from_manifest(parent.config())
+    if data is None:
+        return previous
+    dataset = resolve_as(data, root, DatasetRun)
+    net = replace(previous.net, num_classes=dataset.num_classes())
+    return replace(previous, net=net, dataset=dataset.label)
 
 
 def run(request: FinetuneRequest, root: Path) -> RunVersion:
     parent = resolve_as(request.source, root, ModelRun)
     parent.weights()
-    previous = TrainConfig.from_manifest(parent.config())
+    previous = starting_config(parent, request.data, root)
     recipe = replace(
         previous.recipe,
         lr=request.lr if request.lr is not None else base_lr(parent, root) / 10,

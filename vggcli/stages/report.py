@@ -41,7 +41,7 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
     folder = request.runs_root or root
     if request.pipeline is not None:
         folder = pipelines.load(request.pipeline, request.runs_root).runs_root
-    curves = [_curve(m) for m in latest_of_kind(folder, ModelRun)]
+    curves = [_curve(m) for m in latest_of_kind(folder, ModelRun) if not m.imported()]
     read: dict[Path, Evaluated] = {}  # each evaluation's posteriors read once
 
     def evaluated(evaluation: EvaluationRun) -> Evaluated:
@@ -49,8 +49,13 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
             read[evaluation.path] = _evaluated(evaluation, folder)
         return read[evaluation.path]
 
-    tables = [evaluated(e) for e in latest_of_kind(folder, EvaluationRun)]
-    fused = [_fused(f, folder, evaluated) for f in latest_of_kind(folder, FusionRun)]
+    evaluations = [e for e in latest_of_kind(folder, EvaluationRun) if _trained_here(e, folder)]
+    tables = [evaluated(e) for e in evaluations]
+    fused = [
+        _fused(f, folder, evaluated)
+        for f in latest_of_kind(folder, FusionRun)
+        if all(_trained_here(e, folder) for e in _members(f, folder))
+    ]
     with RunWriter.open(
         folder, "report", kind=Kind.REPORT, config={"root": str(folder)}, resume=False
     ) as writer:
@@ -109,12 +114,23 @@ def _correct(evaluation: EvaluationRun) -> Scores:
     return found
 
 
-def _fused(fusion: FusionRun, root: Path, evaluated: Callable[[EvaluationRun], Evaluated]) -> Fused:
-    """A fusion with its members' evaluations (its parents) and its own per-image scores."""
-    runs = [
+def _trained_here(evaluation: EvaluationRun, root: Path) -> bool:
+    """The report's tables are of nets trained by the paper's recipe here: evaluations of
+    imported weights (no training scale, another recipe) are left out."""
+    return not as_kind(parent(evaluation.version, 0, root), ModelRun).imported()
+
+
+def _members(fusion: FusionRun, root: Path) -> list[EvaluationRun]:
+    """A fusion's members' evaluations (its parents)."""
+    return [
         as_kind(parent(fusion.version, i, root), EvaluationRun)
         for i in range(len(fusion.manifest()["parents"]))
     ]
+
+
+def _fused(fusion: FusionRun, root: Path, evaluated: Callable[[EvaluationRun], Evaluated]) -> Fused:
+    """A fusion with its members' evaluations and its own per-image scores."""
+    runs = _members(fusion, root)
     name = EvaluationRun.posteriors_name(fusion.mode())
     correct = None
     if fusion.has(name):
