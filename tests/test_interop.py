@@ -18,6 +18,7 @@ from vggcli.data.synthetic import SyntheticSpec, generate, wnid
 from vggcli.errors import VggError
 from vggcli.evaluate import centre_view
 from vggcli.models import VGG, NetSpec, keep_classes
+from vggcli.runs import resolve
 from vggcli.stages import preprocess
 from vggcli.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, net_of, to_ours
 
@@ -136,6 +137,16 @@ def test_evaluate_of_imported_weights_gives_torchvisions_posteriors_over_the_dat
     expected = torch.softmax(logits[:, [position[w] for w in dataset_wnids]], dim=1).numpy()
     np.testing.assert_allclose(stored, expected, atol=1e-5)
     assert stored.shape == (6, 3)
+    # dense evaluations of imported runs fuse like any other (a second import of the file)
+    assert vgg("import-weights", str(vgg11_file), "--name", "twin").exit_code == 0
+    for run in ("torchvision-vgg11", "twin"):
+        result = vgg("evaluate", run, "--data", "subset", "--precision", "fp32")
+        assert result.exit_code == 0, result.output
+    result = vgg("fuse", "torchvision-vgg11-eval", "twin-eval", "--no-multi-scale")
+    assert result.exit_code == 0, result.output
+    fused = np.load(resolve("fuse-torchvision-vgg11+twin", runs_root).output("dense.npy"))
+    dense = np.load(resolve_as("twin-eval", runs_root, EvaluationRun).posteriors("dense"))
+    np.testing.assert_allclose(fused, dense, atol=1e-6)  # the same weights twice
 
 
 def test_imported_weights_start_fine_tunes_and_deeper_nets_on_the_datasets_classes(
