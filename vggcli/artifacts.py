@@ -2,7 +2,8 @@
 
 A run version is a folder with a manifest (`runs.py`); its *kind* says what it holds: a
 dataset (betons and colour statistics), a model (weights and the config that trained
-them), an evaluation (posteriors per method and scale), a fusion, a benchmark or a report.
+them), an evaluation (posteriors per method and scale), a fusion, a benchmark, a report or
+an export (a model as ONNX or TorchScript files).
 The stage that writes a kind records it in the manifest as `kind`; manifests written before
 kinds were recorded are inferred once, in `kind_of`. Every file handed out goes through
 `Artifact.file`, the one place to verify a file before it is read.
@@ -12,6 +13,7 @@ No torch here: fusion and listing runs must stay light.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -30,6 +32,7 @@ class Kind(StrEnum):
     FUSION = "fusion"
     BENCH = "bench"
     REPORT = "report"
+    EXPORT = "export"
 
     @property
     def described(self) -> str:
@@ -98,6 +101,7 @@ class DatasetRun(Artifact):
     """`vgg preprocess`: train/val betons, their image order, the training colour statistics."""
 
     kind = Kind.DATASET
+    CLASSES = "classes.json"
 
     def beton(self, split: str) -> Path:
         return self.file(f"{split}.beton")
@@ -110,6 +114,10 @@ class DatasetRun(Artifact):
 
     def num_classes(self) -> int:
         return int(self.results()["num_classes"])
+
+    def classes(self) -> list[dict[str, Any]]:
+        """[{index, wnid, name}] in label order."""
+        return json.loads(self.file(self.CLASSES).read_text())
 
     def val_index_sha256(self) -> str:
         """Identifies the validation images and their order (what fusion must agree on)."""
@@ -221,6 +229,29 @@ class BenchRun(Artifact):
 class ReportRun(Artifact):
     kind = Kind.REPORT
     REPORT = "report.md"
+
+
+class ExportRun(Artifact):
+    """`vgg export`: a model as a crop and a dense classifier file, and what they take."""
+
+    kind = Kind.EXPORT
+    DESCRIPTION = "export.json"
+    SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+
+    @classmethod
+    def model_name(cls, which: str, fmt: str) -> str:
+        """'crop.onnx', 'dense.pt', ...: `which` classifier in format `fmt`."""
+        return f"{which}{cls.SUFFIXES[fmt]}"
+
+    def model(self) -> str:
+        """Label of the model run version it exports."""
+        return self.config()["model"]
+
+    def format(self) -> str:
+        return self.config()["format"]
+
+    def classifier(self, which: str) -> Path:
+        return self.file(self.model_name(which, self.format()))
 
 
 # How a manifest without `kind` shows what it is: an output only that kind writes.

@@ -13,6 +13,7 @@ from vggcli.commands import (
     bench,
     demo_data,
     evaluate,
+    export,
     pipeline,
     preprocess,
     report,
@@ -69,6 +70,7 @@ app.command("train")(train.train_command)
 app.command("finetune-scale")(train.finetune_command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("fuse")(evaluate.fuse_command)
+app.command("export")(export.command)
 app.command("report")(report.command)
 app.command("runs")(runs.command)
 app.command("verify")(verify.command)
