@@ -19,6 +19,7 @@ CORE = (
     "vggcli.train",
     "vggcli.evaluate",
     "vggcli.eval_settings",
+    "vggcli.export",
     "vggcli.fuse",
     "vggcli.models",
     "vggcli.metrics",

@@ -2,7 +2,8 @@
 
 A run version is a folder with a manifest (`runs.py`); its *kind* says what it holds: a
 dataset (betons and colour statistics), a model (weights and the config that trained
-them), an evaluation (posteriors per method and scale), a fusion, a benchmark or a report.
+them), an evaluation (posteriors per method and scale), a fusion, a benchmark, a report or
+an export (a model as ONNX or TorchScript files).
 The stage that writes a kind records it in the manifest as `kind`; manifests written before
 kinds were recorded are inferred once, in `kind_of`. Every file handed out goes through
 `Artifact.file`, the one place to verify a file before it is read.
@@ -31,6 +32,7 @@ class Kind(StrEnum):
     FUSION = "fusion"
     BENCH = "bench"
     REPORT = "report"
+    EXPORT = "export"
 
     @property
     def described(self) -> str:
@@ -248,6 +250,29 @@ class BenchRun(Artifact):
 class ReportRun(Artifact):
     kind = Kind.REPORT
     REPORT = "report.md"
+
+
+class ExportRun(Artifact):
+    """`vgg export`: a model as a crop and a dense classifier file, and what they take."""
+
+    kind = Kind.EXPORT
+    DESCRIPTION = "export.json"
+    SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+
+    @classmethod
+    def model_name(cls, which: str, fmt: str) -> str:
+        """'crop.onnx', 'dense.pt', ...: `which` classifier in format `fmt`."""
+        return f"{which}{cls.SUFFIXES[fmt]}"
+
+    def model(self) -> str:
+        """Label of the model run version it exports."""
+        return self.config()["model"]
+
+    def format(self) -> str:
+        return self.config()["format"]
+
+    def classifier(self, which: str) -> Path:
+        return self.file(self.model_name(which, self.format()))
 
 
 # How a manifest without `kind` shows what it is: an output only that kind writes.

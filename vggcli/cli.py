@@ -13,6 +13,7 @@ from vggcli.commands import (
     bench,
     demo_data,
     evaluate,
+    export,
     import_weights,
     pipeline,
     preprocess,
@@ -71,6 +72,7 @@ app.command("finetune-scale")(train.finetune_command)
 app.command("import-weights")(import_weights.command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("fuse")(evaluate.fuse_command)
+app.command("export")(export.command)
 app.command("report")(report.command)
 app.command("runs")(runs.command)
 app.command("verify")(verify.command)

@@ -129,6 +129,16 @@ class Head(nn.Module):
         z = self._classify(windows.transpose(1, 2).reshape(-1, windows.shape[1]))
         return z.view(n, height - self.kernel + 1, width - self.kernel + 1, -1).permute(0, 3, 1, 2)
 
+    def conv_score_map(self, x: torch.Tensor) -> torch.Tensor:
+        """`score_map` as fc6 a k x k convolution and fc7, fc8 1x1 ones (eval mode: no
+        dropout): the same numbers, slower here on CPUs, but the textbook fully convolutional
+        graph (Conv, Relu) that exported models carry and other runtimes optimise, where
+        unfold exports as a tangle of Shape, Gather and Range nodes."""
+        fc6, fc7, fc8 = self.conv_weights()
+        z = torch.relu(F.conv2d(x, fc6, self.fc6.bias))
+        z = torch.relu(F.conv2d(z, fc7, self.fc7.bias))
+        return F.conv2d(z, fc8, self.fc8.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores averaged over the score map; a training crop has a single window."""
         if x.shape[-2:] == (self.kernel, self.kernel):
@@ -184,12 +194,12 @@ class VGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, spatially averaged: for a crop-sized input exactly the FC classifier."""
-        return self.head(self.features(self._normalised(x)))
+        return self.head(self.features(self.normalised(x)))
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.score_map(self.features(self._normalised(x)))
+        return self.head.score_map(self.features(self.normalised(x)))
 
-    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
 
     def convs(self) -> list[nn.Conv2d]:
