@@ -8,7 +8,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from vggcli.errors import VggError
-from vggcli.models import CONFIGS, VGG, NetSpec, count_parameters, init_from_a, initialise
+from vggcli.models import (
+    CONFIGS,
+    VGG,
+    NetSpec,
+    count_parameters,
+    identity_init,
+    init_from_a,
+    initialise,
+)
 
 # Table 2 in millions, and the exact totals computed layer by layer (weights + biases).
 TABLE_2 = {"A": 133, "A-LRN": 133, "B": 133, "C": 134, "D": 138, "E": 144}
@@ -210,6 +218,33 @@ def test_init_from_a_copies_exactly_the_first_four_convs_and_the_fcs(net: str) -
     for name, param in deep.named_parameters():
         if name not in copied:
             assert torch.equal(param, before[name]), name  # the rest stays random
+
+
+@pytest.mark.parametrize("net", ["B", "D", "E"])
+def test_identity_init_makes_the_inserted_square_convs_pass_their_input_through(net) -> None:
+    """With the square convs not copied from A as identities, the deeper net computes
+    exactly A's features up to A's third pool (where the copied convs end); the copied and
+    the non-square layers are left as they were."""
+    a_spec = NetSpec("A", num_classes=10, width=1 / 16, crop=32)
+    a = VGG(a_spec)
+    initialise(a, "kaiming")
+    deep = VGG(NetSpec(net, num_classes=10, width=1 / 16, crop=32))
+    initialise(deep, "kaiming")
+    copied = init_from_a(deep, a.state_dict(), a_spec)
+    before = {n: p.clone() for n, p in deep.named_parameters()}
+    identity_init(deep, copied)
+    x = torch.rand(2, 3, 32, 32) * 4
+    a_pools = [i for i, m in enumerate(a.features) if isinstance(m, nn.MaxPool2d)]
+    deep_pools = [i for i, m in enumerate(deep.features) if isinstance(m, nn.MaxPool2d)]
+    with torch.no_grad():
+        ours = deep.features[: deep_pools[2] + 1](x)
+        torch.testing.assert_close(ours, a.features[: a_pools[2] + 1](x), rtol=0, atol=1e-6)
+    names = {id(p): n for n, p in deep.named_parameters()}
+    for conv in deep.convs():
+        name = names[id(conv.weight)]
+        square = conv.in_channels == conv.out_channels
+        changed = not torch.equal(conv.weight, before[name])
+        assert changed == (square and name not in copied), name
 
 
 def test_init_from_a_refuses_a_mismatched_run() -> None:

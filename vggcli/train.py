@@ -25,8 +25,17 @@ from vggcli.device import Precision
 from vggcli.distributed import SINGLE, Cluster
 from vggcli.errors import PREEMPTED, VggError, WorkFailed
 from vggcli.metrics import counts_correct
-from vggcli.models import VGG, NetSpec, init_from_a, initialise, with_normalisation
+from vggcli.models import (
+    VGG,
+    NetSpec,
+    identity_init,
+    init_from_a,
+    initialise,
+    with_normalisation,
+)
 from vggcli.progress import console, progress_bar
+
+INSERTED_INITS = ("random", "identity")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,17 @@ class Recipe:
     seed: int = 0
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     flip: bool = True  # random horizontal flips (the paper's); off for mirror-sensitive classes
+    # how a deeper net's convs not copied from A start: "random" (the paper's: `init`), or
+    # "identity" for the square ones (see models.identity_init)
+    inserted_init: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.inserted_init not in INSERTED_INITS:
+            raise VggError(
+                f"unknown init '{self.inserted_init}' for the layers not copied from A: "
+                f"choose {' or '.join(INSERTED_INITS)}",
+                field="inserted_init",
+            )
 
     def accumulation(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step on each of `world_size` processes, which share
@@ -116,6 +136,8 @@ class TrainConfig:
             del data["augmentation"]
         if self.recipe.flip:  # as every run before the switch recorded it: resumable
             del data["recipe"]["flip"]
+        if self.recipe.inserted_init == "random":  # likewise recorded only when not the paper's
+            del data["recipe"]["inserted_init"]
         if not self.fc_only:  # recorded only when on: every other run's config is unchanged
             del data["fc_only"]
         return data
@@ -208,7 +230,9 @@ def build_model(
     recipe = config.recipe
     initialise(model, recipe.init, recipe.init_std, recipe.last_std)
     if a_run is not None:
-        init_from_a(model, a_run["state_dict"], NetSpec(**a_run["spec"]))
+        copied = init_from_a(model, a_run["state_dict"], NetSpec(**a_run["spec"]))
+        if recipe.inserted_init == "identity":
+            identity_init(model, copied)
     if start is not None:
         if NetSpec(**start["spec"]) != config.net:
             raise VggError("the run to fine-tune has a different architecture")
