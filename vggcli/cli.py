@@ -15,6 +15,7 @@ from vggcli.commands import (
     evaluate,
     import_weights,
     pipeline,
+    predict,
     preprocess,
     report,
     runs,
@@ -71,6 +72,7 @@ app.command("finetune-scale")(train.finetune_command)
 app.command("import-weights")(import_weights.command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("fuse")(evaluate.fuse_command)
+app.command("predict")(predict.command)
 app.command("report")(report.command)
 app.command("runs")(runs.command)
 app.command("verify")(verify.command)
