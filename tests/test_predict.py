@@ -1,4 +1,5 @@
-"""`vgg predict`: any image file in, the numbers evaluation defines out."""
+"""`vgg predict` and `vgg features`: any image file in, the numbers evaluation and Appendix B
+define out."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from typer.testing import CliRunner, Result
 
 from tests.test_train import TINY
@@ -19,6 +21,7 @@ from vggcli.cli import app
 from vggcli.data.image_files import read_rgb
 from vggcli.eval_settings import EvalSettings
 from vggcli.evaluate import Evaluator, rescale
+from vggcli.files import writing_new
 from vggcli.stages import predict
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -163,3 +166,81 @@ def test_a_bad_file_fails_in_one_line_before_any_compute(root, pictures, tmp_pat
     result = _vgg(root, "predict", "A", str(pictures["gray.png"]), "--mode", "centre")
     assert result.exit_code == 2 and "unknown mode" in result.output
 
+
+def _hand_descriptor(model, image: np.ndarray, scales: tuple[int, ...]) -> list[np.ndarray]:
+    """fc7 by the model's layers one by one: conv stack, every k x k window through fc6-relu-
+    fc7-relu, mean over windows, mean with the mirror; one vector per scale."""
+    head, per_scale = model.head, []
+    for q in scales:
+        views = []
+        for pixels in (rescale(image, q), rescale(image, q)[:, ::-1]):
+            x = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float()
+            with torch.no_grad():
+                conv = model.features(
+                    (x - model.mean.view(1, 3, 1, 1)) / model.std.view(1, 3, 1, 1)
+                )
+                windows = F.unfold(conv, head.kernel)[0].T  # (windows, C*k*k)
+                fc7 = torch.relu(head.fc7(torch.relu(head.fc6(windows))))
+            views.append(fc7.numpy().astype(np.float64).mean(axis=0))
+        per_scale.append(np.mean(views, axis=0))
+    return per_scale
+
+
+def _l2(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def test_features_are_appendix_bs_fc7_descriptor(root, pictures, tmp_path) -> None:
+    folder = tmp_path / "photos"
+    (folder / "b" / ".cache").mkdir(parents=True)
+    shutil.copy(pictures["rotated.jpg"], folder / "b" / "z.JPG")
+    shutil.copy(pictures["cmyk.jpg"], folder / "a.jpeg")
+    shutil.copy(pictures["gray.png"], folder / "b" / "c.png")
+    shutil.copy(pictures["gray.png"], folder / "b" / ".cache" / "skipped.png")
+    (folder / "readme.txt").write_text("not an image, not searched for")
+    order = [folder / "a.jpeg", folder / "b" / "c.png", folder / "b" / "z.JPG"]
+    common = ["--scales", "40,56", "--precision", "fp32", "--device", "cpu"]
+    out = tmp_path / "feats.npy"
+    result = _vgg(root, "features", "A", str(folder), "--out", str(out), *common)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == f"done: {out}"
+    listing = json.loads(out.with_suffix(".json").read_text())
+    assert listing["images"] == [str(p) for p in order]
+    assert listing["model"] == "A/v001" and listing["layer"] == "fc7"
+    descriptors = np.load(out)
+    assert descriptors.dtype == np.float32 and descriptors.shape == (3, 256)  # fc7 at width 1/16
+    np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1, atol=1e-6)
+    model, _ = load_model(resolve_as("A", root, ModelRun))
+    model.eval()
+    hand = [_hand_descriptor(model, read_rgb(p), (40, 56)) for p in order]
+    expected = np.stack([_l2(np.mean(scales, axis=0)) for scales in hand])
+    np.testing.assert_allclose(descriptors, expected, atol=2e-6)
+
+    stacked = tmp_path / "stacked.npy"
+    result = _vgg(
+        root, "features", "A", *map(str, order), "--out", str(stacked), "--stack", *common
+    )
+    assert result.exit_code == 0, result.output
+    expected = np.stack([_l2(np.concatenate(scales)) for scales in hand])
+    np.testing.assert_allclose(np.load(stacked), expected, atol=2e-6)
+
+    result = _vgg(root, "features", "A", str(folder), "--out", str(out), *common)
+    assert result.exit_code == 2 and "exists" in result.stderr and "Traceback" not in result.output
+    pool5 = tmp_path / "pool5.npy"
+    result = _vgg(root, "features", "A", str(folder), "--out", str(pool5), "--conv5", *common)
+    assert result.exit_code == 0, result.output
+    assert np.load(pool5).shape == (3, 32)
+    assert json.loads(pool5.with_suffix(".json").read_text())["layer"] == "pool5"
+    result = _vgg(root, "features", "A", str(folder), "--out", str(tmp_path / "x.csv"))
+    assert result.exit_code == 2 and "--out: must name a .npy file" in result.stderr
+
+
+def test_an_output_that_appears_meanwhile_is_not_overwritten(tmp_path) -> None:
+    target = tmp_path / "feats.npy"
+    with pytest.raises(FileExistsError), writing_new(target) as fh:
+        fh.write(b"new")
+        target.write_bytes(b"old")  # another process got there first
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+    with writing_new(tmp_path / "fresh.npy") as fh:
+        fh.write(b"new")
+    assert (tmp_path / "fresh.npy").read_bytes() == b"new" and len(list(tmp_path.iterdir())) == 2

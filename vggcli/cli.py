@@ -13,6 +13,7 @@ from vggcli.commands import (
     bench,
     demo_data,
     evaluate,
+    features,
     import_weights,
     pipeline,
     predict,
@@ -73,6 +74,7 @@ app.command("import-weights")(import_weights.command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("fuse")(evaluate.fuse_command)
 app.command("predict")(predict.command)
+app.command("features")(features.command)
 app.command("report")(report.command)
 app.command("runs")(runs.command)
 app.command("verify")(verify.command)
