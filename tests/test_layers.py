@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vggcli"
 CORE = (
     "vggcli.train",
     "vggcli.evaluate",
+    "vggcli.descriptors",
     "vggcli.eval_settings",
     "vggcli.export",
     "vggcli.fuse",

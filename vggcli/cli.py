@@ -14,8 +14,10 @@ from vggcli.commands import (
     demo_data,
     evaluate,
     export,
+    features,
     import_weights,
     pipeline,
+    predict,
     preprocess,
     report,
     runs,
@@ -73,6 +75,8 @@ app.command("import-weights")(import_weights.command)
 app.command("evaluate")(evaluate.evaluate_command)
 app.command("fuse")(evaluate.fuse_command)
 app.command("export")(export.command)
+app.command("predict")(predict.command)
+app.command("features")(features.command)
 app.command("report")(report.command)
 app.command("runs")(runs.command)
 app.command("verify")(verify.command)

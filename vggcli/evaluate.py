@@ -10,17 +10,28 @@ averaging posteriors. `centre` is the training-time validation (one centre crop,
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 
-from vggcli.data.beton import BetonImages
 from vggcli.eval_settings import EvalSettings, Mode
+from vggcli.fuse import average
 from vggcli.models import VGG
 
 GRID = 5
+
+
+class Images(Protocol):
+    """What evaluation reads: a .beton's images (BetonImages) or a few files (`vgg predict`)."""
+
+    shapes: list[tuple[int, int]]  # (height, width) of each image
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> np.ndarray: ...
 
 
 def rescaled_size(height: int, width: int, q: int) -> tuple[int, int]:
@@ -79,9 +90,7 @@ class Evaluator:
         self.settings, self.device = settings, device
 
     def _tensor(self, images: np.ndarray) -> torch.Tensor:
-        """0-255 RGB as the model takes it (it subtracts its own mean)."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        return x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+        return to_tensor(images, self.device)
 
     @torch.no_grad()
     def posteriors(self, images: np.ndarray, dense: bool) -> torch.Tensor:
@@ -107,10 +116,16 @@ class Evaluator:
         return torch.cat(chunks).view(-1, per_image, chunks[0].shape[1]).mean(1).numpy()
 
 
-def _size_groups(images: BetonImages, q: int, batch: int) -> Iterator[list[int]]:
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) 0-255 RGB as the model takes it (it subtracts its own mean)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+
+
+def size_groups(shapes: Sequence[tuple[int, int]], q: int, batch: int) -> Iterator[list[int]]:
     """Indices grouped by rescaled size, so whole images batch without padding."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, (height, width) in enumerate(images.shapes):
+    for index, (height, width) in enumerate(shapes):
         groups[rescaled_size(height, width, q)].append(index)
     for members in groups.values():
         for start in range(0, len(members), batch):
@@ -119,7 +134,7 @@ def _size_groups(images: BetonImages, q: int, batch: int) -> Iterator[list[int]]
 
 def evaluate_method(
     evaluator: Evaluator,
-    images: BetonImages,
+    images: Images,
     method: Mode,
     q: int,
     advance: Callable[[int], None],
@@ -132,7 +147,7 @@ def evaluate_method(
     would (`assemble` puts them back in .beton order)."""
     settings = evaluator.settings
     if method == Mode.DENSE:
-        batches = list(_size_groups(images, q, settings.batch))
+        batches = list(size_groups(images.shapes, q, settings.batch))
     else:
         per = 4 if method == Mode.CROP else settings.batch  # 4 images = 200 crop views
         batches = [list(range(i, min(i + per, len(images)))) for i in range(0, len(images), per)]
@@ -166,3 +181,17 @@ def assemble(parts: list[tuple[np.ndarray, np.ndarray]], num_images: int) -> np.
     for done, rows in parts:
         out[done] = rows
     return out
+
+
+def by_method(
+    settings: EvalSettings, per_scale: dict[tuple[Mode, int], np.ndarray]
+) -> dict[Mode, np.ndarray]:
+    """Posteriors averaged over the scales of each method, and over dense and crop for
+    dense+crop (Sect. 3.6): what `vgg evaluate` scores and `vgg predict` ranks."""
+    per_method = {
+        method: average([per_scale[(method, q)] for q in settings.scales])
+        for method in settings.methods()
+    }
+    if settings.mode == Mode.DENSE_CROP:
+        per_method[Mode.DENSE_CROP] = average([per_method[Mode.DENSE], per_method[Mode.CROP]])
+    return per_method

@@ -10,7 +10,7 @@ evaluation of whole images (a larger map, averaged spatially).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -124,9 +124,20 @@ class Head(nn.Module):
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         """Class score map (N, classes, H-k+1, W-k+1) of a feature map of any size >= k."""
+        return self._per_window(x, self._classify)
+
+    def fc7_map(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7 activations after their ReLU (N, fc, H-k+1, W-k+1) at every window: the
+        descriptor of Appendix B before pooling. Dropout is off in eval mode."""
+        return self._per_window(x, self._fc7)
+
+    def _per_window(
+        self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """`fn` applied to every k x k window of x, as a (N, channels, H-k+1, W-k+1) map."""
         n, _, height, width = x.shape
         windows = F.unfold(x, self.kernel)  # (N, C*k*k, windows), (C, kh, kw) order
-        z = self._classify(windows.transpose(1, 2).reshape(-1, windows.shape[1]))
+        z = fn(windows.transpose(1, 2).reshape(-1, windows.shape[1]))
         return z.view(n, height - self.kernel + 1, width - self.kernel + 1, -1).permute(0, 3, 1, 2)
 
     def conv_score_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,9 +157,11 @@ class Head(nn.Module):
         return self.score_map(x).mean(dim=(2, 3))
 
     def _classify(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc8(self._fc7(z))
+
+    def _fc7(self, z: torch.Tensor) -> torch.Tensor:
         z = self.dropout(torch.relu(self.fc6(z)))
-        z = self.dropout(torch.relu(self.fc7(z)))
-        return self.fc8(z)
+        return self.dropout(torch.relu(self.fc7(z)))
 
 
 def _features(spec: NetSpec) -> nn.Sequential:
@@ -198,6 +211,14 @@ class VGG(nn.Module):
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.head.score_map(self.features(self.normalised(x)))
+
+    def fc7_map(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7 activations at every window of the image (dense, like `score_map`)."""
+        return self.head.fc7_map(self.features(self.normalised(x)))
+
+    def pool5_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv block's output after its max-pool: what fc6 reads."""
+        return self.features(self.normalised(x))
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from vggcli.artifacts import Kind
+from vggcli.data.image_files import ImageFiles
 from vggcli.distributed import Cluster, lead_does
 from vggcli.errors import VggError, WorkFailed
 from vggcli.progress import console
@@ -16,6 +17,7 @@ from vggcli.runs import RunVersion, RunWriter
 
 if TYPE_CHECKING:
     import torch
+    from rich.progress import Progress
 
 T = TypeVar("T")
 
@@ -106,3 +108,14 @@ def print_errors(title: str, rows: list[dict[str, Any]]) -> None:
         scales = ",".join(str(q) for q in row.get("scales", []))
         table.add_row(name, scales, f"{100 * row['top1_err']:.1f}", f"{100 * row['top5_err']:.1f}")
     console.print(table)
+
+
+def read_images(bar: Progress, paths: list[Path]) -> ImageFiles:
+    """Every image file decoded before any compute (the first bar of `bar`); when one fails,
+    the bars are erased, so that the error is the only line the command leaves."""
+    task = bar.add_task("reading images", total=len(paths))
+    try:
+        return ImageFiles(paths, lambda n: bar.advance(task, n))
+    except VggError:
+        bar.live.transient = True
+        raise

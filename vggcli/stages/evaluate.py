@@ -20,8 +20,7 @@ from vggcli.data.beton import BetonImages, check_decodes
 from vggcli.distributed import Cluster
 from vggcli.errors import VggError
 from vggcli.eval_settings import EvalSettings, Mode, parse_mode
-from vggcli.evaluate import Evaluator, assemble, evaluate_method
-from vggcli.fuse import average
+from vggcli.evaluate import Evaluator, assemble, by_method, evaluate_method
 from vggcli.metrics import error_table
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
@@ -146,12 +145,7 @@ def _finish(
     labels: np.ndarray,
 ) -> list[dict[str, Any]]:
     """Scales averaged per method, methods averaged for dense+crop, labels, error rows."""
-    per_method = {
-        method: average([per_scale[(method, q)] for q in settings.scales])
-        for method in settings.methods()
-    }
-    if settings.mode == Mode.DENSE_CROP:
-        per_method[Mode.DENSE_CROP] = average([per_method[Mode.DENSE], per_method[Mode.CROP]])
+    per_method = by_method(settings, per_scale)
     for method, probs in per_method.items():
         save_posteriors(writer, EvaluationRun.posteriors_name(method), probs)
     with writer.writing(EvaluationRun.LABELS) as tmp, open(tmp, "wb") as fh:
