@@ -10,7 +10,7 @@ evaluation of whole images (a larger map, averaged spatially).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -124,20 +124,23 @@ class Head(nn.Module):
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         """Class score map (N, classes, H-k+1, W-k+1) of a feature map of any size >= k."""
-        return self._per_window(x, self._classify)
+        return self._as_map(self._classify(self._windows(x)), x)
 
     def fc7_map(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 activations after their ReLU (N, fc, H-k+1, W-k+1) at every window: the
         descriptor of Appendix B before pooling. Dropout is off in eval mode."""
-        return self._per_window(x, self._fc7)
+        return self._as_map(self._fc7(self._windows(x)), x)
 
-    def _per_window(
-        self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
-        """`fn` applied to every k x k window of x, as a (N, channels, H-k+1, W-k+1) map."""
+    def _windows(self, x: torch.Tensor) -> torch.Tensor:
+        """Every k x k window of x as a row (N * windows, C*k*k), in (C, kh, kw) order."""
+        windows = F.unfold(x, self.kernel)  # (N, C*k*k, windows)
+        return windows.transpose(1, 2).reshape(-1, windows.shape[1])
+
+    def _as_map(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-window rows of `_windows(x)` back as a (N, channels, H-k+1, W-k+1) map. (Two
+        helpers, not one taking a function: TorchScript, which scripts this module for
+        `vgg export`, has no callable arguments.)"""
         n, _, height, width = x.shape
-        windows = F.unfold(x, self.kernel)  # (N, C*k*k, windows), (C, kh, kw) order
-        z = fn(windows.transpose(1, 2).reshape(-1, windows.shape[1]))
         return z.view(n, height - self.kernel + 1, width - self.kernel + 1, -1).permute(0, 3, 1, 2)
 
     def conv_score_map(self, x: torch.Tensor) -> torch.Tensor:
