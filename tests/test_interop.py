@@ -142,6 +142,8 @@ def test_evaluate_of_imported_weights_gives_torchvisions_posteriors_over_the_dat
     for run in ("torchvision-vgg11", "twin"):
         result = vgg("evaluate", run, "--data", "subset", "--precision", "fp32")
         assert result.exit_code == 0, result.output
+    result = vgg("fuse", "torchvision-vgg11", "twin", "--mode", "crop")  # nothing to fuse
+    assert result.exit_code == 2 and "evaluate it on the members' dataset first" in result.output
     result = vgg("fuse", "torchvision-vgg11-eval", "twin-eval", "--no-multi-scale")
     assert result.exit_code == 0, result.output
     fused = np.load(resolve("fuse-torchvision-vgg11+twin", runs_root).output("dense.npy"))

@@ -146,6 +146,12 @@ def _member(version: RunVersion, root: Path, mode: Mode, request: FuseRequest) -
     found = find_evaluation(model, root, mode, scales, flip)
     if found is not None:
         return found
+    if model.imported():
+        raise VggError(
+            f"{model.label} was imported and has no '{mode}' evaluation to fuse: evaluate it "
+            f"on the members' dataset first (vgg evaluate {model.name} --data DATASET), then "
+            "fuse its evaluation run"
+        )
     from vggcli.stages import evaluate  # torch and FFCV, only when a member needs them
 
     console.print(f"no {mode} posteriors for {model.label}: evaluating it first")
