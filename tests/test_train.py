@@ -153,6 +153,11 @@ def test_init_from_a_is_recorded_as_a_parent(vgg, train_root: Path) -> None:
     manifest = resolve("B", train_root).manifest()
     assert [p["run"] for p in manifest["parents"]] == ["tiny", "A"]
     assert manifest["config"]["init_from"] == "A/v001"
+    assert "inserted_init" not in manifest["config"]["recipe"]  # the paper's: not recorded
+    args = ["--scale", "40", "--epochs", "1", "--init-from", "A", "--name", "B-id", *TINY]
+    result = vgg("train", "--net", "B", *args, "--inserted-init", "identity")
+    assert result.exit_code == 0, result.output
+    assert resolve("B-id", train_root).manifest()["config"]["recipe"]["inserted_init"] == "identity"
 
 
 @pytest.mark.parametrize(
@@ -167,6 +172,7 @@ def test_init_from_a_is_recorded_as_a_parent(vgg, train_root: Path) -> None:
         (["--net", "A", "--device", "garbage"], "unknown device 'garbage'"),
         (["--net", "A", "--device", "cuda:7"], "CUDA device(s)"),
         (["--net", "A", "--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--net", "A", "--inserted-init", "zeros"], "--inserted-init: unknown init 'zeros'"),
         ([], "give --net"),
     ],
 )

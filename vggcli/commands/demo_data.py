@@ -17,6 +17,8 @@ def command(
     train_per_class: Annotated[int, typer.Option(callback=at_least(1), help="Training images per class.")] = 100,
     val_per_class: Annotated[int, typer.Option(callback=at_least(1), help="Validation images per class.")] = 20,
     seed: Annotated[int, typer.Option(callback=bounded(0, 2**32 - 1), help="Everything follows from this seed.")] = 0,
+    min_side: Annotated[int, typer.Option(callback=bounded(32, 4096), help="Smallest image side, in pixels, of the shortest images.")] = 96,
+    max_side: Annotated[int, typer.Option(callback=bounded(32, 4096), help="Longest image side, in pixels.")] = 400,
     val_layout: Annotated[str, typer.Option(help="folders (val/<wnid>/), loc (flat + LOC_val_solution.csv) or devkit (flat + ILSVRC2012 devkit ground truth and meta.mat).")] = "loc",
     style: Annotated[str, typer.Option(help="shapes (flat shapes and textures: the demo's) or scenes (textured objects in cluttered scenes: harder; the smoke recipe does not learn them yet).")] = "shapes",
     clutter: Annotated[int, typer.Option(callback=bounded(0, 40), help="scenes: distractor patches per image, on average.")] = 6,
@@ -29,6 +31,6 @@ def command(
 
     scenes = stage.SceneSettings(clutter, min_object, max_object, occlusion)
     spec = stage.SyntheticSpec(
-        classes, train_per_class, val_per_class, seed, val_layout=val_layout, style=style, scenes=scenes
+        classes, train_per_class, val_per_class, seed, min_side, max_side, val_layout, style, scenes
     )
     done(stage.run(spec, out))

@@ -128,6 +128,12 @@ class SyntheticSpec:
             )
         if self.train_per_class < 1 or self.val_per_class < 1:
             raise VggError("images per class must be at least 1")
+        if not 32 <= self.min_side <= 0.75 * self.max_side:
+            raise VggError(
+                f"the smallest side {self.min_side} must be at least 32 px and at most 3/4 of "
+                f"the longest side {self.max_side}",
+                field="min_side",
+            )
 
 
 def _colour(rng: np.random.Generator, low: int, high: int) -> tuple[int, int, int]:
