@@ -22,7 +22,7 @@ from vggcli.distributed import SINGLE
 from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec, count_parameters, initialise
 from vggcli.runs import COMPLETE, INTERRUPTED, resolve, versions
-from vggcli.train import PlateauSchedule, TrainConfig, build_model
+from vggcli.train import PlateauSchedule, Recipe, TrainConfig, build_model
 
 # A net small enough to train in seconds: width 1/16, 32 px crops, 16-image batches.
 TINY = shlex.split(
@@ -367,6 +367,20 @@ def test_plateau_schedule_divides_by_ten_at_most_three_times() -> None:
     restored = PlateauSchedule(0.01, 2, 3)
     restored.load_state_dict(schedule.state_dict())
     assert restored.state_dict() == schedule.state_dict()
+
+
+def test_a_scheduled_final_drop_divides_the_lr_after_its_epoch_even_while_improving() -> None:
+    from vggcli.stages.finetune import final_drop
+
+    schedule = PlateauSchedule(0.01, patience=5, max_drops=3, drop_after=4)
+    drops = [schedule.step(a, epoch) for epoch, a in enumerate([0.1, 0.2, 0.3, 0.4, 0.5], 1)]
+    assert drops == [False, False, False, True, False] and schedule.lr == pytest.approx(1e-3)
+    spent = PlateauSchedule(0.01, patience=1, max_drops=1, drop_after=3)
+    assert [spent.step(0.1, e) for e in (1, 2, 3)] == [False, True, False]  # at most max_drops
+    assert final_drop(4, 24, 6) == 1 and final_drop(4, 24, 24) == 4  # the same share
+    assert final_drop(0, 24, 6) == 0 and final_drop(5, 6, 2) == 1  # one epoch at the full lr
+    with pytest.raises(VggError, match="at least one epoch at the full lr"):
+        Recipe(epochs=4, final_drop=4)
 
 
 def test_weight_decay_falls_on_every_conv_and_fc_weight_and_no_bias() -> None:

@@ -60,8 +60,17 @@ class Recipe:
     # how a deeper net's convs not copied from A start: "random" (the paper's: `init`), or
     # "identity" for the square ones (see models.identity_init)
     inserted_init: str = "random"
+    # the last `final_drop` epochs at a tenth of the lr: a plateau scheduled in advance, for
+    # budgets too short for the plateau rule to fire (0: the paper's rule alone)
+    final_drop: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.final_drop < max(self.epochs, 1):
+            raise VggError(
+                f"the final lr drop must leave at least one epoch at the full lr: "
+                f"{self.final_drop} of {self.epochs} epochs",
+                field="final_drop",
+            )
         if self.inserted_init not in INSERTED_INITS:
             raise VggError(
                 f"unknown init '{self.inserted_init}' for the layers not copied from A: "
@@ -136,8 +145,9 @@ class TrainConfig:
             del data["augmentation"]
         if self.recipe.flip:  # as every run before the switch recorded it: resumable
             del data["recipe"]["flip"]
-        if self.recipe.inserted_init == "random":  # likewise recorded only when not the paper's
-            del data["recipe"]["inserted_init"]
+        for name, paper in (("inserted_init", "random"), ("final_drop", 0)):
+            if data["recipe"][name] == paper:  # recorded only when not the paper's: resumable
+                del data["recipe"][name]
         if not self.fc_only:  # recorded only when on: every other run's config is unchanged
             del data["fc_only"]
         return data
@@ -168,17 +178,23 @@ class PlateauSchedule:
     most `max_drops` times (the paper's "decreased by a factor of 10 when the validation set
     accuracy stopped improving", three times in all)."""
 
-    def __init__(self, lr: float, patience: int, max_drops: int) -> None:
+    def __init__(
+        self, lr: float, patience: int, max_drops: int, drop_after: int | None = None
+    ) -> None:
         self.lr, self.patience, self.max_drops = lr, patience, max_drops
+        self.drop_after = drop_after  # an epoch after which the lr drops whatever val says
         self.best, self.bad_epochs, self.drops = -math.inf, 0, 0
 
-    def step(self, accuracy: float) -> bool:
-        """Record an epoch's accuracy; True if the learning rate was just divided."""
-        if accuracy > self.best:
+    def step(self, accuracy: float, epoch: int = 0) -> bool:
+        """Record epoch `epoch`'s accuracy (epochs count from 1); True if the learning rate
+        was just divided."""
+        improved = accuracy > self.best
+        if improved:
             self.best, self.bad_epochs = accuracy, 0
-            return False
-        self.bad_epochs += 1
-        if self.bad_epochs >= self.patience and self.drops < self.max_drops:
+        else:
+            self.bad_epochs += 1
+        due = self.bad_epochs >= self.patience or epoch == self.drop_after
+        if due and self.drops < self.max_drops:
             self.lr, self.bad_epochs, self.drops = self.lr / 10, 0, self.drops + 1
             return True
         return False
@@ -322,8 +338,12 @@ class Trainer:
         self.ddp = self._wrap(self.model) if cluster.distributed else None
         wrapped = self.ddp or self.model
         self.forward = torch.compile(wrapped) if config.compile else wrapped
+        recipe = self.recipe
         self.schedule = PlateauSchedule(
-            self.recipe.lr, self.recipe.plateau_patience, self.recipe.max_lr_drops
+            recipe.lr,
+            recipe.plateau_patience,
+            recipe.max_lr_drops,
+            recipe.epochs - recipe.final_drop if recipe.final_drop else None,
         )
         self.position = Position()
         self.augment = ColourShift(data.colour_statistics, self.recipe.colour_sigma, self.device)
@@ -553,7 +573,7 @@ class Trainer:
         pos = self.position
         errors = self.validate()
         lr = self.schedule.lr
-        dropped = self.schedule.step(1 - errors["top1_err"])
+        dropped = self.schedule.step(1 - errors["top1_err"], pos.epoch + 1)
         row = {
             "kind": "epoch",
             "epoch": pos.epoch + 1,

@@ -54,6 +54,7 @@ def train_command(
     momentum: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="SGD momentum.")] = 0.9,
     weight_decay: Annotated[float, typer.Option(callback=bounded(0), help="L2 weight decay on weights.")] = 5e-4,
     patience: Annotated[int, typer.Option(callback=at_least(1), help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
+    final_drop: Annotated[int, typer.Option(callback=at_least(0), help="Run the last N epochs at a tenth of the lr (one of the --max-lr-drops): a plateau scheduled in advance for budgets too short for the plateau rule to fire; 0 = the paper's rule alone.")] = 0,
     max_lr_drops: Annotated[int, typer.Option(callback=at_least(0), help="How many times the lr may be divided (the paper: 3).")] = 3,
     init: Annotated[str | None, typer.Option(help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A, A-LRN and B-5x5 from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
     inserted_init: Annotated[str, typer.Option(help="How a net started from A (--init-from) starts its convs not copied from A: random (the paper's: as --init says) or identity (the square ones as Dirac kernels, so the net begins close to A's function; the smoke recipe's).")] = "random",
@@ -93,7 +94,8 @@ def train_command(
                           momentum=momentum, weight_decay=weight_decay, plateau_patience=patience,
                           max_lr_drops=max_lr_drops, init=init or "normal", init_std=init_std,
                           last_std=last_std, colour_sigma=colour_sigma, seed=seed,
-                          max_steps=max_steps, flip=flip, inserted_init=inserted_init)
+                          max_steps=max_steps, flip=flip, inserted_init=inserted_init,
+                          final_drop=final_drop)
     recipe.accumulation(nproc)
     s_min, s_max = parse_scale(scale)
     request = stage.TrainRequest(spec, s_min, s_max, recipe, runtime, precision, compile, name,

@@ -64,15 +64,25 @@ def starting_config(parent: ModelRun, data: str | None, root: Path) -> TrainConf
     return replace(previous, net=net, dataset=dataset.label)
 
 
+def final_drop(parent_drop: int, parent_epochs: int, epochs: int) -> int:
+    """The parent's scheduled final drop, as the same share of the fine-tune's budget (the
+    last sixth stays the last sixth), leaving at least one epoch at the full lr."""
+    if not parent_drop:
+        return 0
+    return min(max(1, round(parent_drop * epochs / parent_epochs)), epochs - 1)
+
+
 def run(request: FinetuneRequest, root: Path) -> RunVersion:
     parent = resolve_as(request.source, root, ModelRun)
     parent.weights()
     previous = starting_config(parent, request.data, root)
+    epochs = request.epochs or previous.recipe.epochs
     recipe = replace(
         previous.recipe,
         lr=request.lr if request.lr is not None else base_lr(parent, root) / 10,
-        epochs=request.epochs or previous.recipe.epochs,
+        epochs=epochs,
         max_steps=0,
+        final_drop=final_drop(previous.recipe.final_drop, previous.recipe.epochs, epochs),
     )
     config = replace(
         previous,
