@@ -193,3 +193,19 @@ def test_centre_view_gives_exactly_the_training_validation_pixels(dataset_runs) 
     ours = np.concatenate([centre_view(images[i], 32, 40) for i in range(len(images))])
     assert trained_on.shape == ours.shape == (len(images), 32, 32, 3)
     assert np.array_equal(trained_on, ours)
+
+
+def test_evaluation_gets_every_core_back_after_ffcv_took_them() -> None:
+    """Importing FFCV sets torch to one thread; the device pick every stage makes gives the
+    process's cores back (half of them were idle during evaluation on 2 cores)."""
+    import os
+
+    import ffcv.pipeline.compiler  # noqa: F401  (the import that sets torch.set_num_threads(1))
+    import torch
+
+    from vggcli import device
+
+    torch.set_num_threads(1)  # as that import left it, whatever imported FFCV first
+    device.pick("cpu")
+    expected = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    assert torch.get_num_threads() == expected

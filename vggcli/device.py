@@ -22,9 +22,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 def pick(name: str) -> torch.device:
     """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'; a clear error for anything else
-    and for a CUDA device this machine does not have."""
+    and for a CUDA device this machine does not have. Every stage that computes picks its
+    device here, so this is also where torch gets its cores back (`use_cores`)."""
     import torch
 
+    use_cores()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -55,9 +57,23 @@ def precision_for(device: torch.device, requested: str) -> Precision:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
 
 
+def use_cores() -> None:
+    """Give torch's CPU ops every core this process may use (OMP_NUM_THREADS when set, as
+    `--nproc` sets it per process). Importing FFCV sets torch to one thread
+    (ffcv/pipeline/compiler.py calls torch.set_num_threads(1)), which halved evaluation on
+    2 cores; its loaders set their worker count again while they run."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or available_cores())
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 def cpu_label(workers: int | None = None) -> str:
     """'cpu (N cores)', with the worker count where it differs from the cores."""
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()
     return f"cpu ({cores} cores)" if workers is None else f"cpu ({cores} cores, {workers} workers)"
 
 
