@@ -183,6 +183,15 @@ def test_imported_weights_start_fine_tunes_and_deeper_nets_on_the_datasets_class
     torch.testing.assert_close(deeper.mean, torch.tensor(IMAGENET_MEAN) * 255)
     with pytest.raises(VggError, match="--data"):
         starting_config(imported, None, runs_root)
+    # the command itself: one step of 4 images at S = 224, on the dataset's 3 classes
+    args = ["--scale", "224", "--data", "subset", "--batch-size", "4", "--epochs", "1"]
+    result = vgg("finetune-scale", "A", *args, "--name", "A-tuned")
+    assert result.exit_code == 0, result.output
+    tuned = resolve_as("A-tuned", runs_root, ModelRun)
+    recipe = tuned.config()["recipe"]
+    assert recipe["batch_size"] == 4 and recipe["lr"] == pytest.approx(1e-3)  # paper's / 10
+    assert [p["run"] for p in tuned.manifest()["parents"]] == ["A", "subset"]
+    assert tuned.classes(runs_root) == dataset.classes()
 
 
 def test_import_refuses_what_it_cannot_read(vgg, tmp_path) -> None:

@@ -2,7 +2,7 @@
 
 These train for real (a minute or two on 2 CPU cores) with the smoke recipe documented in
 docs/train.md: width 1/4, 64 px crops, batch 16, He init with the input scaled to unit
-variance, lr 3e-3 with the last 4 of 24 epochs at 3e-4, no dropout; deeper nets from A's
+variance, lr 3e-3 with the last 4 of 20 epochs at 3e-4, no dropout; deeper nets from A's
 layers with their other square convs as identities.
 """
 
@@ -21,7 +21,11 @@ SMOKE = shlex.split(
     "--width 0.25 --crop 64 --scale 64 --batch-size 16 --init kaiming --input-scale 0.0156 "
     "--lr 0.003 --dropout 0 --patience 5 --final-drop 4"
 )
-A_BUDGET = ["--epochs", "24"]  # the demo's budget for every net of Table 3
+A_BUDGET = ["--epochs", "20"]  # the demo's budget for every net of Table 3
+# Seeded, so the same numbers on the same machine: A ends at 32.5% top-1 error (chance: 90%);
+# D from A reaches 29.0% in 6 epochs, D from random init 85.5% at best.
+A_FINAL = 0.45
+D_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def test_net_a_learns_the_demo_dataset(vgg, demo_runs: Path, runs_root: Path) ->
 
     shutil.copytree(demo_runs, runs_root)
     errors = _val_errors(resolve("A", runs_root).path)
-    assert len(errors) == 24
+    assert len(errors) == 20
     assert errors[0] > 0.6  # it starts at chance (90% error for 10 classes)...
     assert errors[-1] < A_FINAL  # ...and ends well below it
     # bf16 evaluation (the default where the CPU has it) agrees with fp32 within one image

@@ -173,6 +173,7 @@ def test_init_from_a_is_recorded_as_a_parent(vgg, train_root: Path) -> None:
         (["--net", "A", "--device", "cuda:7"], "CUDA device(s)"),
         (["--net", "A", "--precision", "fp8"], "unknown precision 'fp8'"),
         (["--net", "A", "--inserted-init", "zeros"], "--inserted-init: unknown init 'zeros'"),
+        (["--net", "D", "--init", "normal", "--inserted-init", "identity"], "needs --init-from"),
         ([], "give --net"),
     ],
 )

@@ -24,6 +24,6 @@ def load_model(run: str | Path, root: str | Path = "runs") -> VGG:
     lists its outputs (index, wnid, name); `model.run` is the version it came from."""
     model_run = resolve_as(run, Path(root), ModelRun)
     model, _ = _load(model_run)
-    model.classes = model_run.classes(Path(root))
+    model.classes = model_run.classes(model_run.path.parent.parent)  # the run's own root
     model.run = model_run.label
     return model.eval()

@@ -317,8 +317,9 @@ def latest_of_kind(root: Path, cls: type[A]) -> list[A]:
 def find_evaluation(
     model: ModelRun, root: Path, method: str, scales: tuple[int, ...], flip: bool = True
 ) -> EvaluationRun | None:
-    """The newest complete evaluation of exactly this model version, at these scales, that
-    holds `method`'s posteriors (in the default evaluation run, `<model>-eval`)."""
+    """The newest complete evaluation of exactly this model version, at these scales, on the
+    dataset it was trained on, that holds `method`'s posteriors (in the default evaluation
+    run, `<model>-eval`)."""
     for version in reversed(versions(root / f"{model.name}-eval")):
         if version.status() != COMPLETE or kind_of(version) != Kind.EVALUATION:
             continue
@@ -328,6 +329,7 @@ def find_evaluation(
             and evaluation.scales() == scales
             and evaluation.flips() == flip
             and evaluation.has_posteriors(method)
+            and "data" not in evaluation.config()  # on the model's own dataset
         ):
             return evaluation
     return None

@@ -65,6 +65,8 @@ class Recipe:
     final_drop: int = 0
 
     def __post_init__(self) -> None:
+        if self.plateau_patience < 1:
+            raise VggError("the plateau patience is at least one epoch")
         if not 0 <= self.final_drop < max(self.epochs, 1):
             raise VggError(
                 f"the final lr drop must leave at least one epoch at the full lr: "
@@ -145,8 +147,8 @@ class TrainConfig:
             del data["augmentation"]
         if self.recipe.flip:  # as every run before the switch recorded it: resumable
             del data["recipe"]["flip"]
-        for name, paper in (("inserted_init", "random"), ("final_drop", 0)):
-            if data["recipe"][name] == paper:  # recorded only when not the paper's: resumable
+        for name in ("inserted_init", "final_drop"):  # recorded only when not the paper's
+            if data["recipe"][name] == Recipe.__dataclass_fields__[name].default:
                 del data["recipe"][name]
         if not self.fc_only:  # recorded only when on: every other run's config is unchanged
             del data["fc_only"]

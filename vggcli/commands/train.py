@@ -54,7 +54,7 @@ def train_command(
     momentum: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="SGD momentum.")] = 0.9,
     weight_decay: Annotated[float, typer.Option(callback=bounded(0), help="L2 weight decay on weights.")] = 5e-4,
     patience: Annotated[int, typer.Option(callback=at_least(1), help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
-    final_drop: Annotated[int, typer.Option(callback=at_least(0), help="Run the last N epochs at a tenth of the lr (one of the --max-lr-drops): a plateau scheduled in advance for budgets too short for the plateau rule to fire; 0 = the paper's rule alone.")] = 0,
+    final_drop: Annotated[int, typer.Option(callback=at_least(0), help="Divide the lr by 10 once more for the last N epochs (one of the --max-lr-drops, if any are left): a plateau scheduled in advance, for budgets too short for the plateau rule to fire; 0 = the paper's rule alone.")] = 0,
     max_lr_drops: Annotated[int, typer.Option(callback=at_least(0), help="How many times the lr may be divided (the paper: 3).")] = 3,
     init: Annotated[str | None, typer.Option(help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A, A-LRN and B-5x5 from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
     inserted_init: Annotated[str, typer.Option(help="How a net started from A (--init-from) starts its convs not copied from A: random (the paper's: as --init says) or identity (the square ones as Dirac kernels, so the net begins close to A's function; the smoke recipe's).")] = "random",
@@ -116,6 +116,8 @@ def finetune_command(
     name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
     fc_only: Annotated[bool, typer.Option("--fc-only", help="Train only fc6, fc7 and fc8; the conv layers keep the parent's weights (the ILSVRC-submission multi-scale D, Sect. 4.4).")] = False,
     data: Annotated[str | None, typer.Option(help="Dataset run to fine-tune on (default: the parent's; needed for imported weights). fc8 keeps the dataset's classes, matched by wnid.")] = None,
+    batch_size: Annotated[int | None, typer.Option(callback=at_least(1), help="Images per SGD step (default: the parent's; the paper's 256 for imported weights).", show_default=False)] = None,
+    micro_batch: Annotated[int | None, typer.Option(callback=at_least(0), help="Images per forward pass, gradients accumulated to the batch (default: the parent's; 0 = the whole batch).", show_default=False)] = None,
     precision: Precision = "auto",
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
@@ -132,6 +134,7 @@ def finetune_command(
     relaunch(nproc)
     runtime = _runtime(jobs, checkpoint_minutes, checkpoint_steps, device)
     request = stage.FinetuneRequest(
-        run, s_min, s_max, runtime, lr, epochs, precision, name, fc_only, data
+        run, s_min, s_max, runtime, lr, epochs, precision, name, fc_only, data, batch_size,
+        micro_batch,
     )
     done(stage.run(request, runs_root(root)).path)

@@ -32,6 +32,8 @@ class FinetuneRequest:
     name: str | None = None  # default: the parent's run name
     fc_only: bool = False  # train fc6-fc8 alone, the convs frozen at the parent's weights
     data: str | None = None  # a dataset run; default: the parent's (imported parents: required)
+    batch_size: int | None = None  # default: the parent's (imported parents: the paper's 256)
+    micro_batch: int | None = None  # default: the parent's
 
 
 def base_lr(model: ModelRun, root: Path) -> float:
@@ -65,8 +67,8 @@ def starting_config(parent: ModelRun, data: str | None, root: Path) -> TrainConf
 
 
 def final_drop(parent_drop: int, parent_epochs: int, epochs: int) -> int:
-    """The parent's scheduled final drop, as the same share of the fine-tune's budget (the
-    last sixth stays the last sixth), leaving at least one epoch at the full lr."""
+    """The parent's scheduled final drop, as the same share of the fine-tune's budget (4 of
+    20 epochs -> 1 of 4), leaving at least one epoch at the full lr."""
     if not parent_drop:
         return 0
     return min(max(1, round(parent_drop * epochs / parent_epochs)), epochs - 1)
@@ -83,6 +85,10 @@ def run(request: FinetuneRequest, root: Path) -> RunVersion:
         epochs=epochs,
         max_steps=0,
         final_drop=final_drop(previous.recipe.final_drop, previous.recipe.epochs, epochs),
+        inserted_init="random",  # nothing is inserted: every layer starts from the parent
+        batch_size=request.batch_size or previous.recipe.batch_size,
+        micro_batch=previous.recipe.micro_batch if request.micro_batch is None
+        else request.micro_batch,
     )
     config = replace(
         previous,

@@ -20,7 +20,7 @@ from vggcli.artifacts import (
 )
 from vggcli.metrics import top1_correct
 from vggcli.report import Curve, Evaluated, Fused, Scores, write_report
-from vggcli.runs import RunVersion, RunWriter
+from vggcli.runs import MANIFEST, RunVersion, RunWriter
 from vggcli.stages import pipeline as pipelines
 from vggcli.stages.common import announce, load_array
 
@@ -41,7 +41,7 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
     folder = request.runs_root or root
     if request.pipeline is not None:
         folder = pipelines.load(request.pipeline, request.runs_root).runs_root
-    curves = [_curve(m) for m in latest_of_kind(folder, ModelRun) if not m.imported()]
+    curves = [_curve(m) for m in latest_of_kind(folder, ModelRun) if _here(m, folder)]
     read: dict[Path, Evaluated] = {}  # each evaluation's posteriors read once
 
     def evaluated(evaluation: EvaluationRun) -> Evaluated:
@@ -51,10 +51,11 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
 
     evaluations = [e for e in latest_of_kind(folder, EvaluationRun) if _trained_here(e, folder)]
     tables = [evaluated(e) for e in evaluations]
+    fusions = [(f, _members(f, folder)) for f in latest_of_kind(folder, FusionRun)]
     fused = [
-        _fused(f, folder, evaluated)
-        for f in latest_of_kind(folder, FusionRun)
-        if all(_trained_here(e, folder) for e in _members(f, folder))
+        _fused(f, members, evaluated)
+        for f, members in fusions
+        if all(_trained_here(e, folder) for e in members)
     ]
     with RunWriter.open(
         folder, "report", kind=Kind.REPORT, config={"root": str(folder)}, resume=False
@@ -116,8 +117,23 @@ def _correct(evaluation: EvaluationRun) -> Scores:
 
 def _trained_here(evaluation: EvaluationRun, root: Path) -> bool:
     """The report's tables are of nets trained by the paper's recipe here: evaluations of
-    imported weights (no training scale, another recipe) are left out."""
-    return not as_kind(parent(evaluation.version, 0, root), ModelRun).imported()
+    imported weights (no training scale, another recipe), and of nets fine-tuned from them
+    or started from an imported A, are left out."""
+    return _here(as_kind(parent(evaluation.version, 0, root), ModelRun), root)
+
+
+def _here(model: ModelRun, root: Path) -> bool:
+    """No imported weights anywhere in the model's lineage (its fine-tune parents and the A
+    it started from, found by label under the root; one not found counts as ours)."""
+    if model.imported():
+        return False
+    config = model.config()
+    ancestors = [config.get("finetune_from"), config.get("init_from")]
+    return all(
+        _here(as_kind(RunVersion(root / label), ModelRun), root)
+        for label in ancestors
+        if label and (root / label / MANIFEST).is_file()
+    )
 
 
 def _members(fusion: FusionRun, root: Path) -> list[EvaluationRun]:
@@ -128,9 +144,10 @@ def _members(fusion: FusionRun, root: Path) -> list[EvaluationRun]:
     ]
 
 
-def _fused(fusion: FusionRun, root: Path, evaluated: Callable[[EvaluationRun], Evaluated]) -> Fused:
+def _fused(
+    fusion: FusionRun, runs: list[EvaluationRun], evaluated: Callable[[EvaluationRun], Evaluated]
+) -> Fused:
     """A fusion with its members' evaluations and its own per-image scores."""
-    runs = _members(fusion, root)
     name = EvaluationRun.posteriors_name(fusion.mode())
     correct = None
     if fusion.has(name):

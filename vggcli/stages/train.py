@@ -199,12 +199,17 @@ def initialisation(
     Glorot init (the paper's post-submission note: it trains deep nets without A). A, A-LRN
     and B-5x5 (shallower than A, no conv shaped like A's) start from random init like A."""
     recipe = request.recipe
+    if recipe.inserted_init != "random" and request.init_from is None and not request.paper_init:
+        raise VggError(
+            f"--inserted-init {recipe.inserted_init} sets the layers a net does not copy from "
+            "net A: it needs --init-from (or no --init, for the one trained A)"
+        )
     if request.init_from is not None:
         check_takes_a_layers(net.net)
         a_run = resolve_as(request.init_from, root, ModelRun)
         return recipe, a_run.label, f"first layers from {a_run.label}"
     if not request.paper_init or net.net in RANDOM_INIT:
-        return recipe, None, f"{recipe.init} random init"
+        return _no_inserted(recipe), None, f"{recipe.init} random init"
     found = [
         a_run
         for a_run in latest_of_kind(root, ModelRun)
@@ -219,9 +224,15 @@ def initialisation(
         return recipe, found[0].label, (
             f"first layers from {found[0].label} (the paper's init for deeper nets; "
             "--init normal for the random init)")
-    return replace(recipe, init="glorot"), None, (
+    return replace(_no_inserted(recipe), init="glorot"), None, (
         "glorot random init: no trained net A of this width, crop and dataset under the runs "
         "root (the paper initialises deeper nets from A; train A first, or --init-from)")
+
+
+def _no_inserted(recipe: Recipe) -> Recipe:
+    """A net that copies nothing from A has no inserted layers: their init is not recorded
+    (the smoke pipeline's shared options may name one for A, A-LRN and B-5x5 too)."""
+    return replace(recipe, inserted_init="random")
 
 
 def run(request: TrainRequest, root: Path) -> RunVersion:
