@@ -327,18 +327,15 @@ def init_from_a(model: VGG, a_state: dict[str, torch.Tensor], a_spec: NetSpec) -
 
 
 def identity_init(model: VGG, copied: list[str]) -> None:
-    """Start each square conv that was not copied from A as the identity (a Dirac kernel,
-    zero bias), so that the deeper net begins close to A's function (Chen et al.'s
-    Net2DeeperNet): its input is a ReLU output, which ReLU(identity) passes unchanged. The
-    paper starts these layers at random; on small data and short budgets the identity
-    lets the layers copied from A keep working while the rest learns (docs/train.md)."""
+    """Start each square conv (as many outputs as inputs: C's 1x1 convs too) that was not
+    copied from A as the identity (a Dirac kernel, zero bias), so that the deeper net begins
+    close to A's function (Chen et al.'s Net2DeeperNet): its input is a ReLU output, which
+    ReLU(identity) passes unchanged. The paper starts these layers at random; on small data
+    and short budgets the identity lets the layers copied from A keep working while the rest
+    learns (docs/train.md)."""
+    names = {id(p): n for n, p in model.named_parameters()}
     for conv in model.convs():
-        if conv.in_channels == conv.out_channels and not _was_copied(model, conv, copied):
+        if conv.in_channels == conv.out_channels and names[id(conv.weight)] not in copied:
             with torch.no_grad():
                 nn.init.dirac_(conv.weight)
                 nn.init.zeros_(conv.bias)
-
-
-def _was_copied(model: VGG, conv: nn.Conv2d, copied: list[str]) -> bool:
-    names = {id(p): n for n, p in model.named_parameters()}
-    return names[id(conv.weight)] in copied
