@@ -19,6 +19,7 @@ from vggcli.artifacts import ModelRun, resolve_as
 from vggcli.checkpoints import load_model
 from vggcli.cli import app
 from vggcli.data.image_files import read_rgb
+from vggcli.errors import VggError
 from vggcli.eval_settings import EvalSettings
 from vggcli.evaluate import Evaluator, rescale
 from vggcli.files import writing_new
@@ -244,3 +245,17 @@ def test_an_output_that_appears_meanwhile_is_not_overwritten(tmp_path) -> None:
     with writing_new(tmp_path / "fresh.npy") as fh:
         fh.write(b"new")
     assert (tmp_path / "fresh.npy").read_bytes() == b"new" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_features_write_both_files_or_neither(tmp_path) -> None:
+    """A list that appeared meanwhile takes the new .npy away with it: no half output."""
+    from vggcli.stages.features import _write
+
+    out, listing = tmp_path / "feats.npy", tmp_path / "feats.json"
+    listing.write_text("someone else's")
+    with pytest.raises(VggError, match="appeared while the features were computed"):
+        _write(out, listing, np.zeros((2, 3), dtype=np.float32), {"images": []})
+    assert not out.exists() and listing.read_text() == "someone else's"
+    _write(tmp_path / "ok.npy", tmp_path / "ok.json", np.ones((1, 2), np.float32), {"n": 1})
+    assert np.load(tmp_path / "ok.npy").shape == (1, 2)
+    assert json.loads((tmp_path / "ok.json").read_text()) == {"n": 1}

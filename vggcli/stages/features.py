@@ -8,11 +8,13 @@ where they go), but both are written whole or not at all, and never over an exis
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -102,14 +104,26 @@ def _check_scales(scales: tuple[int, ...], crop: int, layer: Layer) -> None:
 
 
 def _write(out: Path, listing: Path, descriptors: np.ndarray, record: dict[str, Any]) -> None:
+    """Both files or neither: the .npy goes again when its list cannot be written."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    with _new_file(out) as fh:
+        np.save(fh, descriptors)
     try:
-        with writing_new(out) as fh:
-            np.save(fh, descriptors)
-        with writing_new(listing) as fh:
+        with _new_file(listing) as fh:
             fh.write((json.dumps(record, indent=2) + "\n").encode())
-    except FileExistsError as exc:
+    except BaseException:
+        out.unlink(missing_ok=True)  # ours: writing_new just created it
+        raise
+
+
+@contextlib.contextmanager
+def _new_file(path: Path) -> Iterator[BinaryIO]:
+    """`writing_new`, with a file that appeared meanwhile as one line, not a traceback."""
+    try:
+        with writing_new(path) as fh:
+            yield fh
+    except FileExistsError:
         raise VggError(
-            f"{exc.filename} appeared while the features were computed; it was not overwritten",
+            f"{path} appeared while the features were computed; it was not overwritten",
             exit_code=1,
         ) from None
