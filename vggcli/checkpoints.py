@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from vggcli.artifacts import ModelRun
+from vggcli.artifacts import DatasetRun, ModelRun
 from vggcli.classes import ClassList, indices_for
 from vggcli.distributed import Cluster, lead_does
 from vggcli.errors import VggError, WorkFailed
@@ -62,17 +62,27 @@ def load_payload(path: Path) -> dict[str, Any]:
 
 
 def load_model(
-    run: ModelRun, classes: ClassList | None = None, root: Path | None = None
+    run: ModelRun, dataset: DatasetRun | None = None, root: Path | None = None
 ) -> tuple[VGG, dict[str, Any]]:
-    """The trained net of a model run and everything saved with it; given a dataset's
-    `classes` (and the runs `root` that finds the model's own), a net whose outputs are
-    those classes, in their order."""
-    payload = load_payload(run.weights())
-    if classes is not None:
-        payload = for_classes(payload, run.classes(root or run.path.parent.parent), classes)
+    """The trained net of a model run and everything saved with it; given a dataset, a net
+    whose outputs are that dataset's classes (`payload_for`)."""
+    payload = payload_for(run, dataset, root)
     model = VGG(NetSpec(**payload["spec"]))
     model.load_state_dict(payload["state_dict"])
     return model, payload
+
+
+def payload_for(
+    run: ModelRun, dataset: DatasetRun | None = None, root: Path | None = None
+) -> dict[str, Any]:
+    """A model run's payload; used on `dataset`, with fc8 cut down to the dataset's classes,
+    by wnid, when the run was trained on other classes (imported ImageNet-1k weights,
+    another dataset). `root` finds the model's own class list (default: its run's root)."""
+    payload = load_payload(run.weights())
+    if dataset is None or run.dataset() == dataset.label:
+        return payload
+    own = run.classes(root or run.path.parent.parent)
+    return for_classes(payload, own, dataset.classes())
 
 
 def for_classes(payload: dict[str, Any], own: ClassList, wanted: ClassList) -> dict[str, Any]:

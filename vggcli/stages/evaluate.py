@@ -53,7 +53,7 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
             cluster,
             chosen,
             lambda: (
-                *checkpoints.load_model(model_run, None if own_data else dataset.classes(), root),
+                *checkpoints.load_model(model_run, dataset, root),
                 BetonImages(dataset.beton("val")),
             ),
         )

@@ -165,12 +165,12 @@ def _model(config: TrainConfig, root: Path, dataset: DatasetRun) -> tuple[VGG, l
     imported_a = False
     if config.init_from is not None:
         a_run = resolve_as(config.init_from, root, ModelRun)
-        a_payload = _for_dataset(a_run, dataset, root)
+        a_payload = checkpoints.payload_for(a_run, dataset, root)
         imported_a = a_run.imported()
         parents.append(a_run.version)
     if config.finetune_from is not None:
         parent = resolve_as(config.finetune_from, root, ModelRun)
-        start = _for_dataset(parent, dataset, root)
+        start = checkpoints.payload_for(parent, dataset, root)
         parents.insert(0, parent.version)
     model = build_model(config, start, a_payload)
     if a_payload is not None and imported_a:  # A's layers expect A's input normalisation
@@ -179,15 +179,6 @@ def _model(config: TrainConfig, root: Path, dataset: DatasetRun) -> tuple[VGG, l
     elif start is None:  # a fine-tune keeps its parent's, which its weights expect
         model.set_normalisation(dataset.mean_rgb())
     return model, parents
-
-
-def _for_dataset(run: ModelRun, dataset: DatasetRun, root: Path) -> dict[str, Any]:
-    """A model run's payload with fc8 cut down to the dataset's classes, by wnid, when the
-    run was trained on other classes (imported ImageNet-1k weights, another dataset)."""
-    payload = checkpoints.load_payload(run.weights())
-    if run.dataset() == dataset.label:
-        return payload
-    return checkpoints.for_classes(payload, run.classes(root), dataset.classes())
 
 
 def initialisation(
