@@ -9,7 +9,14 @@ import torch
 from tests.test_train import TINY
 from vggcli.errors import VggError
 from vggcli.eval_settings import EvalSettings, default_scales
-from vggcli.evaluate import Evaluator, crop_views, grid_offsets, rescale, rescaled_size
+from vggcli.evaluate import (
+    Evaluator,
+    crop_views,
+    grid_offsets,
+    rescale,
+    rescaled_size,
+    to_tensor,
+)
 from vggcli.fuse import average, check_compatible
 from vggcli.metrics import topk_errors
 from vggcli.models import VGG, NetSpec, initialise
@@ -31,8 +38,8 @@ def test_dense_equals_crop_on_a_crop_sized_image() -> None:
     dense = evaluator.dense(image)
     crops = evaluator.views(crop_views(image[0], 224), 50)  # 25 identical crops + mirrors
     np.testing.assert_allclose(dense, crops, rtol=1e-4, atol=1e-6)
-    logits_dense = evaluator.model.score_map(evaluator._tensor(image)).flatten(1)
-    fc_path = evaluator.model(evaluator._tensor(image))
+    logits_dense = evaluator.model.score_map(to_tensor(image, evaluator.device)).flatten(1)
+    fc_path = evaluator.model(to_tensor(image, evaluator.device))
     torch.testing.assert_close(logits_dense, fc_path, rtol=1e-4, atol=1e-3)
 
 

@@ -18,7 +18,7 @@ from enum import StrEnum
 import numpy as np
 import torch
 
-from vggcli.device import Precision
+from vggcli.device import Precision, autocast
 from vggcli.evaluate import Images, rescale, size_groups, to_tensor
 from vggcli.models import VGG
 
@@ -48,9 +48,7 @@ class Describer:
         """(N, H, W, 3) rescaled images -> (N, dim) float32: each image's map averaged over
         its positions, and with its mirror image's."""
         both = np.concatenate([images, images[:, :, ::-1]])
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
-        ):
+        with autocast(self.device, self.precision):
             x = to_tensor(both, self.device)
             maps = self.model.fc7_map(x) if self.layer == Layer.FC7 else self.model.pool5_map(x)
         pooled = maps.float().mean(dim=(2, 3)).cpu()

@@ -57,6 +57,14 @@ def precision_for(device: torch.device, requested: str) -> Precision:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
 
 
+def autocast(device: torch.device, precision: Precision) -> torch.autocast:
+    """The one mixed-precision context of training, evaluation and descriptors: bf16
+    autocast when the precision chosen is bf16, a no-op for fp32."""
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def use_cores() -> None:
     """Give torch's CPU ops every core this process may use (OMP_NUM_THREADS when set, as
     `--nproc` sets it per process). Importing FFCV sets torch to one thread

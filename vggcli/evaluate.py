@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from vggcli.device import autocast
 from vggcli.eval_settings import EvalSettings, Mode
 from vggcli.fuse import average
 from vggcli.models import VGG
@@ -89,16 +90,11 @@ class Evaluator:
         self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.settings, self.device = settings, device
 
-    def _tensor(self, images: np.ndarray) -> torch.Tensor:
-        return to_tensor(images, self.device)
-
     @torch.no_grad()
     def posteriors(self, images: np.ndarray, dense: bool) -> torch.Tensor:
         """Softmax over classes; dense runs score maps over whole images."""
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"
-        ):
-            x = self._tensor(images)
+        with autocast(self.device, self.settings.precision):
+            x = to_tensor(images, self.device)
             logits = self.model.score_map(x).mean(dim=(2, 3)) if dense else self.model(x)
         return torch.softmax(logits.float(), dim=1).cpu()
 

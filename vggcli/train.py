@@ -22,6 +22,7 @@ from torch import nn
 from vggcli.data.beton import check_decodes
 from vggcli.data.loader import SCHEME, ColourShift, LoaderSpec, colour_alphas, make_loader, mix64
 from vggcli.device import Precision
+from vggcli.device import autocast as device_autocast
 from vggcli.distributed import SINGLE, Cluster
 from vggcli.errors import PREEMPTED, VggError, WorkFailed
 from vggcli.metrics import counts_correct
@@ -396,9 +397,7 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------
     def autocast(self) -> torch.autocast:
-        return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
-        )
+        return device_autocast(self.device, self.config.precision)
 
     def save_checkpoint(self) -> None:
         """Everything needed to continue exactly, whatever the world size then; rank 0's
