@@ -205,6 +205,9 @@ def test_init_from_and_finetune_refuse_the_wrong_runs(vgg, train_root: Path) -> 
     assert result.exit_code == 2 and "need net A with width 0.125" in result.output
     result = vgg("finetune-scale", str(train_root / "tiny"), "--scale", "48")
     assert result.exit_code == 2 and "not a trained model run" in result.output
+    result = vgg("finetune-scale", "A", "--scale", "48", "--micro-batch", "3")
+    assert result.exit_code == 2 and "--micro-batch: 3 images per pass" in result.output
+    assert [v.name for v in (train_root / "A").iterdir() if v.is_dir()] == ["v001"]  # none opened
     result = vgg("train", "--resume", str(train_root / "A" / "v001"))
     assert result.exit_code == 2 and "is complete; nothing to resume" in result.output
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vggcli import device
+from vggcli import device, distributed
 from vggcli.artifacts import DatasetRun, ModelRun, resolve_as
 from vggcli.data.loader import SCHEME
 from vggcli.errors import VggError
@@ -90,6 +90,7 @@ def run(request: FinetuneRequest, root: Path) -> RunVersion:
         micro_batch=previous.recipe.micro_batch if request.micro_batch is None
         else request.micro_batch,
     )
+    recipe.accumulation(distributed.from_environment().world_size)  # before a version opens
     config = replace(
         previous,
         s_min=request.s_min,
