@@ -25,12 +25,22 @@ def command(
     min_object: Annotated[float, typer.Option(callback=bounded(0.05, 1.0), help="scenes: smallest object, as a share of the shorter side.")] = 0.3,
     max_object: Annotated[float, typer.Option(callback=bounded(0.05, 1.0), help="scenes: largest object, as a share of the shorter side.")] = 0.7,
     occlusion: Annotated[float, typer.Option(callback=bounded(0.0, 1.0), help="scenes: chance that a patch hides part of the object.")] = 0.3,
+    imagenet_sized: Annotated[bool, typer.Option(help="ImageNet-sized images: 500x375 (either orientation), fine photo-like grain, quality 90, about 100 kB each (for `vgg bench loader`; --min-side/--max-side unused).")] = False,
 ) -> None:
     """Generate a tiny, deterministic ILSVRC-layout dataset (shapes, or textured objects in cluttered scenes, at varied scales and positions) for the demo and for smoke tests; no download needed."""
     from vggcli.stages import demo_data as stage
 
     scenes = stage.SceneSettings(clutter, min_object, max_object, occlusion)
     spec = stage.SyntheticSpec(
-        classes, train_per_class, val_per_class, seed, min_side, max_side, val_layout, style, scenes
+        classes,
+        train_per_class,
+        val_per_class,
+        seed,
+        min_side,
+        max_side,
+        val_layout,
+        style,
+        scenes,
+        imagenet_sized,
     )
     done(stage.run(spec, out))

@@ -8,6 +8,11 @@ draw objects at random scales and positions in images of random size and ImageNe
 aspect ratio (sides 96-400 px, 3:4 to 4:3), so scale jitter and multi-scale testing have
 something to win, and colour says nothing about the class. Every image is a pure function
 of (seed, split, class, index).
+
+`imagenet_sized` draws either style at ImageNet's typical 500x375 (or 375x500), adds
+multi-octave grain (natural-image-like detail at every scale) and stores at quality 90, so
+a file is about 100 kB like an ImageNet JPEG: the size that sets the cost of decoding, which
+`vgg bench loader` measures (the demo's small, smooth images decode several times faster).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from vggcli.files import atomic_write_bytes
 Box = tuple[float, float, float, float]
 VAL_LAYOUTS = ("folders", "loc", "devkit")
 STYLES = ("scenes", "shapes")
+IMAGENET_SIDES = (375, 500)  # the most common ILSVRC image size
+IMAGENET_QUALITY = 90
+GRAIN = 14.0  # grey levels per octave of detail: files of about 100 kB at quality 90
 
 
 def _circle(d: ImageDraw.ImageDraw, b: Box, c: tuple, w: int) -> None:
@@ -116,6 +124,7 @@ class SyntheticSpec:
     val_layout: str = "loc"
     style: str = "shapes"
     scenes: SceneSettings = SceneSettings()
+    imagenet_sized: bool = False  # 500x375 q90 with fine detail; min_side, max_side unused
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -156,12 +165,36 @@ def _render(
     """One image and the JPEG quality to store it at."""
     split_key = 0 if split == "train" else 1
     rng = np.random.default_rng([spec.seed, split_key, class_index, index])
-    short = int(rng.integers(spec.min_side, int(spec.max_side * 0.75) + 1))
-    long = min(spec.max_side, int(short * rng.uniform(1.0, 4 / 3)))
+    if spec.imagenet_sized:
+        short, long = IMAGENET_SIDES
+    else:
+        short = int(rng.integers(spec.min_side, int(spec.max_side * 0.75) + 1))
+        long = min(spec.max_side, int(short * rng.uniform(1.0, 4 / 3)))
     width, height = (long, short) if rng.random() < 0.5 else (short, long)
     if spec.style == "scenes":
-        return render_scene(spec.scenes, class_index, height, width, rng)
-    return _render_shape(class_index, height, width, rng), 85
+        image, quality = render_scene(spec.scenes, class_index, height, width, rng)
+    else:
+        image, quality = _render_shape(class_index, height, width, rng), 85
+    if spec.imagenet_sized:
+        return _with_grain(image, rng), IMAGENET_QUALITY
+    return image, quality
+
+
+def _with_grain(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Add detail at 1, 2, 4 and 8 px (mostly in luminance), as photos have at every scale:
+    it is what makes a JPEG big and slow to decode."""
+    width, height = image.size
+    total = np.asarray(image, np.float32).copy()
+    for cell in (1, 2, 4, 8):
+        rows, cols = height // cell + 2, width // cell + 2
+        field = rng.normal(0, GRAIN, (rows, cols, 3)).astype(np.float32)
+        field[..., 1:] = 0.8 * field[..., :1] + 0.2 * field[..., 1:]
+        if cell > 1:
+            size = (cols * cell, rows * cell)
+            planes = [Image.fromarray(field[..., c]).resize(size, Image.BICUBIC) for c in range(3)]
+            field = np.stack([np.asarray(plane) for plane in planes], axis=-1)
+        total += field[:height, :width]
+    return Image.fromarray(np.clip(total, 0, 255).astype(np.uint8))
 
 
 def _render_shape(
