@@ -24,6 +24,7 @@ from vggcli.artifacts import (
     kind_of,
     resolve_as,
 )
+from vggcli.data.loader import SCHEME
 from vggcli.files import sha256_file
 from vggcli.runs import resolve
 
@@ -138,4 +139,4 @@ def test_an_interrupted_old_run_resumes_with_its_own_augmentation_scheme(
     args = ["--epochs", "1", "--precision", "fp32", "--name", "A2"]
     result = vgg("train", "--net", "A", *net, *args)
     assert result.exit_code == 0, result.output
-    assert resolve("A2", old_root).manifest()["config"]["augmentation"] == 2
+    assert resolve("A2", old_root).manifest()["config"]["augmentation"] == SCHEME

@@ -25,6 +25,7 @@ CORE = (
     "vggcli.models",
     "vggcli.metrics",
     "vggcli.bench",
+    "vggcli.loader_bench",
     "vggcli.report",
     "vggcli.claims",
     "vggcli.classes",

@@ -427,7 +427,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.position = Position(**state["position"])
-        if self.config.augmentation == 1:  # scheme 2 reseeds dropout every step instead
+        if self.config.augmentation == 1:  # later schemes reseed dropout every step instead
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -466,7 +466,7 @@ class Trainer:
             )
             for micro_step, (images, labels) in enumerate(self.train_loader):
                 within = micro_step % accumulation
-                if within == 0 and self.config.augmentation == 2:
+                if within == 0 and self.config.augmentation >= 2:
                     torch.manual_seed(_seed_for(recipe.seed, pos.step, self.cluster.rank))
                 ids = samples[micro_step * micro : (micro_step + 1) * micro]
                 first = pos.offset + within * micro  # scheme 1's colour key

@@ -13,6 +13,7 @@ from vggcli.commands.common import (
     at_least,
     bounded,
     done,
+    parse_scale,
     relaunch,
     runs_root,
     user_errors,
@@ -50,3 +51,23 @@ def evaluate_command(
     from vggcli.stages import bench as stage
 
     done(stage.evaluate(stage.EvaluateBench(q=q, repeats=repeats), runs_root(root)).path)
+
+
+@app.command("loader")
+@user_errors
+def loader_command(
+    data: Annotated[str | None, typer.Option(help="A dataset run whose training images to read (default: 1,200 ImageNet-sized JPEGs drawn for the bench).")] = None,
+    scale: Annotated[str, typer.Option(help="Training scale S: 256, or a range such as 256-512 for scale jitter.")] = "256",
+    workers: Annotated[int, typer.Option(callback=bounded(1, 256), help="Our loader's threads = torchvision's worker processes = decode-only threads.")] = 2,
+    batch: Annotated[int, typer.Option(callback=at_least(1), help="Images per batch.")] = 64,
+    crop: Annotated[int, typer.Option(callback=bounded(16, MAX_SCALE), help="Crop size.")] = 224,
+    images: Annotated[int, typer.Option(callback=at_least(1), help="Training images in the bench's sample (a seeded draw).")] = 1200,
+    repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed passes per loader (median taken).")] = 3,
+    root: RunsRoot = None,
+) -> None:
+    """img/s of our training loader (decode, rescale to S, crop, flip: uint8 batches) beside a torchvision ImageFolder + DataLoader doing the same, the stock FFCV RandomResizedCrop loader, and JPEG decoding alone (full size and at our decoder's DCT scales), on the same images, cores and batch size."""
+    from vggcli.stages import bench as stage
+
+    s_min, s_max = parse_scale(scale)
+    bench = stage.LoaderBench(s_min, s_max, workers, batch, crop, images, repeats)
+    done(stage.loader(bench, data, runs_root(root)).path)

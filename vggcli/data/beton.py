@@ -245,13 +245,19 @@ class BetonImages:
     def __len__(self) -> int:
         return len(self._meta)
 
+    def is_jpeg(self, index: int) -> bool:
+        return int(self._meta[index]["f0"]["mode"]) == 0  # FFCV: 0 = JPEG, 1 = raw
+
+    def encoded(self, index: int) -> np.ndarray:
+        """The stored bytes of an image: a JPEG file, or raw height x width x 3 RGB."""
+        ptr = int(self._meta[index]["f0"]["data_ptr"])
+        return np.array(self._data[ptr : ptr + self._sizes[ptr]])
+
     def __getitem__(self, index: int) -> np.ndarray:
-        image_meta = self._meta[index]["f0"]
-        ptr = int(image_meta["data_ptr"])
         height, width = self.shapes[index]
-        if image_meta["mode"] == 1:  # raw
-            return np.array(self._data[ptr : ptr + height * width * 3]).reshape(height, width, 3)
-        encoded = np.array(self._data[ptr : ptr + self._sizes[ptr]])
+        encoded = self.encoded(index)
+        if not self.is_jpeg(index):
+            return encoded[: height * width * 3].reshape(height, width, 3)
         decoded = np.empty((height, width, 3), dtype=np.uint8)
         if decode_jpeg(encoded, decoded) != 0:  # counted (see check_decodes); black as in training
             self.failed.add(index)

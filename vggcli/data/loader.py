@@ -12,8 +12,13 @@ epoch, sample id) alone, so an image gets the same pixels whichever rank, micro-
 world size it lands in; the compiled decoder reads the epoch from a cell that `EpochOrder`
 writes when an epoch starts (recompiling each epoch instead costs seconds). Scheme 1
 (runs started before distributed training) hashed the micro-batch's sample ids instead and is
-kept so those runs resume with their own scheme. We own the sample order too (`EpochOrder`):
-a permutation per (seed, epoch) cut into global batches, each rank taking its slice of each.
+kept so those runs resume with their own scheme. Scheme 3 draws as scheme 2 but decodes a
+training crop faster: at the smallest reduced DCT scale (1/8, 1/4, 1/2) that still leaves the
+window at least `crop` pixels a side, the window mapped to that scale, and resized bilinearly
+where less than 2x is left to shrink (`data/resize.py`); the window in image coordinates, so
+the augmentation statistics, are the same. Validation crops are decoded in full under every
+scheme. We own the sample order too (`EpochOrder`): a permutation per (seed, epoch) cut into
+global batches, each rank taking its slice of each.
 """
 
 from __future__ import annotations
@@ -35,8 +40,13 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from vggcli.data.resize import resize_window
+
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-SCHEME = 2  # the augmentation scheme new runs use (see the module docstring)
+SCHEME = 3  # the augmentation scheme new runs use (see the module docstring)
+# reduced DCT scales (in eighths) libjpeg-turbo decodes faster than the full image here: its
+# SIMD code covers 1/2 and 1/4; 3/8 and 5/8-7/8 measured slower than 8/8 (docs/performance.md)
+FAST_EIGHTHS = (1, 2, 4)
 
 
 @njit(inline="always")
@@ -66,6 +76,28 @@ def crop_window(
     top = min(height - side, int(uniform(key, 1) * (height - side + 1)))
     left = min(width - side, int(uniform(key, 2) * (width - side + 1)))
     return top, left, side, int(round(scale))
+
+
+@njit
+def decode_eighths(side: int, crop: int) -> int:
+    """The DCT scale, in eighths, to decode at for a window of `side` pixels that becomes a
+    `crop`: the smallest fast scale that keeps at least `crop` pixels across, else 8."""
+    for eighths in FAST_EIGHTHS:
+        if side * eighths // 8 >= crop:
+            return eighths
+    return 8
+
+
+@njit
+def scaled_size(length: int, eighths: int) -> int:
+    """A side decoded at eighths/8, as libjpeg-turbo rounds it (TJSCALED: up)."""
+    return (length * eighths + 7) // 8
+
+
+@njit
+def scaled_edge(position: int, eighths: int) -> int:
+    """A window edge in the image decoded at eighths/8: the nearest pixel boundary."""
+    return (position * eighths + 4) // 8
 
 
 @njit
@@ -117,15 +149,15 @@ def epoch_key(seed: np.uint64, epoch: np.uint64) -> np.uint64:
 
 @njit
 def image_key(key: np.uint64, seed: np.uint64, sample: np.uint64) -> np.uint64:
-    """Scheme 2: `key` is the epoch's; scheme 1: the micro-batch's."""
+    """Schemes 2 and 3: `key` is the epoch's; scheme 1: the micro-batch's."""
     return mix64(key ^ mix64(sample + seed))
 
 
 class ScaleCropDecoder(ResizedCropRGBImageDecoder):
     """Decode, rescale to smallest side S (fixed or jittered), crop, maybe flip: in one pass.
 
-    `centre=True` gives the validation crop (centre, no flip) at S = s_min = s_max. Scheme 2
-    reads the epoch from `epoch_cell` (written by `EpochOrder.start`) for every batch.
+    `centre=True` gives the validation crop (centre, no flip) at S = s_min = s_max. Schemes 2
+    and 3 read the epoch from `epoch_cell` (written by `EpochOrder.start`) for every batch.
     """
 
     def __init__(
@@ -160,6 +192,7 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
         flips = self.flip and not centre
         seed = np.uint64(self.seed)
         per_batch = self.scheme == 1
+        scaled = self.scheme >= 3 and not centre
         epoch_address = self.epoch_cell.ctypes.data
         if self.failed.size != len(self.metadata):  # once: the order holds this array
             self.failed = np.zeros(len(self.metadata), dtype=np.uint8)
@@ -177,32 +210,30 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
                 field = metadata[source_ix]
                 image_data = mem_read(field["data_ptr"], storage_state)
                 height, width = np.int64(field["height"]), np.int64(field["width"])
-                if field["mode"] == jpg:
+                key = image_key(batch_key, seed, np.uint64(source_ix))
+                top, left, side, _ = crop_window(height, width, crop, s_min, s_max, centre, key)
+                jpeg = field["mode"] == jpg
+                eighths = decode_eighths(side, crop) if scaled and jpeg else 8
+                if jpeg:
+                    rows, cols = scaled_size(height, eighths), scaled_size(width, eighths)
                     temp_buffer = temp_storage[dst_ix]
                     status = imdecode_c(
-                        image_data,
-                        temp_buffer,
-                        height,
-                        width,
-                        height,
-                        width,
-                        0,
-                        0,
-                        1,
-                        1,
-                        False,
-                        False,
+                        image_data, temp_buffer, height, width, height, width, 0, 0, eighths, 8,
+                        False, False,
                     )
                     if status != 0:
                         mark_cell(failed_address, np.int64(source_ix))
                         temp_buffer[:] = 0  # counted, and black rather than the last image
-                    temp_buffer = temp_buffer.reshape(-1)[: 3 * height * width]
-                    temp_buffer = temp_buffer.reshape(height, width, 3)
+                    image = temp_buffer.reshape(-1)[: 3 * rows * cols].reshape(rows, cols, 3)
                 else:
-                    temp_buffer = image_data.reshape(height, width, 3)
-                key = image_key(batch_key, seed, np.uint64(source_ix))
-                top, left, side, _ = crop_window(height, width, crop, s_min, s_max, centre, key)
-                resize_crop_c(temp_buffer, top, top + side, left, left + side, destination[dst_ix])
+                    image = image_data.reshape(height, width, 3)
+                if scaled:
+                    t0, t1 = scaled_edge(top, eighths), scaled_edge(top + side, eighths)
+                    l0, l1 = scaled_edge(left, eighths), scaled_edge(left + side, eighths)
+                    linear = t1 - t0 < 2 * crop
+                    resize_window(image, t0, l0, t1 - t0, l1 - l0, destination[dst_ix], linear)
+                else:
+                    resize_crop_c(image, top, top + side, left, left + side, destination[dst_ix])
                 if flips and uniform(key, 3) < 0.5:
                     flip_in_place(destination[dst_ix])
             return destination[: len(batch_indices)]
@@ -361,10 +392,10 @@ def _normals(seed: np.uint64, epoch: np.uint64, samples: np.ndarray) -> np.ndarr
 def colour_alphas(
     scheme: int, seed: int, epoch: int, samples: np.ndarray, first: int
 ) -> torch.Tensor:
-    """Standard normal draws (N, 3) for the colour shift of these samples. Scheme 2: keyed by
-    (seed, epoch, sample id) alone; scheme 1: one generator per micro-batch, keyed by (seed,
+    """Standard normal draws (N, 3) for the colour shift of these samples. Schemes 2 and 3: keyed
+    by (seed, epoch, sample id) alone; scheme 1: one generator per micro-batch, keyed by (seed,
     epoch, the micro-batch's first position in the epoch)."""
-    if scheme == 2:
+    if scheme >= 2:
         ids = np.ascontiguousarray(samples, dtype=np.uint64)
         return torch.from_numpy(_normals(np.uint64(seed), np.uint64(epoch), ids)).float()
     key = hash((seed, epoch, first)) & 0x7FFFFFFFFFFFFFFF

@@ -1,17 +1,20 @@
-"""The bench stage: `vgg bench train` and `vgg bench evaluate`, each a new version of a
-bench run holding results.json (benchmarks never resume: a half-measured run is no result)."""
+"""The bench stage: `vgg bench train`, `vgg bench evaluate` and `vgg bench loader`, each a
+new version of a bench run holding results.json (benchmarks never resume: a half-measured run
+is no result)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from vggcli import device, distributed
-from vggcli.artifacts import BenchRun, Kind
+from vggcli.artifacts import BenchRun, DatasetRun, Kind, resolve_as
 from vggcli.bench import (
     EvaluateBench,
     TrainBench,
@@ -20,11 +23,13 @@ from vggcli.bench import (
     train_step_throughput,
 )
 from vggcli.distributed import SINGLE, Cluster
-from vggcli.progress import console
+from vggcli.errors import VggError
+from vggcli.loader_bench import LoaderBench, loader_throughput, sample, write_image_folder
+from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion
 from vggcli.stages.common import open_on_lead
 
-__all__ = ["EvaluateBench", "TrainBench", "evaluate", "train"]
+__all__ = ["EvaluateBench", "LoaderBench", "TrainBench", "evaluate", "loader", "train"]
 
 
 def train(bench: TrainBench, root: Path) -> RunVersion:
@@ -36,24 +41,74 @@ def train(bench: TrainBench, root: Path) -> RunVersion:
             measure = functools.partial(scaling_throughput, bench, cluster, chosen, console.print)
         else:
             measure = functools.partial(train_step_throughput, bench, console.print)
-        return _measure(root, "bench-train", bench, measure, cluster, device.label(chosen))
+        config = asdict(bench)
+        return _measure(root, "bench-train", config, measure, cluster, device.label(chosen))
 
 
 def evaluate(bench: EvaluateBench, root: Path) -> RunVersion:
     """Dense against 150-crop evaluation of full-size D."""
     measure = functools.partial(evaluation_cost, bench, report=console.print)
-    return _measure(root, "bench-evaluate", bench, measure, SINGLE, device.cpu_label())
+    return _measure(root, "bench-evaluate", asdict(bench), measure, SINGLE, device.cpu_label())
+
+
+def loader(bench: LoaderBench, data: str | None, root: Path) -> RunVersion:
+    """Our training loader beside torchvision's, stock FFCV's and the decode ceiling, on a
+    dataset run's training images, or else on ImageNet-sized images drawn for the purpose."""
+    with tempfile.TemporaryDirectory(prefix="vgg-bench-loader-") as scratch:
+        if data is None:
+            beton, label = _imagenet_sized_beton(Path(scratch), bench), "drawn: imagenet-sized"
+        else:
+            dataset = resolve_as(data, root, DatasetRun)
+            beton, label = dataset.beton("train"), dataset.label
+        encoded = sample(beton, bench.images)
+        if len(encoded.ids) == 0:
+            raise VggError(f"{label} stores no training image as JPEG", field="data")
+        folder = Path(scratch) / "image-folder"
+        write_image_folder(encoded, folder)
+        measure = functools.partial(loader_throughput, bench, beton, encoded, folder, console.print)
+        config = {**asdict(bench), "data": label}
+        return _measure(
+            root, "bench-loader", config, measure, SINGLE, device.cpu_label(bench.workers)
+        )
+
+
+def _imagenet_sized_beton(scratch: Path, bench: LoaderBench) -> Path:
+    """`bench.images` ImageNet-sized JPEGs (500x375, q90, about 100 kB: see
+    `vgg make-demo-data --imagenet-sized`) drawn and written as a training .beton."""
+    from vggcli.data.beton import StorageSettings, write_beton
+    from vggcli.data.layout import discover
+    from vggcli.data.synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(
+        train_per_class=math.ceil(bench.images / 10), val_per_class=1, imagenet_sized=True
+    )
+    total = spec.classes * (spec.train_per_class + spec.val_per_class)
+    beton = scratch / "train.beton"
+    with progress_bar() as bar:
+        drawing = bar.add_task("drawing ImageNet-sized images", total=total)
+        generate(scratch / "images", spec, lambda: bar.advance(drawing))
+        samples = [(s.path, s.label) for s in discover(scratch / "images").train]
+        writing = bar.add_task("writing train.beton", total=len(samples))
+        write_beton(
+            beton,
+            "train.beton",
+            samples,
+            StorageSettings(),
+            bench.workers,
+            lambda n: bar.advance(writing, n),
+        )
+    return beton
 
 
 def _measure(
     root: Path,
     name: str,
-    bench: TrainBench | EvaluateBench,
+    config: dict[str, Any],
     measure: Callable[[], Any],
     cluster: Cluster,
     label: str,
 ) -> RunVersion:
-    writer = open_on_lead(cluster, root, name, Kind.BENCH, asdict(bench), label, resume=False)
+    writer = open_on_lead(cluster, root, name, Kind.BENCH, config, label, resume=False)
     with writer or contextlib.nullcontext():
         result = measure()
         if writer is not None:

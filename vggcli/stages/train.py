@@ -247,13 +247,17 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
 
 
 def _unfinished_scheme(config: TrainConfig, root: Path, name: str) -> TrainConfig:
-    """An unfinished version started before per-image augmentation keys records no
-    `augmentation`; when it is otherwise this very config, it resumes with its scheme 1."""
+    """An unfinished version started under an older augmentation scheme (scheme 1 records
+    no `augmentation`) that is otherwise this very config resumes with its own scheme."""
     existing = versions(root / name)
     if not existing or existing[-1].status() not in (INTERRUPTED, FAILED):
         return config
-    older = replace(config, augmentation=1)
-    return older if existing[-1].manifest().get("config") == _as_json(older) else config
+    recorded = existing[-1].manifest().get("config")
+    for scheme in range(config.augmentation - 1, 0, -1):
+        older = replace(config, augmentation=scheme)
+        if recorded == _as_json(older):
+            return older
+    return config
 
 
 def _as_json(config: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""The input path: decoding at a reduced DCT scale keeps the windows and (nearly) the pixels
+of a full decode, and `vgg bench loader` measures every loader on the same images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vggcli.data.loader import (
+    FAST_EIGHTHS,
+    LoaderSpec,
+    crop_window,
+    decode_eighths,
+    epoch_key,
+    image_key,
+    make_loader,
+    scaled_edge,
+)
+from vggcli.data.resize import resize_window
+from vggcli.runs import resolve
+
+
+def test_the_decode_scale_is_the_smallest_fast_one_that_keeps_the_crop_s_pixels() -> None:
+    for crop in (32, 64, 224):
+        for side in range(crop, 20 * crop, 7):
+            eighths = decode_eighths(side, crop)
+            if eighths < 8:
+                assert side * eighths // 8 >= crop
+            smaller = [e for e in FAST_EIGHTHS if e < eighths]
+            assert all(side * e // 8 < crop for e in smaller), (side, crop, eighths)
+
+
+def test_a_window_maps_to_the_reduced_image_within_half_a_reduced_pixel() -> None:
+    for eighths in FAST_EIGHTHS:
+        for position in range(0, 500):
+            exact = position * eighths / 8
+            assert abs(scaled_edge(position, eighths) - exact) <= 0.5
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_resize_window_is_opencv_s_resize_of_that_window(linear: bool) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    out = np.empty((32, 32, 3), dtype=np.uint8)
+    resize_window(image, 7, 11, 50, 61, out, linear)
+    mode = cv2.INTER_LINEAR if linear else cv2.INTER_AREA
+    expected = cv2.resize(image[7:57, 11:72], (32, 32), interpolation=mode)
+    assert np.abs(out.astype(int) - expected).max() <= 1  # two OpenCV builds: rounding
+
+
+def _epoch(beton: Path, scheme: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    loader, order = make_loader(LoaderSpec(beton, 16, 32, 40, 64, 0, True, 2, scheme=scheme))
+    order.start(epoch)
+    batches = [(images.clone(), labels.clone()) for images, labels in loader]
+    return torch.cat([b[0] for b in batches]).float(), torch.cat([b[1] for b in batches])
+
+
+def test_reduced_scale_decoding_keeps_the_windows_and_nearly_the_pixels(dataset_runs) -> None:
+    """Scheme 3 (reduced DCT scale, bilinear below 2x) against scheme 2 (full decode,
+    INTER_AREA): the same draws and order, pixels within a small tolerance; and the test
+    data really does decode at reduced scales."""
+    beton = dataset_runs / "tiny" / "v001" / "train.beton"
+    full, full_labels = _epoch(beton, 2, 3)
+    scaled, scaled_labels = _epoch(beton, 3, 3)
+    assert torch.equal(full_labels, scaled_labels)
+    diff = (full - scaled).abs().mean(dim=(1, 2, 3))
+    assert diff.mean() < 2.5, diff.mean()  # measured 1.5 on these hard-edged shapes
+    assert diff.max() < 12, diff.max()  # an edge moved by at most half an output pixel
+
+    from vggcli.data.beton import BetonImages
+
+    images = BetonImages(beton)
+    key = np.uint64(epoch_key(np.uint64(0), np.uint64(3)))
+    sides = [
+        crop_window(
+            *images.shapes[i],
+            32,
+            40.0,
+            64.0,
+            False,
+            np.uint64(image_key(key, np.uint64(0), np.uint64(i))),
+        )[2]
+        for i in range(len(images))
+    ]
+    assert min(decode_eighths(side, 32) for side in sides) < 8
+
+
+def test_bench_loader_on_a_dataset_run_writes_every_figure(vgg, train_root: Path) -> None:
+    args = ["--data", "tiny", "--crop", "32", "--scale", "40-64", "--images", "48"]
+    result = vgg("bench", "loader", *args, "--batch", "8", "--repeats", "1", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    run = resolve("bench-loader", train_root)
+    figures = json.loads((run.path / "results.json").read_text())
+    assert figures["images"] == 48 and figures["scale"] == [40, 64]
+    for name in ("ours", "torchvision", "ffcv_rrc", "decode_full", "decode_ours_scales"):
+        assert figures[f"{name}_img_s"] > 0
+    assert figures["ours_vs_ceiling"] == pytest.approx(
+        figures["ours_img_s"] / figures["decode_ours_scales_img_s"]
+    )
+    assert sum(figures["ours_dct_scales"].values()) == pytest.approx(1.0)
+    assert run.manifest()["config"]["data"] == "tiny/v001"
+
+
+def test_bench_loader_draws_imagenet_sized_images_without_a_dataset(vgg, runs_root) -> None:
+    result = vgg("bench", "loader", "--images", "20", "--batch", "10", "--repeats", "1")
+    assert result.exit_code == 0, result.output
+    figures = json.loads((resolve("bench-loader", runs_root).path / "results.json").read_text())
+    assert figures["median_sides"] == [375, 500]
+    assert 50 < figures["mean_jpeg_kb"] < 200
+    assert figures["ours_dct_scales"] == {"8/8": 1.0}  # S=256 from 375 px needs every pixel
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scale", "200"], "below the crop size 224"),
+        (["--data", "nothing-here"], "nothing-here"),
+        (["--workers", "0"], "--workers"),
+    ],
+)
+def test_bad_bench_loader_options_are_one_line_errors(vgg, train_root, args, message) -> None:
+    result = vgg("bench", "loader", *args)
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_an_interrupted_scheme_2_run_resumes_with_full_size_decoding(vgg, train_root) -> None:
+    """A version started before reduced-scale decoding (scheme 2) and interrupted:
+    re-running its command resumes it under scheme 2; a new run gets scheme 3."""
+    tiny = ["--width", "0.0625", "--crop", "32", "--batch-size", "16", "--scale", "40"]
+    assert vgg("train", "--net", "A", *tiny, "--epochs", "1").exit_code == 0
+    manifest_path = resolve("A", train_root).path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["config"]["augmentation"] == 3
+    manifest["config"]["augmentation"], manifest["status"] = 2, "running"  # killed
+    manifest_path.write_text(json.dumps(manifest))
+    result = vgg("train", "--net", "A", *tiny, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "(resuming)" in result.output
+    resumed = resolve("A", train_root).manifest()
+    assert resumed["version"] == "v001" and resumed["attempts"] == 2
+    assert resumed["config"]["augmentation"] == 2

@@ -1,0 +1,275 @@
+"""`vgg bench loader`: our training loader beside torchvision's and stock FFCV's, and the
+ceiling that JPEG decoding alone sets, on the same images, cores and batch size.
+
+Every loader delivers what training consumes: decoded, rescaled, cropped, flipped uint8
+batches. The references: a torchvision `ImageFolder` + `DataLoader` doing the same
+transforms (shortest side to S, random crop, flip) with as many worker processes as our
+loader has threads; the stock FFCV `RandomResizedCropRGBImageDecoder` loader; and a tight
+loop of libjpeg-turbo decodes alone over the same number of threads, at full size and at
+the reduced DCT scales our decoder picks (a reduced-scale decode is compared with a
+reduced-scale ceiling). Passes are interleaved, their order rotated, medians taken.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vggcli.data.beton import BetonImages
+from vggcli.errors import VggError
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class LoaderBench:
+    s_min: int = 256
+    s_max: int = 256
+    workers: int = 2  # our loader's threads = torchvision's worker processes = decode threads
+    batch: int = 64
+    crop: int = 224
+    images: int = 1200  # a seeded sample of the training images (all of them when fewer)
+    repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if self.s_min < self.crop:
+            raise VggError(
+                f"training scale S={self.s_min} is below the crop size {self.crop}", field="scale"
+            )
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The bench's sample: JPEG bytes and stored sizes, in the order every loader uses."""
+
+    ids: np.ndarray  # sample ids in the .beton
+    jpegs: list[np.ndarray]
+    shapes: list[tuple[int, int]]
+    labels: np.ndarray
+
+
+def sample(beton: Path, count: int) -> Encoded:
+    """`count` JPEG-stored training images drawn with a fixed seed, bytes read once."""
+    images = BetonImages(beton)
+    jpegs = [i for i in range(len(images)) if images.is_jpeg(i)]
+    rng = np.random.default_rng(SEED)
+    ids = np.sort(rng.permutation(np.array(jpegs, dtype=np.int64))[:count])
+    return Encoded(
+        ids,
+        [images.encoded(int(i)) for i in ids],
+        [images.shapes[int(i)] for i in ids],
+        images.labels[ids],
+    )
+
+
+def write_image_folder(encoded: Encoded, folder: Path) -> None:
+    """The sample as an ImageFolder (class/<id>.JPEG): byte for byte the stored JPEGs."""
+    for sample_id, jpeg, label in zip(encoded.ids, encoded.jpegs, encoded.labels, strict=True):
+        path = folder / f"{int(label):05d}" / f"{int(sample_id):08d}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg.tobytes())
+
+
+def _ours(bench: LoaderBench, beton: Path, encoded: Encoded) -> Callable[[int], int]:
+    from vggcli.data.loader import LoaderSpec, make_loader
+
+    spec = LoaderSpec(
+        beton, bench.batch, bench.crop, bench.s_min, bench.s_max, SEED, True, bench.workers
+    )
+    loader, order = make_loader(spec)
+    shuffled = np.random.default_rng(SEED).permutation(encoded.ids).astype(np.uint64)
+
+    def one_pass(epoch: int) -> int:
+        order.start(epoch)
+        order.current = shuffled  # the bench's sample stands in for the whole epoch
+        return sum(len(images) for images, _ in loader)
+
+    return one_pass
+
+
+def _ffcv_rrc(bench: LoaderBench, beton: Path, encoded: Encoded) -> Callable[[int], int]:
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    loader = Loader(
+        str(beton),
+        batch_size=bench.batch,
+        num_workers=bench.workers,
+        order=OrderOption.RANDOM,
+        indices=encoded.ids.tolist(),
+        drop_last=False,
+        os_cache=True,
+        batches_ahead=2,
+        pipelines={
+            "image": [
+                RandomResizedCropRGBImageDecoder((bench.crop, bench.crop)),
+                RandomHorizontalFlip(),
+                ToTensor(),
+                ToTorchImage(channels_last=True),
+            ],
+            "label": [IntDecoder(), ToTensor()],
+        },
+    )
+    return lambda epoch: sum(len(images) for images, _ in loader)
+
+
+def _torchvision(bench: LoaderBench, folder: Path) -> Callable[[int], int]:
+    import torch
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    transform = v2.Compose(
+        [
+            v2.RandomResize(bench.s_min, bench.s_max + 1),  # shortest side to S in [min, max]
+            v2.RandomCrop(bench.crop),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(
+        ImageFolder(str(folder), transform=transform),
+        batch_size=bench.batch,
+        shuffle=True,
+        num_workers=bench.workers,
+        persistent_workers=bench.workers > 0,
+        generator=torch.Generator().manual_seed(SEED),
+    )
+    return lambda epoch: sum(len(images) for images, _ in loader)
+
+
+def chosen_eighths(bench: LoaderBench, encoded: Encoded, epoch: int = 1) -> np.ndarray:
+    """The DCT scale (in eighths) our decoder picks for each image of the sample in `epoch`."""
+    from vggcli.data.loader import crop_window, decode_eighths, epoch_key, image_key
+
+    seed = np.uint64(SEED)
+    key = np.uint64(epoch_key(seed, np.uint64(epoch)))
+    out = np.empty(len(encoded.ids), dtype=np.int64)
+    for k, (sample_id, (height, width)) in enumerate(zip(encoded.ids, encoded.shapes, strict=True)):
+        image = np.uint64(image_key(key, seed, np.uint64(sample_id)))
+        side = crop_window(height, width, bench.crop, bench.s_min, bench.s_max, False, image)[2]
+        out[k] = decode_eighths(side, bench.crop)
+    return out
+
+
+def _decode_only(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> Callable[[int], int]:
+    """libjpeg-turbo (FFCV's call, with its flags) alone, on `workers` threads (ctypes lets
+    go of the GIL), each decoding its share of the sample into its own buffer."""
+    from ffcv.libffcv import imdecode
+
+    largest = max(h * w for h, w in encoded.shapes) * 3
+    shares = np.array_split(np.arange(len(encoded.ids)), bench.workers)
+
+    def decode(share: np.ndarray) -> int:
+        out = np.empty(largest, dtype=np.uint8)
+        for k in share:
+            height, width = encoded.shapes[k]
+            imdecode(
+                encoded.jpegs[k],
+                out,
+                height,
+                width,
+                height,
+                width,
+                0,
+                0,
+                int(eighths[k]),
+                8,
+                False,
+                False,
+            )
+        return len(share)
+
+    pool = ThreadPoolExecutor(bench.workers)
+    return lambda epoch: sum(pool.map(decode, shares))
+
+
+def breakdown(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> dict[str, float]:
+    """Milliseconds per image of our decoder's two steps on one thread: decoding (at the
+    chosen scale) and resizing the window to the crop (the rest is the loader's own)."""
+    from ffcv.libffcv import imdecode
+
+    from vggcli.data.loader import scaled_size
+    from vggcli.data.resize import resize_window
+
+    out = np.empty((bench.crop, bench.crop, 3), dtype=np.uint8)
+    resize_window(np.zeros_like(out), 0, 0, bench.crop, bench.crop, out, True)  # compiles
+    decode_s = resize_s = 0.0
+    for k, (height, width) in enumerate(encoded.shapes):
+        e = int(eighths[k])
+        rows, cols = scaled_size(height, e), scaled_size(width, e)
+        image = np.empty((rows, cols, 3), dtype=np.uint8)
+        start = time.perf_counter()
+        imdecode(encoded.jpegs[k], image, height, width, height, width, 0, 0, e, 8, False, False)
+        middle = time.perf_counter()
+        side = min(rows, cols) * bench.crop // ((bench.s_min + bench.s_max) // 2)
+        side = max(1, min(side, rows, cols))
+        resize_window(image, 0, 0, side, side, out, side < 2 * bench.crop)
+        decode_s, resize_s = decode_s + middle - start, resize_s + time.perf_counter() - middle
+    n = len(encoded.shapes)
+    return {"decode_ms": 1e3 * decode_s / n, "resize_ms": 1e3 * resize_s / n}
+
+
+def loader_throughput(
+    bench: LoaderBench, beton: Path, encoded: Encoded, folder: Path, report: Callable[[str], None]
+) -> dict:
+    """img/s of each loader and of the decode ceilings, interleaved; ratios of ours."""
+    eighths = chosen_eighths(bench, encoded)
+    passes = {
+        "ours": _ours(bench, beton, encoded),
+        "torchvision": _torchvision(bench, folder),
+        "ffcv_rrc": _ffcv_rrc(bench, beton, encoded),
+        "decode_full": _decode_only(bench, encoded, np.full(len(eighths), 8)),
+        "decode_ours_scales": _decode_only(bench, encoded, eighths),
+    }
+    for one_pass in passes.values():
+        one_pass(0)  # warm-up: FFCV compiles its pipeline, DataLoader starts its workers
+    times: dict[str, list[float]] = {name: [] for name in passes}
+    counts: dict[str, int] = {}
+    for repeat in range(bench.repeats):
+        names = list(passes)
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            start = time.perf_counter()
+            counts[name] = passes[name](repeat + 1)
+            times[name].append(time.perf_counter() - start)
+    rate = {name: counts[name] / statistics.median(times[name]) for name in passes}
+    result = {
+        "scale": [bench.s_min, bench.s_max],
+        "crop": bench.crop,
+        "batch": bench.batch,
+        "workers": bench.workers,
+        "images": len(encoded.ids),
+        "mean_jpeg_kb": float(np.mean([len(j) for j in encoded.jpegs]) / 1e3),
+        "median_sides": [
+            int(np.median([min(shape) for shape in encoded.shapes])),
+            int(np.median([max(shape) for shape in encoded.shapes])),
+        ],
+        "ours_dct_scales": {f"{e}/8": float(np.mean(eighths == e)) for e in np.unique(eighths)},
+        **{f"{name}_img_s": value for name, value in rate.items()},
+        "ours_vs_torchvision": rate["ours"] / rate["torchvision"],
+        "ours_vs_ffcv_rrc": rate["ours"] / rate["ffcv_rrc"],
+        "ours_vs_ceiling": rate["ours"] / rate["decode_ours_scales"],
+        "ours_vs_full_ceiling": rate["ours"] / rate["decode_full"],
+        "ours_one_thread_ms": breakdown(bench, encoded, eighths),
+    }
+    report(_summary(result))
+    return result
+
+
+def _summary(result: dict) -> str:
+    scale = "-".join(str(s) for s in sorted(set(result["scale"])))
+    return (
+        f"S={scale}, {result['images']} images, {result['workers']} workers: ours "
+        f"{result['ours_img_s']:.0f} img/s, torchvision {result['torchvision_img_s']:.0f} "
+        f"({result['ours_vs_torchvision']:.2f}x), stock FFCV RRC {result['ffcv_rrc_img_s']:.0f} "
+        f"({result['ours_vs_ffcv_rrc']:.2f}x); decode alone {result['decode_full_img_s']:.0f} "
+        f"(full size), {result['decode_ours_scales_img_s']:.0f} (our scales): ours at "
+        f"{result['ours_vs_ceiling']:.0%} of its ceiling"
+    )
