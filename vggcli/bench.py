@@ -25,6 +25,7 @@ class TrainBench:
     size: int = 224
     precisions: tuple[str, ...] = ("fp32", "bf16")
     width: float = 1.0  # of net D in the scaling measurement (the comparison is full size)
+    compile: bool = False  # also time our D under torch.compile beside eager
 
 
 @dataclass(frozen=True)
@@ -57,41 +58,101 @@ def _step_time(
     return time.perf_counter() - start
 
 
-def train_step_throughput(bench: TrainBench, report: Callable[[str], None] = print) -> list[dict]:
+def training_flops(model: nn.Module, size: int) -> int:
+    """Floating-point operations of one image's training step (forward and backward), as
+    torch's own counter sees the model run (about 3x the forward's)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, size, size)).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def gemm_peak(device: torch.device, repeats: int = 5) -> float:
+    """FLOP/s of a large bf16 matrix product on `device`: the rate the convolutions of a
+    step could reach at best (square: 2048 on a CPU, 8192 on a GPU; median of `repeats`)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    times = []
+    for _ in range(repeats + 1):  # the first warms up
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times[1:])
+
+
+def train_step_throughput(bench: TrainBench, report: Callable[[str], None] = print) -> dict:
     """img/s of an SGD step (forward, backward, update) of full-size D at 224, ours vs
-    torchvision's vgg16, fp32 (contiguous) and bf16 autocast + channels_last."""
-    rows = []
+    torchvision's vgg16, fp32 (contiguous) and bf16 autocast + channels_last; with
+    `compile`, ours under torch.compile too. Each as a share of a bf16 GEMM's FLOP rate
+    measured in the same run."""
     torch.manual_seed(0)
-    for precision in bench.precisions:
-        bf16 = precision == "bf16"
-        layout = torch.channels_last if bf16 else torch.contiguous_format
-        x = torch.randn(bench.batch, 3, bench.size, bench.size).to(memory_format=layout)
-        y = torch.randint(0, 1000, (bench.batch,))
-        models = {"ours (VGG D)": _ours(), "torchvision vgg16": _torchvision()}
-        optimizers = {}
-        for name, model in models.items():
-            model.to(memory_format=layout).train()
-            optimizers[name] = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-            _step_time(model, optimizers[name], x, y, bf16)  # warm-up: allocators, kernels
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for repeat in range(bench.repeats):
-            order = list(models) if repeat % 2 == 0 else list(reversed(models))
-            for name in order:
-                times[name].append(_step_time(models[name], optimizers[name], x, y, bf16))
-        ours, ref = (bench.batch / statistics.median(times[n]) for n in models)
-        row = {
-            "precision": "bf16 + channels_last" if bf16 else "fp32",
-            "batch": bench.batch,
-            "ours_img_s": ours,
-            "reference_img_s": ref,
-            "ratio": ours / ref,
+    peak = gemm_peak(torch.device("cpu"))
+    flops = training_flops(_ours(), bench.size)
+    report(f"bf16 GEMM: {peak / 1e12:.2f} TFLOP/s; {flops / 1e9:.1f} GFLOP per training image")
+    rows = [_precision_row(bench, precision, flops, peak, report) for precision in bench.precisions]
+    return {"gemm_bf16_tflop_s": peak / 1e12, "gflop_per_image": flops / 1e9, "rows": rows}
+
+
+def step_rates(
+    models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, bf16: bool, repeats: int
+) -> dict[str, float]:
+    """img/s of an SGD step of each model on the same batch: one warm-up step each
+    (allocators, kernels, compilation), then `repeats` rounds in rotating order, medians."""
+    optimizers = {
+        name: torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        for name, model in models.items()
+    }
+    for name, model in models.items():
+        _step_time(model, optimizers[name], x, y, bf16)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for repeat in range(repeats):
+        names = list(models)
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            times[name].append(_step_time(models[name], optimizers[name], x, y, bf16))
+    return {name: len(x) / statistics.median(t) for name, t in times.items()}
+
+
+def _precision_row(
+    bench: TrainBench, precision: str, flops: int, peak: float, report: Callable[[str], None]
+) -> dict:
+    bf16 = precision == "bf16"
+    layout = torch.channels_last if bf16 else torch.contiguous_format
+    x = torch.randn(bench.batch, 3, bench.size, bench.size).to(memory_format=layout)
+    y = torch.randint(0, 1000, (bench.batch,))
+    models = {"ours": _ours(), "torchvision": _torchvision()}
+    for model in models.values():
+        model.to(memory_format=layout).train()
+    if bench.compile:
+        models["ours_compiled"] = torch.compile(_ours().to(memory_format=layout).train())
+    rate = step_rates(models, x, y, bf16, bench.repeats)
+    row = {
+        "precision": "bf16 + channels_last" if bf16 else "fp32",
+        "batch": bench.batch,
+        "ours_img_s": rate["ours"],
+        "reference_img_s": rate["torchvision"],
+        "ratio": rate["ours"] / rate["torchvision"],
+        "ours_share_of_gemm_peak": rate["ours"] * flops / peak,
+    }
+    text = (
+        f"{row['precision']}: ours {rate['ours']:.2f} img/s, torchvision "
+        f"{rate['torchvision']:.2f} img/s, ratio {row['ratio']:.2f}; ours at "
+        f"{row['ours_share_of_gemm_peak']:.0%} of the bf16 GEMM rate"
+    )
+    if bench.compile:
+        compiled = rate["ours_compiled"]
+        row |= {
+            "ours_compiled_img_s": compiled,
+            "compiled_vs_eager": compiled / rate["ours"],
+            "ours_compiled_share_of_gemm_peak": compiled * flops / peak,
         }
-        report(
-            f"{row['precision']}: ours {ours:.2f} img/s, torchvision {ref:.2f} img/s, "
-            f"ratio {row['ratio']:.2f}"
-        )
-        rows.append(row)
-    return rows
+        text += f"; compiled {compiled:.2f} img/s ({row['compiled_vs_eager']:.2f}x eager)"
+    report(text)
+    return row
 
 
 def scaling_throughput(

@@ -18,6 +18,7 @@ from vggcli.commands.common import (
     runs_root,
     user_errors,
 )
+from vggcli.errors import VggError
 
 app = typer.Typer(help="Benchmarks: ours against a reference on the same cores, in one run.",
                   no_args_is_help=True)
@@ -30,13 +31,24 @@ def train_command(
     repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed steps per model and precision (median taken).")] = 3,
     nproc: NProc = 1,
     width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width of net D in the --nproc scaling measurement (1 = full size).")] = 1.0,
+    compile: Annotated[bool, typer.Option(help="Also time our D under torch.compile beside eager (compiling takes minutes on a CPU).")] = False,
+    precision: Annotated[str, typer.Option(help="fp32, bf16 (autocast + channels_last) or both.")] = "both",
     root: RunsRoot = None,
 ) -> None:
-    """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last) beside torchvision's vgg16 under identical settings; with --nproc N, img/s per rank of N DDP processes beside one process alone, and the scaling efficiency."""
+    """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last) beside torchvision's vgg16 under identical settings, and as a share of a bf16 GEMM's FLOP rate measured in the same run; with --compile, under torch.compile too; with --nproc N, img/s per rank of N DDP processes beside one process alone, and the scaling efficiency."""
     from vggcli.stages import bench as stage
 
     relaunch(nproc)
-    bench = stage.TrainBench(batch=batch, repeats=repeats, width=width)
+    precisions = {"both": ("fp32", "bf16"), "fp32": ("fp32",), "bf16": ("bf16",)}
+    if precision not in precisions:
+        raise VggError("choose fp32, bf16 or both", field="precision")
+    bench = stage.TrainBench(
+        batch=batch,
+        repeats=repeats,
+        precisions=precisions[precision],
+        width=width,
+        compile=compile,
+    )
     done(stage.train(bench, runs_root(root)).path)
 
 

@@ -1,0 +1,40 @@
+"""`vgg bench train`: what it counts is right, and it writes a well-formed result (no
+timing is asserted: benchmarks measure, tests check)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vggcli.bench import training_flops
+from vggcli.models import VGG, NetSpec
+from vggcli.runs import resolve
+
+
+def test_a_training_step_of_d_counts_three_forwards_of_15_5_gmacs() -> None:
+    """VGG-16 (D) at 224: 15.47 G multiply-adds forward (the figure torchvision documents),
+    so 2 x 15.47 GFLOP forward and about twice that backward (the first conv's input needs
+    no gradient, hence a little under 3x)."""
+    flops = training_flops(VGG(NetSpec("D")), 224)
+    forward = 2 * 15.47e9
+    assert 2.9 * forward < flops < 3.0 * forward, flops / forward
+
+
+def test_bench_train_writes_rates_ratios_and_the_share_of_gemm_peak(vgg, runs_root) -> None:
+    result = vgg("bench", "train", "--batch", "1", "--repeats", "1", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    figures = json.loads((resolve("bench-train", runs_root).path / "results.json").read_text())
+    assert figures["gemm_bf16_tflop_s"] > 0
+    assert figures["gflop_per_image"] == pytest.approx(92.6, rel=0.01)
+    (row,) = figures["rows"]
+    assert row["precision"] == "bf16 + channels_last"
+    assert row["ratio"] == pytest.approx(row["ours_img_s"] / row["reference_img_s"])
+    share = row["ours_img_s"] * figures["gflop_per_image"] / (1e3 * figures["gemm_bf16_tflop_s"])
+    assert row["ours_share_of_gemm_peak"] == pytest.approx(share)
+
+
+def test_bench_train_refuses_an_unknown_precision(vgg) -> None:
+    result = vgg("bench", "train", "--precision", "fp16")
+    assert result.exit_code != 0 and "--precision" in result.output
+    assert "Traceback" not in result.output
