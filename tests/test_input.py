@@ -90,12 +90,25 @@ def test_reduced_scale_decoding_keeps_the_windows_and_nearly_the_pixels(dataset_
 
 
 def test_bench_loader_on_a_dataset_run_writes_every_figure(vgg, train_root: Path) -> None:
-    args = ["--data", "tiny", "--crop", "32", "--scale", "40-64", "--images", "48"]
+    """On every training image of the tiny set, one of them damaged: counted, left out."""
+    from ffcv.reader import Reader
+
+    beton = train_root / "tiny" / "v001" / "train.beton"
+    start = int(Reader(str(beton)).metadata[0]["f0"]["data_ptr"])
+    data = bytearray(beton.read_bytes())
+    data[start + 2 : start + 40] = bytes(38)  # the JPEG header: libjpeg-turbo refuses it
+    beton.write_bytes(bytes(data))
+    args = ["--data", "tiny", "--crop", "32", "--scale", "40-64", "--images", "500"]
     result = vgg("bench", "loader", *args, "--batch", "8", "--repeats", "1", "--workers", "1")
+    assert result.exit_code == 1 and "train.beton does not match" in result.output
+    result = vgg(
+        "bench", "loader", *args, "--batch", "8", "--repeats", "1", "--workers", "1", "--no-verify"
+    )
     assert result.exit_code == 0, result.output
     run = resolve("bench-loader", train_root)
     figures = json.loads((run.path / "results.json").read_text())
-    assert figures["images"] == 48 and figures["scale"] == [40, 64]
+    assert (figures["images"], figures["decode_failures"]) == (199, 1)
+    assert figures["scale"] == [40, 64]
     for name in ("ours", "torchvision", "ffcv_rrc", "decode_full", "decode_ours_scales"):
         assert figures[f"{name}_img_s"] > 0
     assert figures["ours_vs_ceiling"] == pytest.approx(

@@ -52,20 +52,31 @@ class Encoded:
     jpegs: list[np.ndarray]
     shapes: list[tuple[int, int]]
     labels: np.ndarray
+    failed: int  # drawn images left out because their JPEG data does not decode
 
 
 def sample(beton: Path, count: int) -> Encoded:
-    """`count` JPEG-stored training images drawn with a fixed seed, bytes read once."""
+    """`count` JPEG-stored training images drawn with a fixed seed, bytes read once; those
+    that no longer decode are counted and left out, so that every loader reads the same
+    images (torchvision's would stop at the first)."""
     images = BetonImages(beton)
-    jpegs = [i for i in range(len(images)) if images.is_jpeg(i)]
-    rng = np.random.default_rng(SEED)
-    ids = np.sort(rng.permutation(np.array(jpegs, dtype=np.int64))[:count])
+    jpegs = np.array([i for i in range(len(images)) if images.is_jpeg(i)], dtype=np.int64)
+    drawn = np.sort(np.random.default_rng(SEED).permutation(jpegs)[:count])
+    kept = [int(i) for i in drawn if _decodes(images.encoded(int(i)), images.shapes[int(i)])]
+    ids = np.array(kept, dtype=np.int64)
     return Encoded(
         ids,
-        [images.encoded(int(i)) for i in ids],
-        [images.shapes[int(i)] for i in ids],
+        [images.encoded(i) for i in kept],
+        [images.shapes[i] for i in kept],
         images.labels[ids],
+        len(drawn) - len(kept),
     )
+
+
+def _decodes(jpeg: np.ndarray, shape: tuple[int, int]) -> bool:
+    from vggcli.data.beton import decode_jpeg
+
+    return decode_jpeg(jpeg, np.empty((*shape, 3), dtype=np.uint8)) == 0
 
 
 def write_image_folder(encoded: Encoded, folder: Path) -> None:
@@ -246,6 +257,7 @@ def loader_throughput(
         "batch": bench.batch,
         "workers": bench.workers,
         "images": len(encoded.ids),
+        "decode_failures": encoded.failed,
         "mean_jpeg_kb": float(np.mean([len(j) for j in encoded.jpegs]) / 1e3),
         "median_sides": [
             int(np.median([min(shape) for shape in encoded.shapes])),

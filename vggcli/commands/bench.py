@@ -8,6 +8,7 @@ import typer
 
 from vggcli.commands.common import (
     MAX_SCALE,
+    NoVerify,
     NProc,
     RunsRoot,
     at_least,
@@ -75,6 +76,7 @@ def loader_command(
     crop: Annotated[int, typer.Option(callback=bounded(16, MAX_SCALE), help="Crop size.")] = 224,
     images: Annotated[int, typer.Option(callback=at_least(1), help="Training images in the bench's sample (a seeded draw).")] = 1200,
     repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed passes per loader (median taken).")] = 3,
+    no_verify: NoVerify = False,
     root: RunsRoot = None,
 ) -> None:
     """img/s of our training loader (decode, rescale to S, crop, flip: uint8 batches) beside a torchvision ImageFolder + DataLoader doing the same, the stock FFCV RandomResizedCrop loader, and JPEG decoding alone (full size and at our decoder's DCT scales), on the same images, cores and batch size."""
