@@ -99,6 +99,7 @@ def test_bench_loader_on_a_dataset_run_writes_every_figure(vgg, train_root: Path
     data[start + 2 : start + 40] = bytes(38)  # the JPEG header: libjpeg-turbo refuses it
     beton.write_bytes(bytes(data))
     args = ["--data", "tiny", "--crop", "32", "--scale", "40-64", "--images", "500"]
+    args += ["--pass-images", "400"]
     result = vgg("bench", "loader", *args, "--batch", "8", "--repeats", "1", "--workers", "1")
     assert result.exit_code == 1 and "train.beton does not match" in result.output
     result = vgg(
@@ -119,7 +120,8 @@ def test_bench_loader_on_a_dataset_run_writes_every_figure(vgg, train_root: Path
 
 
 def test_bench_loader_draws_imagenet_sized_images_without_a_dataset(vgg, runs_root) -> None:
-    result = vgg("bench", "loader", "--images", "20", "--batch", "10", "--repeats", "1")
+    args = ["--images", "20", "--batch", "10", "--repeats", "1", "--pass-images", "20"]
+    result = vgg("bench", "loader", *args)
     assert result.exit_code == 0, result.output
     figures = json.loads((resolve("bench-loader", runs_root).path / "results.json").read_text())
     assert figures["median_sides"] == [375, 500]

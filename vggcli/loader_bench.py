@@ -36,6 +36,9 @@ class LoaderBench:
     crop: int = 224
     images: int = 1200  # a seeded sample of the training images (all of them when fewer)
     repeats: int = 3
+    # a timed pass reads the sample as often as it takes to reach this many images, so that
+    # an epoch's start (threads, the first batches in flight) weighs as little as in training
+    pass_images: int = 3000
 
     def __post_init__(self) -> None:
         if self.s_min < self.crop:
@@ -87,6 +90,11 @@ def write_image_folder(encoded: Encoded, folder: Path) -> None:
         path.write_bytes(jpeg.tobytes())
 
 
+def laps(bench: LoaderBench, encoded: Encoded) -> int:
+    """How many times one timed pass reads the sample."""
+    return -(-bench.pass_images // max(1, len(encoded.ids)))
+
+
 def _ours(bench: LoaderBench, beton: Path, encoded: Encoded) -> Callable[[int], int]:
     from vggcli.data.loader import LoaderSpec, make_loader
 
@@ -94,7 +102,9 @@ def _ours(bench: LoaderBench, beton: Path, encoded: Encoded) -> Callable[[int], 
         beton, bench.batch, bench.crop, bench.s_min, bench.s_max, SEED, True, bench.workers
     )
     loader, order = make_loader(spec)
-    shuffled = np.random.default_rng(SEED).permutation(encoded.ids).astype(np.uint64)
+    rng = np.random.default_rng(SEED)
+    shuffled = np.concatenate([rng.permutation(encoded.ids) for _ in range(laps(bench, encoded))])
+    shuffled = shuffled.astype(np.uint64)
 
     def one_pass(epoch: int) -> int:
         order.start(epoch)
@@ -115,7 +125,7 @@ def _ffcv_rrc(bench: LoaderBench, beton: Path, encoded: Encoded) -> Callable[[in
         batch_size=bench.batch,
         num_workers=bench.workers,
         order=OrderOption.RANDOM,
-        indices=encoded.ids.tolist(),
+        indices=np.tile(encoded.ids, laps(bench, encoded)).tolist(),
         drop_last=False,
         os_cache=True,
         batches_ahead=2,
@@ -132,7 +142,7 @@ def _ffcv_rrc(bench: LoaderBench, beton: Path, encoded: Encoded) -> Callable[[in
     return lambda epoch: sum(len(images) for images, _ in loader)
 
 
-def _torchvision(bench: LoaderBench, folder: Path) -> Callable[[int], int]:
+def _torchvision(bench: LoaderBench, folder: Path, repeat: int) -> Callable[[int], int]:
     import torch
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
@@ -146,7 +156,7 @@ def _torchvision(bench: LoaderBench, folder: Path) -> Callable[[int], int]:
         ]
     )
     loader = torch.utils.data.DataLoader(
-        ImageFolder(str(folder), transform=transform),
+        torch.utils.data.ConcatDataset([ImageFolder(str(folder), transform=transform)] * repeat),
         batch_size=bench.batch,
         shuffle=True,
         num_workers=bench.workers,
@@ -176,7 +186,8 @@ def _decode_only(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> C
     from ffcv.libffcv import imdecode
 
     largest = max(h * w for h, w in encoded.shapes) * 3
-    shares = np.array_split(np.arange(len(encoded.ids)), bench.workers)
+    every = np.tile(np.arange(len(encoded.ids)), laps(bench, encoded))
+    shares = np.array_split(every, bench.workers)
 
     def decode(share: np.ndarray) -> int:
         out = np.empty(largest, dtype=np.uint8)
@@ -235,7 +246,7 @@ def loader_throughput(
     eighths = chosen_eighths(bench, encoded)
     passes = {
         "ours": _ours(bench, beton, encoded),
-        "torchvision": _torchvision(bench, folder),
+        "torchvision": _torchvision(bench, folder, laps(bench, encoded)),
         "ffcv_rrc": _ffcv_rrc(bench, beton, encoded),
         "decode_full": _decode_only(bench, encoded, np.full(len(eighths), 8)),
         "decode_ours_scales": _decode_only(bench, encoded, eighths),
@@ -257,6 +268,7 @@ def loader_throughput(
         "batch": bench.batch,
         "workers": bench.workers,
         "images": len(encoded.ids),
+        "images_per_pass": len(encoded.ids) * laps(bench, encoded),
         "decode_failures": encoded.failed,
         "mean_jpeg_kb": float(np.mean([len(j) for j in encoded.jpegs]) / 1e3),
         "median_sides": [

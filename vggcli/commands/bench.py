@@ -76,6 +76,7 @@ def loader_command(
     crop: Annotated[int, typer.Option(callback=bounded(16, MAX_SCALE), help="Crop size.")] = 224,
     images: Annotated[int, typer.Option(callback=at_least(1), help="Training images in the bench's sample (a seeded draw).")] = 1200,
     repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed passes per loader (median taken).")] = 3,
+    pass_images: Annotated[int, typer.Option(callback=at_least(1), help="Images per timed pass: the sample is read as often as it takes (an epoch's start then weighs little).")] = 3000,
     no_verify: NoVerify = False,
     root: RunsRoot = None,
 ) -> None:
@@ -83,5 +84,5 @@ def loader_command(
     from vggcli.stages import bench as stage
 
     s_min, s_max = parse_scale(scale)
-    bench = stage.LoaderBench(s_min, s_max, workers, batch, crop, images, repeats)
+    bench = stage.LoaderBench(s_min, s_max, workers, batch, crop, images, repeats, pass_images)
     done(stage.loader(bench, data, runs_root(root)).path)
