@@ -110,7 +110,14 @@ def test_bench_loader_on_a_dataset_run_writes_every_figure(vgg, train_root: Path
     figures = json.loads((run.path / "results.json").read_text())
     assert (figures["images"], figures["decode_failures"]) == (199, 1)
     assert figures["scale"] == [40, 64]
-    for name in ("ours", "torchvision", "ffcv_rrc", "decode_full", "decode_ours_scales"):
+    for name in (
+        "ours",
+        "ours_scheme_2",
+        "torchvision",
+        "ffcv_rrc",
+        "decode_full",
+        "decode_ours_scales",
+    ):
         assert figures[f"{name}_img_s"] > 0
     assert figures["ours_vs_ceiling"] == pytest.approx(
         figures["ours_img_s"] / figures["decode_ours_scales_img_s"]
