@@ -23,6 +23,7 @@ global batches, each rank taking its slice of each.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +42,16 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from vggcli.data.resize import resize_window
+from vggcli.errors import VggError
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 SCHEME = 3  # the augmentation scheme new runs use (see the module docstring)
 # reduced DCT scales (in eighths) libjpeg-turbo decodes faster than the full image here: its
 # SIMD code covers 1/2 and 1/4; 3/8 and 5/8-7/8 measured slower than 8/8 (docs/performance.md)
 FAST_EIGHTHS = (1, 2, 4)
+# where training images are decoded: FFCV's compiled workers (libjpeg-turbo, OpenCV resize),
+# torchvision on the CPU, or nvJPEG on the CUDA device (the last two: torch_loader.py)
+DECODES = ("ffcv", "torch", "gpu")
 
 
 @njit(inline="always")
@@ -313,10 +318,37 @@ class LoaderSpec:
     scheme: int = SCHEME
     device: str = "cpu"  # cuda: batches go to the GPU from pinned memory, asynchronously
     flip: bool = True  # training: mirror half the crops (the paper's)
+    decode: str = "ffcv"  # one of DECODES
+
+    def __post_init__(self) -> None:
+        check_decode(self.decode, self.device)
 
 
-def make_loader(spec: LoaderSpec) -> tuple[Loader, EpochOrder]:
-    """An FFCV loader yielding (uint8 NCHW channels_last images, int64 labels)."""
+def check_decode(decode: str, device: str | None = None) -> None:
+    """One line for a decode path that does not exist, or (given the training device) cannot
+    run there."""
+    if decode not in DECODES:
+        raise VggError(
+            f"unknown decode path '{decode}': choose {', '.join(DECODES)}", field="decode"
+        )
+    if decode == "gpu" and device is not None and not device.startswith("cuda"):
+        raise VggError(
+            f"gpu decoding needs a CUDA device and this run uses {device}: "
+            "decode with torch (the same path on the CPU) or ffcv",
+            field="decode",
+        )
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def make_loader(spec: LoaderSpec) -> tuple[Batches, EpochOrder]:
+    """A loader yielding (uint8 NCHW channels_last images, int64 labels): FFCV's, or with
+    `decode` torch or gpu the torch one that gives the same batches (torch_loader.py)."""
+    if spec.decode != "ffcv":
+        from vggcli.data.torch_loader import make_torch_loader
+
+        return make_torch_loader(spec)
     decoder = ScaleCropDecoder(
         spec.crop, spec.s_min, spec.s_max, spec.seed, not spec.train, spec.scheme, spec.flip
     )
