@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import vgg_process
+from tests.test_train import TINY
 from vggcli.data.beton import BetonImages, StorageSettings, write_beton
 from vggcli.data.loader import LoaderSpec, crop_window, epoch_key, image_key, make_loader, mix64
 from vggcli.data.synthetic import SyntheticSpec, generate
 from vggcli.runs import resolve
+from vggcli.train import TrainConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
@@ -156,3 +159,52 @@ def test_raw_samples_decode_beside_jpegs(tmp_path: Path, batched: bool) -> None:
     _assert_close_pixels(ours, ffcv)
     assert order.failed_decodes() == 0
 
+
+def test_train_decode_torch_trains_records_it_and_gpu_needs_cuda(vgg, train_root) -> None:
+    """`--decode torch` trains, is recorded, resumes with it (from the config) and is
+    inherited by a fine-tune; `--decode ffcv` records nothing (configs as before); gpu
+    without CUDA and an unknown value are one line, before a version is made."""
+    short = ["--epochs", "1", "--max-steps", "2", *TINY]
+    result = vgg("train", "--net", "A", "--scale", "32-48", *short, "--decode", "torch")
+    assert result.exit_code == 0, result.output
+    version = resolve("A", train_root)
+    config = version.manifest()["config"]
+    assert config["decode"] == "torch" and version.results()["training"]["steps"] == 2
+    assert TrainConfig.from_manifest(config).decode == "torch"
+    tuned = vgg("finetune-scale", "A", "--scale", "40", "--epochs", "1")
+    assert tuned.exit_code == 0, tuned.output
+    assert resolve("A", train_root).manifest()["config"]["decode"] == "torch"
+    back = vgg("finetune-scale", "A", "--scale", "40", "--epochs", "1", "--decode", "ffcv")
+    assert back.exit_code == 0 and "decode" not in resolve("A", train_root).manifest()["config"]
+    for value, needle in (("gpu", "needs a CUDA device"), ("nvjpeg", "choose ffcv, torch, gpu")):
+        args = ["--net", "A", "--scale", "40", *short, "--name", "X", "--decode", value]
+        refused = vgg("train", *args)
+        lines = [line for line in refused.output.splitlines() if line.strip()]
+        assert refused.exit_code == 2 and len(lines) == 1, refused.output
+        assert lines[0].startswith("error: --decode: ") and needle in lines[0]
+        assert not (train_root / "X").exists()
+
+
+@pytest.mark.slow
+def test_killed_torch_decoded_training_resumes_bit_identical(train_root) -> None:
+    """A resume reads `decode` from the recorded config and continues the torch loader's
+    epoch at the checkpoint's offset: the weights end as an uninterrupted run's."""
+    from tests.test_train import _kill_after_steps, _train_process
+    from vggcli.artifacts import ModelRun
+    from vggcli.checkpoints import load_model
+    from vggcli.runs import COMPLETE, INTERRUPTED, versions
+
+    reference = _train_process(train_root, "reference", "--decode", "torch")
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+    killed = _train_process(train_root, "killed", "--decode", "torch")
+    _kill_after_steps(killed, train_root / "killed" / "v001" / "metrics.jsonl", 15)
+    (version,) = versions(train_root / "killed")
+    assert version.status() == INTERRUPTED
+    resumed = vgg_process("train", "--resume", str(version.path), runs_root=train_root)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "resuming" in output, output
+    assert version.status() == COMPLETE and version.manifest()["config"]["decode"] == "torch"
+    expected, _ = load_model(ModelRun(resolve("reference", train_root)))
+    got, _ = load_model(ModelRun(version))
+    for (name, a), b in zip(expected.state_dict().items(), got.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -20,7 +20,15 @@ import torch
 from torch import nn
 
 from vggcli.data.beton import check_decodes
-from vggcli.data.loader import SCHEME, ColourShift, LoaderSpec, colour_alphas, make_loader, mix64
+from vggcli.data.loader import (
+    SCHEME,
+    ColourShift,
+    LoaderSpec,
+    check_decode,
+    colour_alphas,
+    make_loader,
+    mix64,
+)
 from vggcli.device import Precision
 from vggcli.device import autocast as device_autocast
 from vggcli.distributed import SINGLE, Cluster
@@ -117,8 +125,12 @@ class TrainConfig:
     finetune_from: str | None = None  # label of the run version whose weights we start from
     augmentation: int = SCHEME  # per-image random draws: see data/loader.py
     fc_only: bool = False  # train fc6-fc8 alone, convs frozen (the ILSVRC-submission D)
+    # who decodes the training images (data/loader.py's DECODES): torch and gpu resize a
+    # little differently from ffcv, so a run records its choice and resumes with it
+    decode: str = "ffcv"
 
     def __post_init__(self) -> None:
+        check_decode(self.decode)
         if self.fc_only and self.finetune_from is None:
             raise VggError("training only the FC layers needs trained convs: fine-tune a run")
         if not self.net.crop <= self.s_min <= self.s_max:
@@ -153,6 +165,8 @@ class TrainConfig:
                 del data["recipe"][name]
         if not self.fc_only:  # recorded only when on: every other run's config is unchanged
             del data["fc_only"]
+        if self.decode == "ffcv":  # likewise: recorded only when not the default
+            del data["decode"]
         return data
 
     @staticmethod
@@ -392,6 +406,7 @@ class Trainer:
             scheme=self.config.augmentation,
             device=str(self.device),
             flip=self.recipe.flip,
+            decode=self.config.decode,
         )
         return make_loader(spec)
 

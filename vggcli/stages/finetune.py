@@ -34,6 +34,7 @@ class FinetuneRequest:
     data: str | None = None  # a dataset run; default: the parent's (imported parents: required)
     batch_size: int | None = None  # default: the parent's (imported parents: the paper's 256)
     micro_batch: int | None = None  # default: the parent's
+    decode: str | None = None  # who decodes the training images; default: the parent's
 
 
 def base_lr(model: ModelRun, root: Path) -> float:
@@ -101,5 +102,6 @@ def run(request: FinetuneRequest, root: Path) -> RunVersion:
         augmentation=SCHEME,  # a new run: today's scheme, whatever its parent used
         precision=device.precision_for(device.pick(request.runtime.device), request.precision),
         fc_only=request.fc_only,  # not inherited: each fine-tune says which layers it trains
+        decode=request.decode or previous.decode,
     )
     return execute(config, root, request.name or parent.name, request.runtime)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from vggcli import checkpoints, device, distributed
 from vggcli.artifacts import DatasetRun, Kind, ModelRun, latest_of_kind, resolve_as
+from vggcli.data.loader import check_decode
 from vggcli.distributed import Cluster
 from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec, check_takes_a_layers, count_parameters
@@ -51,6 +52,7 @@ class TrainRequest:
     data: str | None = None  # default: the only dataset run
     init_from: str | None = None  # a trained net-A run
     paper_init: bool = False  # no --init: B-E from the one matching A run, else Glorot (not B-5x5)
+    decode: str = "ffcv"  # who decodes the training images: ffcv, torch or gpu
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def _train(
     frame only, so they are gone before the process group they use is destroyed."""
     dataset = resolve_as(config.dataset, root, DatasetRun)
     _refuse_no_steps(config, dataset)
+    check_decode(config.decode, str(chosen))  # gpu on a CPU run: refused before a version opens
 
     def read() -> tuple[VGG, list[RunVersion], TrainData]:
         betons = dataset.beton("train"), dataset.beton("val")
@@ -240,6 +243,7 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
         request.compile,
         dataset.label,
         a_label,
+        decode=request.decode,
     )
     if request.paper_init and distributed.from_environment().lead:
         console.print(f"init: {chosen}")  # chosen for the user: say what
