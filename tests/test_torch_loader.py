@@ -109,6 +109,26 @@ def test_torch_loader_gives_the_ffcv_loaders_batches(dataset_runs) -> None:
     assert sorted(two) == sorted(one) and all(torch.equal(one[i], two[i]) for i in one)
 
 
+def test_a_pass_stopped_early_stops_its_threads_and_the_next_pass_is_whole(dataset_runs) -> None:
+    """max_steps ends an epoch in the middle: the pass's prefetch and worker threads end
+    with it, and the next pass starts from the order's start again."""
+    import threading
+
+    beton = resolve("tiny", dataset_runs).output("train.beton")
+    loader, order = make_loader(LoaderSpec(beton, 16, 32, 32, 64, 0, True, 2, decode="torch"))
+    order.start(0)
+    whole = [x.clone() for x, _ in loader]
+    before = threading.active_count()
+    order.start(0)
+    passing = iter(loader)
+    first, _ = next(passing)
+    assert threading.active_count() > before  # prefetching
+    passing.close()
+    assert threading.active_count() == before and torch.equal(first, whole[0])
+    order.start(0)
+    assert all(torch.equal(x, y) for (x, _), y in zip(loader, whole, strict=True))
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_a_corrupt_jpeg_is_counted_and_comes_out_black(dataset_runs, tmp_path, batched) -> None:
     """The FFCV decoder's rule: flagged in order.failed, black, the rest unchanged. batched:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import closing
 from typing import TypeVar
 
 import numpy as np
@@ -137,8 +138,11 @@ class TorchLoader:
         samples, epoch = self.order.current, int(self.order.epoch_cell[0])
         size = self.spec.batch_size
         batches = [samples[i : i + size] for i in range(0, len(samples), size)]
-        with ThreadPoolExecutor(max(1, self.spec.workers)) as pool:
-            for batch in prefetched(lambda ids: self._batch(ids, epoch, pool), batches):
+        with (
+            ThreadPoolExecutor(max(1, self.spec.workers)) as pool,
+            closing(prefetched(lambda ids: self._batch(ids, epoch, pool), batches)) as ready,
+        ):  # a pass stopped early closes the prefetch thread before the pool
+            for batch in ready:
                 yield self._delivered(batch)
 
     def _batch(self, samples: np.ndarray, epoch: int, pool: Executor) -> Batch:
@@ -217,6 +221,8 @@ class TorchLoader:
             image = decode_jpeg(
                 torch.from_numpy(data), mode=ImageReadMode.RGB, device=self.decode_device
             )
+        except torch.OutOfMemoryError:
+            raise  # a RuntimeError too, but no fault of the image's
         except RuntimeError:
             return self._failed(sample)
         return image if self._fits(sample, image) else self._failed(sample)
