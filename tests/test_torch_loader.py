@@ -23,8 +23,12 @@ from vggcli.train import TrainConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
-# measured on the tiny set (crop 32, S 32-64): mean 1.1 grey levels, worst image 2.9
+# against FFCV's whole-image decode (scheme 2), measured on the tiny set (crop 32, S 32-64):
+# mean 1.1 grey levels, worst image 2.9. Scheme 3's FFCV decoder decodes small training
+# windows at a reduced DCT scale, which moves its own pixels by 1.7 (test_input.py): the torch
+# path against it, 2.1 and 8.9
 MEAN_BOUND, IMAGE_BOUND = 2.0, 4.0
+SCHEME_3_BOUNDS = 3.0, 12.0
 
 
 def _epoch(spec: LoaderSpec, epoch: int, offset: int = 0):  # type: ignore[no-untyped-def]
@@ -37,12 +41,14 @@ def _epoch(spec: LoaderSpec, epoch: int, offset: int = 0):  # type: ignore[no-un
     return images, labels, order.current.copy(), [len(y) for _, y in batches]
 
 
-def _assert_close_pixels(ours: torch.Tensor, ffcv: torch.Tensor) -> None:
+def _assert_close_pixels(
+    ours: torch.Tensor, ffcv: torch.Tensor, bounds: tuple[float, float] = (MEAN_BOUND, IMAGE_BOUND)
+) -> None:
     assert ours.shape == ffcv.shape and ours.dtype == ffcv.dtype == torch.uint8
     assert ours.is_contiguous(memory_format=torch.channels_last)
     diff = (ours.int() - ffcv.int()).abs().float()
-    assert diff.mean() < MEAN_BOUND, float(diff.mean())
-    assert diff.mean(dim=(1, 2, 3)).max() < IMAGE_BOUND  # a wrong window or flip is far more
+    assert diff.mean() < bounds[0], float(diff.mean())
+    assert diff.mean(dim=(1, 2, 3)).max() < bounds[1]  # a wrong window or flip is far more
 
 
 def test_torch_loader_draws_the_ffcv_decoders_windows_and_flips(dataset_runs) -> None:
@@ -57,7 +63,7 @@ def test_torch_loader_draws_the_ffcv_decoders_windows_and_flips(dataset_runs) ->
     loader, _ = make_loader(spec)
     ids = np.random.default_rng(0).permutation(len(shapes))[:50].astype(np.uint64)
     seed, u64 = np.uint64(7), np.uint64  # numba returns uint64 as a Python int: rewrap it
-    for scheme, epoch in ((2, 0), (2, 3), (1, 3)):
+    for scheme, epoch in ((2, 0), (3, 3), (1, 3)):
         key = u64(epoch_key(seed, u64(epoch)))
         if scheme == 1:
             key = u64(mix64(seed))
@@ -80,12 +86,13 @@ def test_torch_loader_draws_the_ffcv_decoders_windows_and_flips(dataset_runs) ->
 
 
 def test_torch_loader_gives_the_ffcv_loaders_batches(dataset_runs) -> None:
-    """Same sample order, batch sizes and labels, pixels within MEAN_BOUND: a resumed epoch
-    (offset of 5 global batches), both ranks of world size 2, and validation (centre crop,
-    the last batch short). The resumed pass is exactly the tail of the whole one, and the
-    two ranks' pixels exactly those of one process (scheme 2)."""
+    """Same sample order, batch sizes and labels, pixels within MEAN_BOUND of FFCV's
+    whole-image decode (scheme 2): a resumed epoch (offset of 5 global batches), both ranks
+    of world size 2, and validation (centre crop, the last batch short). The resumed pass is
+    exactly the tail of the whole one, and the two ranks' pixels exactly those of one
+    process. Against scheme 3 (new runs' default), within its looser bounds."""
     beton = resolve("tiny", dataset_runs).output("train.beton")
-    train = LoaderSpec(beton, 16, 32, 32, 64, 0, True, 1, global_batch=16)
+    train = LoaderSpec(beton, 16, 32, 32, 64, 0, True, 1, global_batch=16, scheme=2)
     cases = [
         (train, 1, 5 * 16),
         (replace(train, batch_size=8, rank=0, world_size=2), 1, 0),
@@ -107,6 +114,9 @@ def test_torch_loader_gives_the_ffcv_loaders_batches(dataset_runs) -> None:
     assert list(tail) == ids[80:].tolist() and all(torch.equal(tail[i], one[i]) for i in tail)
     two = ours[(0, 2, 0)] | ours[(1, 2, 0)]
     assert sorted(two) == sorted(one) and all(torch.equal(one[i], two[i]) for i in one)
+    scheme_3 = replace(train, scheme=3)
+    assert torch.equal(_epoch(replace(scheme_3, decode="torch"), 1)[0], images)  # same draws
+    _assert_close_pixels(images, _epoch(scheme_3, 1)[0], SCHEME_3_BOUNDS)
 
 
 def test_a_pass_stopped_early_stops_its_threads_and_the_next_pass_is_whole(dataset_runs) -> None:
