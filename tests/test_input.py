@@ -113,6 +113,7 @@ def test_bench_loader_on_a_dataset_run_writes_every_figure(vgg, train_root: Path
     for name in (
         "ours",
         "ours_scheme_2",
+        "ours_torch_decode",
         "torchvision",
         "ffcv_rrc",
         "decode_full",

@@ -21,8 +21,6 @@ from vggcli.data.synthetic import SyntheticSpec, generate
 from vggcli.runs import resolve
 from vggcli.train import TrainConfig
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
-
 # against FFCV's whole-image decode (scheme 2), measured on the tiny set (crop 32, S 32-64):
 # mean 1.1 grey levels, worst image 2.9. Scheme 3's FFCV decoder decodes small training
 # windows at a reduced DCT scale, which moves its own pixels by 1.7 (test_input.py): the torch

@@ -7,8 +7,9 @@ transforms (shortest side to S, random crop, flip) with as many worker processes
 loader has threads; the stock FFCV `RandomResizedCropRGBImageDecoder` loader; and a tight
 loop of libjpeg-turbo decodes alone over the same number of threads, at full size and at
 the reduced DCT scales our decoder picks (a reduced-scale decode is compared with a
-reduced-scale ceiling); and our loader as it was before reduced-scale decoding (scheme 2),
-to show what that buys. Passes are interleaved, their order rotated, medians taken.
+reduced-scale ceiling); our loader as it was before reduced-scale decoding (scheme 2), to
+show what that buys; and our torch decode path (`vgg train --decode torch`; on a machine
+with CUDA, `--decode gpu` too). Passes are interleaved, their order rotated, medians taken.
 """
 
 from __future__ import annotations
@@ -97,10 +98,17 @@ def laps(bench: LoaderBench, encoded: Encoded) -> int:
     return -(-bench.pass_images // max(1, len(encoded.ids)))
 
 
-def _ours(bench: LoaderBench, beton: Path, encoded: Encoded, scheme: int) -> Callable[[int], int]:
+def _ours(
+    bench: LoaderBench, beton: Path, encoded: Encoded, scheme: int, decode: str = "ffcv"
+) -> Callable[[int], int]:
     """Our training loader under augmentation `scheme` (2: every image decoded in full and
-    resized with INTER_AREA, the decoder before reduced-scale decoding)."""
+    resized with INTER_AREA, the decoder before reduced-scale decoding), decoded by `decode`
+    (`--decode` of vgg train: ffcv, torch, or gpu, whose batches are timed until on the GPU)."""
+    import torch
+
     from vggcli.data.loader import LoaderSpec, make_loader
+
+    device = "cuda" if decode == "gpu" else "cpu"
 
     spec = LoaderSpec(
         beton,
@@ -112,6 +120,8 @@ def _ours(bench: LoaderBench, beton: Path, encoded: Encoded, scheme: int) -> Cal
         True,
         bench.workers,
         scheme=scheme,
+        device=device,
+        decode=decode,
     )
     loader, order = make_loader(spec)
     rng = np.random.default_rng(SEED)
@@ -121,7 +131,10 @@ def _ours(bench: LoaderBench, beton: Path, encoded: Encoded, scheme: int) -> Cal
     def one_pass(epoch: int) -> int:
         order.start(epoch)
         order.current = shuffled  # the bench's sample stands in for the whole epoch
-        return sum(len(images) for images, _ in loader)
+        count = sum(len(images) for images, _ in loader)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return count
 
     return one_pass
 
@@ -255,10 +268,15 @@ def loader_throughput(
     bench: LoaderBench, beton: Path, encoded: Encoded, folder: Path, report: Callable[[str], None]
 ) -> dict:
     """img/s of each loader and of the decode ceilings, interleaved; ratios of ours."""
+    import torch
+
+    gpu = torch.cuda.is_available()
     eighths = chosen_eighths(bench, encoded)
     passes = {
         "ours": _ours(bench, beton, encoded, SCHEME),
         "ours_scheme_2": _ours(bench, beton, encoded, 2),
+        "ours_torch_decode": _ours(bench, beton, encoded, SCHEME, "torch"),
+        **({"ours_gpu_decode": _ours(bench, beton, encoded, SCHEME, "gpu")} if gpu else {}),
         "torchvision": _torchvision(bench, folder, laps(bench, encoded)),
         "ffcv_rrc": _ffcv_rrc(bench, beton, encoded),
         "decode_full": _decode_only(bench, encoded, np.full(len(eighths), 8)),
