@@ -8,11 +8,16 @@ import torch
 
 from tests.test_train import TINY
 from vggcli.errors import VggError
-from vggcli.eval_settings import EvalSettings, default_scales
+from vggcli.eval_settings import EvalSettings, Mode, default_scales
 from vggcli.evaluate import (
     Evaluator,
+    assemble,
+    centre_view,
     crop_views,
+    evaluate_method,
     grid_offsets,
+    method_batches,
+    prefetched,
     rescale,
     rescaled_size,
     to_tensor,
@@ -165,8 +170,8 @@ def test_evaluate_and_fuse_bad_input(vgg, train_root) -> None:
 def test_no_flip_evaluates_the_image_alone() -> None:
     evaluator = _evaluator(crop=64)
     image = np.random.default_rng(2).integers(0, 256, (1, 96, 128, 3), dtype=np.uint8)
-    alone = evaluator.posteriors(image, True).numpy()
-    mirror = evaluator.posteriors(image[:, :, ::-1], True).numpy()
+    alone = evaluator.posteriors(to_tensor(image, evaluator.device), True).numpy()
+    mirror = evaluator.posteriors(to_tensor(image[:, :, ::-1], evaluator.device), True).numpy()
     np.testing.assert_allclose(evaluator.dense(image), (alone + mirror) / 2, rtol=1e-3, atol=1e-6)
     evaluator.settings = EvalSettings("crop", (96,), 64, precision="fp32", flip=False)
     np.testing.assert_allclose(evaluator.dense(image), alone, rtol=1e-6)
@@ -216,3 +221,116 @@ def test_evaluation_gets_every_core_back_after_ffcv_took_them() -> None:
     device.pick("cpu")
     expected = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
     assert torch.get_num_threads() == expected
+
+
+# -- input prepared beside the model: the same posteriors, bit for bit ------------------------
+def _serial(evaluator: Evaluator, images, method: Mode, q: int) -> np.ndarray:
+    """The plain serial computation, written out as evaluation did before the input moved
+    to background threads: stack, concatenate mirrors, one tensor per batch. Rows in
+    image order."""
+    settings = evaluator.settings
+    flip, crop = settings.flip, settings.crop
+    rows, done = [], []
+    for indices in method_batches(images.shapes, method, q, settings.batch):
+        done += indices
+        if method == Mode.DENSE:
+            stacked = np.stack([rescale(images[i], q) for i in indices])
+            views = np.concatenate([stacked, stacked[:, :, ::-1]]) if flip else stacked
+        elif method == Mode.CROP:
+            views = np.concatenate([_grid(rescale(images[i], q), crop, flip) for i in indices])
+        else:
+            views = np.concatenate([centre_view(images[i], crop, q) for i in indices])
+        probs = torch.cat(
+            [
+                evaluator.posteriors(
+                    to_tensor(views[i : i + 256], evaluator.device), method == Mode.DENSE
+                )
+                for i in range(0, len(views), 256)
+            ]
+        )
+        if method == Mode.DENSE:
+            rows.append(((probs[: len(indices)] + probs[len(indices) :]) / 2) if flip else probs)
+        else:
+            rows.append(probs.view(len(indices), -1, probs.shape[1]).mean(1))
+    out = np.zeros((len(images), evaluator.model.spec.num_classes), dtype=np.float32)
+    out[done] = torch.cat(rows).numpy()
+    return out
+
+
+def _grid(image: np.ndarray, crop: int, flip: bool) -> np.ndarray:
+    crops = np.stack(
+        [
+            image[t : t + crop, s : s + crop]
+            for t in grid_offsets(image.shape[0], crop)
+            for s in grid_offsets(image.shape[1], crop)
+        ]
+    )
+    return np.concatenate([crops, crops[:, :, ::-1]]) if flip else crops
+
+
+def _tiny_evaluator(flip: bool, workers: int) -> Evaluator:
+    torch.manual_seed(0)
+    model = VGG(NetSpec("A", num_classes=10, width=1 / 16, crop=32))
+    initialise(model, "kaiming")
+    model.set_normalisation([120.0, 110.0, 100.0])
+    settings = EvalSettings("dense", (40,), 32, precision="fp32", batch=3, flip=flip)
+    return Evaluator(model, settings, torch.device("cpu"), workers)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+@pytest.mark.parametrize("method", [Mode.DENSE, Mode.CROP, Mode.CENTRE])
+def test_input_prepared_in_background_threads_gives_the_serial_posteriors_bit_for_bit(
+    dataset_runs, method: Mode, flip: bool
+) -> None:
+    """The .beton's JPEGs decoded, rescaled and cut into views by 0, 1 or 2 threads beside
+    the model, and by two ranks taking every other batch: identical to the serial path."""
+    from vggcli.data.beton import BetonImages
+
+    images = BetonImages(resolve("tiny", dataset_runs).output("val.beton"))
+    expected = _serial(_tiny_evaluator(flip, 0), images, method, 40)
+    for workers in (0, 1, 2):
+        indices, probs = evaluate_method(
+            _tiny_evaluator(flip, workers), images, method, 40, lambda n: None
+        )
+        assert np.array_equal(assemble([(indices, probs)], len(images)), expected), workers
+    ranks = [
+        evaluate_method(_tiny_evaluator(flip, 1), images, method, 40, lambda n: None, rank, 2)
+        for rank in (0, 1)
+    ]
+    assert np.array_equal(assemble(ranks, len(images)), expected)
+    assert images.failed == set()
+
+
+def test_a_jpeg_that_fails_to_decode_in_a_background_thread_is_counted(
+    dataset_runs, tmp_path
+) -> None:
+    from ffcv.reader import Reader
+
+    from vggcli.data.beton import BetonImages
+
+    beton = tmp_path / "val.beton"
+    beton.write_bytes(resolve("tiny", dataset_runs).output("val.beton").read_bytes())
+    start = int(Reader(str(beton)).metadata[3]["f0"]["data_ptr"])
+    with open(beton, "r+b") as fh:  # the JPEG header of image 3 zeroed
+        fh.seek(start + 2)
+        fh.write(bytes(38))
+    serial, threaded = BetonImages(beton), BetonImages(beton)
+    expected = _serial(_tiny_evaluator(True, 0), serial, Mode.DENSE, 40)
+    part = evaluate_method(_tiny_evaluator(True, 2), threaded, Mode.DENSE, 40, lambda n: None)
+    assert serial.failed == threaded.failed == {3}
+    assert np.array_equal(assemble([part], len(threaded)), expected)
+
+
+def test_prefetched_keeps_the_order_and_raises_at_the_failing_batch() -> None:
+    def prepare(batch: int) -> int:
+        if batch == 5:
+            raise VggError("image 5 changed while it was being read")
+        return batch * 10
+
+    for workers in (0, 1, 3):
+        assert list(prefetched(range(5), prepare, workers)) == [(b, b * 10) for b in range(5)]
+        seen = []
+        with pytest.raises(VggError, match="image 5 changed"):
+            for batch, _ in prefetched(range(8), prepare, workers):
+                seen.append(batch)
+        assert seen == [0, 1, 2, 3, 4]
