@@ -1,9 +1,10 @@
-"""`vgg bench train`: what it counts is right, and it writes a well-formed result (no
-timing is asserted: benchmarks measure, tests check)."""
+"""`vgg bench train` and `vgg bench evaluate`: what they count is right, and they write
+well-formed results (no timing is asserted: benchmarks measure, tests check)."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -38,3 +39,34 @@ def test_bench_train_refuses_an_unknown_precision(vgg) -> None:
     result = vgg("bench", "train", "--precision", "fp16")
     assert result.exit_code != 0 and "--precision" in result.output
     assert "Traceback" not in result.output
+
+
+TINY_BENCH = ("--width", "0.0625", "--images", "3", "--crop-images", "1", "--repeats", "1")
+
+
+def test_bench_evaluate_writes_end_to_end_beside_model_only(vgg, runs_root) -> None:
+    result = vgg("bench", "evaluate", *TINY_BENCH, "--workers", "2")
+    assert result.exit_code == 0, result.output
+    run = resolve("bench-evaluate", runs_root)
+    results = json.loads((run.path / "results.json").read_text())
+    assert results["dense_vs_crop"]["ratio_one_scale"] > 0
+    overlap = results["end_to_end"]
+    assert (overlap["net"], overlap["q"], overlap["workers"]) == ("A", 256, 2)
+    assert [row["method"] for row in overlap["rows"]] == ["dense", "crop"]
+    assert [row["images"] for row in overlap["rows"]] == [3, 1]
+    for row in overlap["rows"]:
+        for key in ("end_to_end_img_s", "model_only_img_s", "ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0
+    assert run.manifest()["config"]["images"] == 3
+
+
+def test_bench_evaluate_refuses_bad_settings_before_any_work(vgg, runs_root) -> None:
+    for args, message in (
+        (("--images", "0"), "Invalid value for '--images'"),
+        (("--workers", "-1"), "Invalid value for '--workers'"),
+        (("--q", "224"), "Invalid value for '--q'"),
+        (("--net", "Z"), "unknown net 'Z'"),
+    ):
+        result = vgg("bench", "evaluate", *TINY_BENCH, *args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not (runs_root / "bench-evaluate").exists()

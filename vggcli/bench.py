@@ -10,11 +10,26 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from vggcli.data.beton import BetonImages
 from vggcli.distributed import Cluster
+from vggcli.errors import VggError
+from vggcli.eval_settings import EvalSettings, Mode
+from vggcli.evaluate import (
+    Evaluator,
+    Images,
+    batch_input,
+    crop_views,
+    evaluate_method,
+    method_batches,
+    rescale,
+    to_tensor,
+)
 from vggcli.models import VGG, NetSpec
 
 
@@ -32,6 +47,16 @@ class TrainBench:
 class EvaluateBench:
     q: int = 256
     repeats: int = 2
+    net: str = "A"  # of the end-to-end measurement (the dense-vs-crop cost is D's)
+    width: float = 1.0  # of both nets (1 = full size)
+    images: int = 48  # dense end to end (batches of up to 16 of one rescaled size)
+    crop_images: int = 12  # multi-crop end to end: three batches of 4 (200 views each)
+    workers: int = 1  # input threads beside the model (0: in the model's thread, serially)
+
+    def __post_init__(self) -> None:
+        NetSpec(self.net, width=self.width)  # an unknown net or width: one line, before any work
+        if self.q - 32 < 224:
+            raise VggError(f"Q={self.q}: the scales Q-32, Q, Q+32 must hold a 224 crop", field="q")
 
 
 def _ours() -> nn.Module:
@@ -208,19 +233,12 @@ def evaluation_cost(
     bench: EvaluateBench, precision: str = "bf16", report: Callable[[str], None] = print
 ) -> dict:
     """Seconds per image of dense evaluation (whole image + mirror) against multi-crop
-    (5x5 grid + mirrors = 50 views per scale) for full-size D, at Q and over three scales
+    (5x5 grid + mirrors = 50 views per scale) for net D, at Q and over three scales
     {Q-32, Q, Q+32}; one run, interleaved, medians."""
-    import numpy as np
-
-    from vggcli.eval_settings import EvalSettings, Mode
-    from vggcli.evaluate import Evaluator, crop_views, rescale
-
     q, repeats = bench.q, bench.repeats
     scales = (q - 32, q, q + 32)
     settings = EvalSettings(Mode.DENSE_CROP, scales, 224, precision)
-    model = VGG(NetSpec("D"))
-    model.set_normalisation([123.7, 116.8, 103.9])
-    evaluator = Evaluator(model, settings, torch.device("cpu"))
+    evaluator = Evaluator(_random_net("D", bench.width), settings, torch.device("cpu"))
     image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
 
     def dense(at: int) -> None:
@@ -259,3 +277,103 @@ def evaluation_cost(
         f"150 crops {median['crop3']:.2f} s ({result['ratio_three_scales']:.1f}x)"
     )
     return result
+
+
+def _random_net(net: str, width: float) -> VGG:
+    """A net with random weights and the usual ImageNet mean, as a trained one would carry."""
+    model = VGG(NetSpec(net, width=width))
+    model.set_normalisation([123.7, 116.8, 103.9])
+    return model
+
+
+def evaluation_overlap(
+    bench: EvaluateBench,
+    beton: Path,
+    precision: str = "bf16",
+    report: Callable[[str], None] = print,
+) -> dict:
+    """img/s of the whole evaluation path (JPEG decode from `beton`, rescale to Q, views,
+    model, posteriors: `evaluate_method`, input prepared by `bench.workers` threads) beside
+    the model alone on the same batches already decoded and converted, dense and multi-crop,
+    at Q, one run, interleaved, medians: what the input costs evaluation."""
+    settings = EvalSettings(Mode.DENSE_CROP, (bench.q,), 224, precision)
+    model = _random_net(bench.net, bench.width)
+    evaluator = Evaluator(model, settings, torch.device("cpu"), bench.workers)
+    stored = BetonImages(beton)
+    rows = [
+        _overlap_row(evaluator, _First(stored, count), method, bench, report)
+        for method, count in ((Mode.DENSE, bench.images), (Mode.CROP, bench.crop_images))
+    ]
+    used = range(max(bench.images, bench.crop_images))
+    jpeg_bytes = np.mean([len(stored.encoded(i)) for i in used])
+    return {
+        "net": bench.net,
+        "width": bench.width,
+        "q": bench.q,
+        "precision": precision,
+        "workers": bench.workers,
+        "threads": torch.get_num_threads(),
+        "jpeg_kb_per_image": float(jpeg_bytes) / 1000,
+        "rows": rows,
+    }
+
+
+def _overlap_row(
+    evaluator: Evaluator,
+    images: Images,
+    method: Mode,
+    bench: EvaluateBench,
+    report: Callable[[str], None],
+) -> dict:
+    """End to end against model only for one method; each batch shape warmed up first
+    (oneDNN builds its kernels for a shape on first use)."""
+    q, settings = bench.q, evaluator.settings
+    batches = method_batches(images.shapes, method, q, settings.batch)
+    prepare = batch_input(images, method, q, settings)
+    tensors = [to_tensor(prepare(indices), evaluator.device) for indices in batches]
+    for x in {x.shape: x for x in tensors}.values():
+        evaluator.compute(method, x)
+    runs = {
+        "end_to_end": lambda: evaluate_method(evaluator, images, method, q, lambda n: None),
+        "model_only": lambda: [evaluator.compute(method, x) for x in tensors],
+    }
+    median = _interleaved(runs, bench.repeats)
+    row = {
+        "method": str(method),
+        "images": len(images),
+        "batches": len(batches),
+        "end_to_end_img_s": len(images) / median["end_to_end"],
+        "model_only_img_s": len(images) / median["model_only"],
+    }
+    row["ratio"] = row["end_to_end_img_s"] / row["model_only_img_s"]
+    report(
+        f"{method} Q={q}, net {bench.net}, {bench.workers} input thread(s): end to end "
+        f"{row['end_to_end_img_s']:.2f} img/s, model alone {row['model_only_img_s']:.2f} img/s, "
+        f"ratio {row['ratio']:.2f} ({len(images)} images)"
+    )
+    return row
+
+
+def _interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, alternating which goes first (machines drift)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for repeat in range(repeats):
+        for name in list(runs) if repeat % 2 == 0 else list(reversed(runs)):
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+class _First:
+    """The first `count` images of a .beton (an `Images`)."""
+
+    def __init__(self, images: BetonImages, count: int) -> None:
+        self.images, self.shapes = images, images.shapes[:count]
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.images[index]
+

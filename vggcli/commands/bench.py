@@ -56,14 +56,29 @@ def train_command(
 @app.command("evaluate")
 @user_errors
 def evaluate_command(
-    q: Annotated[int, typer.Option("--q", callback=bounded(32, MAX_SCALE), help="Test scale Q (smallest image side).")] = 256,
+    q: Annotated[int, typer.Option("--q", callback=bounded(256, MAX_SCALE - 32), help="Test scale Q (smallest image side); the cost is also measured over Q-32, Q, Q+32.")] = 256,
     repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed repetitions (median taken).")] = 2,
+    net: Annotated[str, typer.Option(help="Table 1 configuration of the end-to-end measurement (the dense-vs-crop cost is always net D's).")] = "A",
+    width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width of both nets (1 = full size).")] = 1.0,
+    images: Annotated[int, typer.Option(callback=bounded(1, 256), help="ImageNet-sized JPEGs (500x375 or 375x500) evaluated densely end to end (batches of up to 16 of one size).")] = 48,
+    crop_images: Annotated[int, typer.Option(callback=bounded(1, 64), help="Images evaluated with 50 crops end to end (batches of 4).")] = 12,
+    workers: Annotated[int, typer.Option(callback=bounded(0, 16), help="Threads preparing input beside the model (0: in the model's thread, serially).")] = 1,
     root: RunsRoot = None,
 ) -> None:
-    """Per-image cost of dense evaluation against 150-crop evaluation, full-size net D, on a 500x375 image, measured side by side."""
+    """Per-image cost of dense evaluation against 150-crop evaluation, full-size net D, on a 500x375 image, measured side by side; and img/s of the whole evaluation path (JPEG decode from a .beton, rescale, views, model) against the model alone on the same prepared batches, dense and multi-crop, at Q (net A unless --net)."""
     from vggcli.stages import bench as stage
 
-    done(stage.evaluate(stage.EvaluateBench(q=q, repeats=repeats), runs_root(root)).path)
+    bench = stage.EvaluateBench(
+        q=q,
+        repeats=repeats,
+        net=net,
+        width=width,
+        images=images,
+        crop_images=crop_images,
+        workers=workers,
+    )
+    done(stage.evaluate(bench, runs_root(root)).path)
+
 
 
 @app.command("loader")
