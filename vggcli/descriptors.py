@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from vggcli.device import Precision, autocast
-from vggcli.evaluate import Images, rescale, size_groups, to_tensor
+from vggcli.evaluate import (
+    Images,
+    decode_workers,
+    prefetched,
+    rescale,
+    size_groups,
+    to_tensor,
+)
 from vggcli.models import VGG
 
 
@@ -59,10 +66,17 @@ def describe_at(
     describer: Describer, images: Images, q: int, batch: int, advance: Callable[[int], None]
 ) -> np.ndarray:
     """(N, dim) descriptors at scale Q, rows in image order, before normalisation; images
-    that rescale to the same size go through the net together."""
+    that rescale to the same size go through the net together, the next ones decoded and
+    rescaled in the background meanwhile (as evaluation does)."""
     out = np.zeros((len(images), describer.dim), dtype=np.float32)
-    for indices in size_groups(images.shapes, q, batch):
-        out[indices] = describer(np.stack([rescale(images[i], q) for i in indices]))
+    groups = list(size_groups(images.shapes, q, batch))
+    workers = decode_workers(describer.device)
+
+    def rescaled(indices: list[int]) -> np.ndarray:
+        return np.stack([rescale(images[i], q) for i in indices])
+
+    for indices, stacked in prefetched(groups, rescaled, workers):
+        out[indices] = describer(stacked)
         advance(len(indices))
     return out
 
