@@ -55,7 +55,7 @@ def test_bench_evaluate_writes_end_to_end_beside_model_only(vgg, runs_root) -> N
     assert [row["method"] for row in overlap["rows"]] == ["dense", "crop"]
     assert [row["images"] for row in overlap["rows"]] == [3, 1]
     for row in overlap["rows"]:
-        for key in ("end_to_end_img_s", "model_only_img_s", "ratio"):
+        for key in ("end_to_end_img_s", "model_only_img_s", "input_only_img_s", "ratio"):
             assert math.isfinite(row[key]) and row[key] > 0
     assert run.manifest()["config"]["images"] == 3
 

@@ -27,6 +27,7 @@ from vggcli.evaluate import (
     crop_views,
     evaluate_method,
     method_batches,
+    prefetched,
     rescale,
     to_tensor,
 )
@@ -295,7 +296,8 @@ def evaluation_overlap(
     """img/s of the whole evaluation path (JPEG decode from `beton`, rescale to Q, views,
     model, posteriors: `evaluate_method`, input prepared by `bench.workers` threads) beside
     the model alone on the same batches already decoded and converted, dense and multi-crop,
-    at Q, one run, interleaved, medians: what the input costs evaluation."""
+    at Q, and the input path alone; one run, interleaved, medians: what the input costs
+    evaluation, and how fast it could feed a faster model."""
     settings = EvalSettings(Mode.DENSE_CROP, (bench.q,), 224, precision)
     model = _random_net(bench.net, bench.width)
     evaluator = Evaluator(model, settings, torch.device("cpu"), bench.workers)
@@ -325,7 +327,8 @@ def _overlap_row(
     bench: EvaluateBench,
     report: Callable[[str], None],
 ) -> dict:
-    """End to end against model only for one method; each batch shape warmed up first
+    """End to end against model only for one method, and the input path alone (decode to
+    tensors: the rate a faster model could be fed at); each batch shape warmed up first
     (oneDNN builds its kernels for a shape on first use)."""
     q, settings = bench.q, evaluator.settings
     batches = method_batches(images.shapes, method, q, settings.batch)
@@ -333,23 +336,29 @@ def _overlap_row(
     tensors = [to_tensor(prepare(indices), evaluator.device) for indices in batches]
     for x in {x.shape: x for x in tensors}.values():
         evaluator.compute(method, x)
+
+    def input_only() -> None:
+        for _, views in prefetched(batches, prepare, evaluator.workers):
+            to_tensor(views, evaluator.device)
+
     runs = {
         "end_to_end": lambda: evaluate_method(evaluator, images, method, q, lambda n: None),
         "model_only": lambda: [evaluator.compute(method, x) for x in tensors],
+        "input_only": input_only,
     }
-    median = _interleaved(runs, bench.repeats)
+    rate = {name: len(images) / s for name, s in _interleaved(runs, bench.repeats).items()}
     row = {
         "method": str(method),
         "images": len(images),
         "batches": len(batches),
-        "end_to_end_img_s": len(images) / median["end_to_end"],
-        "model_only_img_s": len(images) / median["model_only"],
+        **{f"{name}_img_s": value for name, value in rate.items()},
+        "ratio": rate["end_to_end"] / rate["model_only"],
     }
-    row["ratio"] = row["end_to_end_img_s"] / row["model_only_img_s"]
     report(
         f"{method} Q={q}, net {bench.net}, {bench.workers} input thread(s): end to end "
-        f"{row['end_to_end_img_s']:.2f} img/s, model alone {row['model_only_img_s']:.2f} img/s, "
-        f"ratio {row['ratio']:.2f} ({len(images)} images)"
+        f"{rate['end_to_end']:.2f} img/s, model alone {rate['model_only']:.2f} img/s, "
+        f"ratio {row['ratio']:.2f} ({len(images)} images); the input alone "
+        f"{rate['input_only']:.0f} img/s"
     )
     return row
 
