@@ -80,7 +80,6 @@ def evaluate_command(
     done(stage.evaluate(bench, runs_root(root)).path)
 
 
-
 @app.command("loader")
 @user_errors
 def loader_command(
@@ -95,7 +94,7 @@ def loader_command(
     no_verify: NoVerify = False,
     root: RunsRoot = None,
 ) -> None:
-    """img/s of our training loader (decode, rescale to S, crop, flip: uint8 batches) beside a torchvision ImageFolder + DataLoader doing the same, the stock FFCV RandomResizedCrop loader, and JPEG decoding alone (full size and at our decoder's DCT scales), on the same images, cores and batch size."""
+    """img/s of our training loader (decode, rescale to S, crop, flip: uint8 batches) beside a torchvision ImageFolder + DataLoader doing the same, the stock FFCV RandomResizedCrop loader, our loader before reduced-scale decoding, our --decode torch path (and gpu where CUDA is present), and JPEG decoding alone (full size and at our decoder's DCT scales), on the same images, cores and batch size."""
     from vggcli.stages import bench as stage
 
     s_min, s_max = parse_scale(scale)
