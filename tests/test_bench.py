@@ -70,3 +70,9 @@ def test_bench_evaluate_refuses_bad_settings_before_any_work(vgg, runs_root) -> 
         result = vgg("bench", "evaluate", *TINY_BENCH, *args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert not (runs_root / "bench-evaluate").exists()
+
+
+def test_bench_train_refuses_compile_with_several_processes_before_starting_them(vgg) -> None:
+    result = vgg("bench", "train", "--compile", "--nproc", "2")
+    assert result.exit_code != 0 and "--compile" in result.output
+    assert "Traceback" not in result.output

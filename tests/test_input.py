@@ -20,6 +20,7 @@ from vggcli.data.loader import (
     image_key,
     make_loader,
     scaled_edge,
+    scaled_size,
 )
 from vggcli.data.resize import mirror, resize_window
 from vggcli.runs import resolve
@@ -35,11 +36,22 @@ def test_the_decode_scale_is_the_smallest_fast_one_that_keeps_the_crop_s_pixels(
             assert all(side * e // 8 < crop for e in smaller), (side, crop, eighths)
 
 
-def test_a_window_maps_to_the_reduced_image_within_half_a_reduced_pixel() -> None:
-    for eighths in FAST_EIGHTHS:
-        for position in range(0, 500):
-            exact = position * eighths / 8
-            assert abs(scaled_edge(position, eighths) - exact) <= 0.5
+def test_a_window_maps_inside_the_reduced_image_and_keeps_the_crop_s_pixels() -> None:
+    """Every window the decoder can draw, mapped to the scale it picks: inside the decoded
+    image, at least the crop across, each edge within half a reduced pixel of exact."""
+    rng = np.random.default_rng(0)
+    for _ in range(20_000):
+        crop = int(rng.choice([32, 64, 224]))
+        height, width = (int(v) for v in rng.integers(crop, 12 * crop, 2))
+        side = int(rng.integers(crop, min(height, width) + 1))
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        eighths = decode_eighths(side, crop)
+        for start, length in ((top, height), (left, width)):
+            near, far = scaled_edge(start, eighths), scaled_edge(start + side, eighths)
+            assert near >= 0 and far <= scaled_size(length, eighths)
+            assert abs(near - start * eighths / 8) <= 0.5
+            assert abs(far - (start + side) * eighths / 8) <= 0.5
+            assert eighths == 8 or far - near >= crop
 
 
 @pytest.mark.parametrize("linear", [True, False])
@@ -174,3 +186,12 @@ def test_an_interrupted_scheme_2_run_resumes_with_full_size_decoding(vgg, train_
     resumed = resolve("A", train_root).manifest()
     assert resumed["version"] == "v001" and resumed["attempts"] == 2
     assert resumed["config"]["augmentation"] == 2
+
+
+@pytest.mark.parametrize(
+    "command", [["train", "--net", "A", "--dry-run"], ["finetune-scale", "no-such-run"]]
+)
+def test_an_unknown_decode_path_is_refused_before_any_plan(vgg, train_root, command) -> None:
+    result = vgg(*command, "--scale", "64", "--decode", "nvjpeg")
+    assert result.exit_code == 2 and "--decode" in result.output
+    assert "choose ffcv, torch, gpu" in result.output and "Traceback" not in result.output

@@ -22,9 +22,9 @@ from vggcli.runs import resolve
 from vggcli.train import TrainConfig
 
 # against FFCV's whole-image decode (scheme 2), measured on the tiny set (crop 32, S 32-64):
-# mean 1.1 grey levels, worst image 2.9. Scheme 3's FFCV decoder decodes small training
-# windows at a reduced DCT scale, which moves its own pixels by 1.7 (test_input.py): the torch
-# path against it, 2.1 and 8.9
+# mean 1.1 grey levels, worst image 2.4-2.9 (two runs). Scheme 3's FFCV decoder decodes small
+# training windows at a reduced DCT scale, which moves its own pixels by 1.5-1.7 (S 40-64 and
+# 32-64; test_input.py): the torch path against it, 2.1 and 8.9
 MEAN_BOUND, IMAGE_BOUND = 2.0, 4.0
 SCHEME_3_BOUNDS = 3.0, 12.0
 
@@ -203,13 +203,14 @@ def test_train_decode_torch_trains_records_it_and_gpu_needs_cuda(vgg, train_root
     assert tuned.exit_code == 0, tuned.output
     assert resolve("A", train_root).manifest()["config"]["decode"] == "torch"
     back = vgg("finetune-scale", "A", "--scale", "40", "--epochs", "1", "--decode", "ffcv")
-    assert back.exit_code == 0 and "decode" not in resolve("A", train_root).manifest()["config"]
+    assert back.exit_code == 0, back.output
+    assert "decode" not in resolve("A", train_root).manifest()["config"]
     for value, needle in (("gpu", "needs a CUDA device"), ("nvjpeg", "choose ffcv, torch, gpu")):
         args = ["--net", "A", "--scale", "40", *short, "--name", "X", "--decode", value]
         refused = vgg("train", *args)
         lines = [line for line in refused.output.splitlines() if line.strip()]
         assert refused.exit_code == 2 and len(lines) == 1, refused.output
-        assert lines[0].startswith("error: --decode: ") and needle in lines[0]
+        assert lines[0].startswith("error: ") and "--decode" in lines[0] and needle in lines[0]
         assert not (train_root / "X").exists()
 
 

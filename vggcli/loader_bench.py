@@ -234,8 +234,11 @@ def _decode_only(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> C
             )
         return len(share)
 
-    pool = ThreadPoolExecutor(bench.workers)
-    return lambda epoch: sum(pool.map(decode, shares))
+    def one_pass(epoch: int) -> int:
+        with ThreadPoolExecutor(bench.workers) as pool:  # its threads end with the pass
+            return sum(pool.map(decode, shares))
+
+    return one_pass
 
 
 def breakdown(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> dict[str, float]:

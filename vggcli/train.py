@@ -406,7 +406,10 @@ class Trainer:
             scheme=self.config.augmentation,
             device=str(self.device),
             flip=self.recipe.flip,
-            decode=self.config.decode,
+            # validation stays FFCV's whole-image decode whatever the training path: the
+            # pixels `vgg evaluate --mode centre` reproduces, so the plateau rule never
+            # depends on --decode (and the validation set is small)
+            decode=self.config.decode if train else "ffcv",
         )
         return make_loader(spec)
 

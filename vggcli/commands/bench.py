@@ -14,6 +14,7 @@ from vggcli.commands.common import (
     at_least,
     bounded,
     done,
+    one_of,
     parse_scale,
     relaunch,
     runs_root,
@@ -33,16 +34,16 @@ def train_command(
     nproc: NProc = 1,
     width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width of net D in the --nproc scaling measurement (1 = full size).")] = 1.0,
     compile: Annotated[bool, typer.Option(help="Also time our D under torch.compile beside eager (compiling takes minutes on a CPU).")] = False,
-    precision: Annotated[str, typer.Option(help="fp32, bf16 (autocast + channels_last) or both.")] = "both",
+    precision: Annotated[str, typer.Option(callback=one_of("fp32", "bf16", "both"), help="fp32, bf16 (autocast + channels_last) or both (with --nproc: the last).")] = "both",
     root: RunsRoot = None,
 ) -> None:
     """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last) beside torchvision's vgg16 under identical settings, and as a share of a bf16 GEMM's FLOP rate measured in the same run; with --compile, under torch.compile too; with --nproc N, img/s per rank of N DDP processes beside one process alone, and the scaling efficiency."""
     from vggcli.stages import bench as stage
 
+    if compile and nproc > 1:
+        raise VggError("--compile times one process against eager; the --nproc scaling measurement runs eager only", field="compile")
     relaunch(nproc)
     precisions = {"both": ("fp32", "bf16"), "fp32": ("fp32",), "bf16": ("bf16",)}
-    if precision not in precisions:
-        raise VggError("choose fp32, bf16 or both", field="precision")
     bench = stage.TrainBench(
         batch=batch,
         repeats=repeats,

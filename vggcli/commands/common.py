@@ -58,6 +58,18 @@ def _interval(low: float | None, high: float | None, open_low: bool, open_high: 
     return f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
 
 
+def one_of(*choices: str) -> Callable[[str | None], str | None]:
+    """An option callback that refuses any value but `choices` before the command runs
+    (before a --nproc relaunch or a --dry-run plan), as typer prints usage errors."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"choose {', '.join(choices)}, not '{value}'")
+        return value
+
+    return check
+
+
 def at_least(low: int) -> Callable[[N | None], N | None]:
     return bounded(low)
 

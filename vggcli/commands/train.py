@@ -17,6 +17,7 @@ from vggcli.commands.common import (
     at_least,
     bounded,
     done,
+    one_of,
     parse_scale,
     positive,
     print_plan,
@@ -30,7 +31,8 @@ from vggcli.errors import VggError
 CheckpointMinutes = Annotated[float, typer.Option(callback=positive(), help="Also checkpoint every this many minutes (always at each epoch's end).")]
 CheckpointSteps = Annotated[int, typer.Option(callback=at_least(0), help="Also checkpoint every N optimizer steps (0 = off).")]
 Name = Annotated[str | None, typer.Option(help="Run name to write (default: the net letter, e.g. runs/D).")]
-DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (nvJPEG on the CUDA device, crops resized there: for GPUs the CPU cannot feed) or torch (the same path on the CPU). torch and gpu resize a little differently (about 1 grey level); recorded in the run's config when not ffcv, and a resume keeps it."
+DECODES = ("ffcv", "torch", "gpu")  # data/loader.py's DECODES (commands import no FFCV)
+DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (nvJPEG on the CUDA device, crops resized there: for GPUs the CPU cannot feed) or torch (the same path on the CPU); validation crops are always FFCV's. torch and gpu resize a little differently (about 1 grey level); recorded in the run's config when not ffcv, and a resume keeps it."
 
 
 def _runtime(jobs: int | None, checkpoint_minutes: float, checkpoint_steps: int, device: str):
@@ -69,7 +71,7 @@ def train_command(
     max_steps: Annotated[int, typer.Option(callback=at_least(0), help="Stop after this many SGD steps (0 = the whole budget).")] = 0,
     precision: Precision = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    decode: Annotated[str, typer.Option(help=DECODE_HELP)] = "ffcv",
+    decode: Annotated[str, typer.Option(callback=one_of(*DECODES), help=DECODE_HELP)] = "ffcv",
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
     device: Device = "auto",
@@ -121,7 +123,7 @@ def finetune_command(
     batch_size: Annotated[int | None, typer.Option(callback=at_least(1), help="Images per SGD step (default: the parent's; the paper's 256 for imported weights).", show_default=False)] = None,
     micro_batch: Annotated[int | None, typer.Option(callback=at_least(0), help="Images per forward pass, gradients accumulated to the batch (default: the parent's; 0 = the whole batch).", show_default=False)] = None,
     precision: Precision = "auto",
-    decode: Annotated[str | None, typer.Option(help=DECODE_HELP + " Default: the parent's.", show_default=False)] = None,
+    decode: Annotated[str | None, typer.Option(callback=one_of(*DECODES), help=DECODE_HELP + " Default: the parent's.", show_default=False)] = None,
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
     device: Device = "auto",

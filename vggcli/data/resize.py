@@ -14,21 +14,31 @@ from __future__ import annotations
 
 import ctypes
 
+import ffcv._libffcv
 import numpy as np
-from ffcv.libffcv import lib
 from numba import njit
+
+from vggcli.errors import VggError
 
 INTER_LINEAR, INTER_AREA = 1, 3
 # CvMat (OpenCV 4, types_c.h): int type, int step, int* refcount, int hdr_refcount,
 # uchar* data, int rows, int cols: five 8-byte words on a 64-bit machine
 _CV_MAT_8UC3 = 0x42420000 | 16  # CV_MAT_MAGIC_VAL | CV_8UC3
 
-_cv_resize = lib.cvResize
-_cv_resize.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int32]
-_cv_resize.restype = None
-_cv_flip = lib.cvFlip  # (src, dst or NULL for in place, mode: 1 mirrors left-right)
-_cv_flip.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int32]
-_cv_flip.restype = None
+# a handle of our own on FFCV's library (the same OpenCV), so FFCV's function pointers keep
+# the signatures FFCV gave them
+_opencv = ctypes.CDLL(ffcv._libffcv.__file__)
+try:
+    _cv_resize = _opencv.cvResize  # (src, dst, interpolation)
+    _cv_flip = _opencv.cvFlip  # (src, dst or NULL for in place, mode: 1 mirrors left-right)
+except AttributeError:
+    raise VggError(
+        "the OpenCV that FFCV was built against has no C API (cvResize, cvFlip: OpenCV 5 "
+        "dropped it); install OpenCV 4 (Debian's libopencv-dev) and reinstall ffcv"
+    ) from None
+for _function in (_cv_resize, _cv_flip):
+    _function.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int32]
+    _function.restype = None
 
 
 @njit(inline="always")
@@ -46,7 +56,8 @@ def resize_window(
     image: np.ndarray, top: int, left: int, rows: int, cols: int, out: np.ndarray, linear: bool
 ) -> None:
     """Resize the window (top, left, rows, cols) of `image` (H, W, 3, C-contiguous) into
-    `out` (crop, crop, 3): bilinear when `linear`, else INTER_AREA."""
+    `out` (crop, crop, 3): bilinear when `linear`, else INTER_AREA. Through cvResize because
+    FFCV's own `resize_crop` knows only INTER_AREA; the window is a view (no copy)."""
     width = image.shape[1]
     words = np.empty(10, dtype=np.int64)
     source, destination = words[:5], words[5:]
