@@ -68,11 +68,12 @@ def sample(beton: Path, count: int) -> Encoded:
     images = BetonImages(beton)
     jpegs = np.array([i for i in range(len(images)) if images.is_jpeg(i)], dtype=np.int64)
     drawn = np.sort(np.random.default_rng(SEED).permutation(jpegs)[:count])
-    kept = [int(i) for i in drawn if _decodes(images.encoded(int(i)), images.shapes[int(i)])]
+    stored = {int(i): images.encoded(int(i)) for i in drawn}  # each read once
+    kept = [i for i, jpeg in stored.items() if _decodes(jpeg, images.shapes[i])]
     ids = np.array(kept, dtype=np.int64)
     return Encoded(
         ids,
-        [images.encoded(i) for i in kept],
+        [stored[i] for i in kept],
         [images.shapes[i] for i in kept],
         images.labels[ids],
         len(drawn) - len(kept),
