@@ -6,8 +6,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 venv := ".venv"
 bin := venv / "bin"
 demo_data := "data/tiny-imagenet"
-# The Debian packages FFCV's sdist compiles against: named here only, installed by `setup`
-debian_packages := "pkg-config libturbojpeg0-dev libopencv-dev"
+# The Debian packages FFCV's sdist and our window decoder (setup.py) compile against: named
+# here only, installed by `setup`
+debian_packages := "pkg-config libturbojpeg0-dev libjpeg-dev libopencv-dev"
 # Every Python package the project runs and tests with, pinned with sha256 hashes
 # (`just lock` writes it from pyproject.toml's ranges; `setup` installs exactly it)
 lockfile := "requirements.lock"
@@ -33,8 +34,9 @@ setup:
         python=$(command -v python3.11 || command -v python3)
         "$python" -m venv {{venv}}
     fi
-    want=$(cat pyproject.toml {{lockfile}} | sha256sum | cut -d' ' -f1)
-    if [ "$(cat {{venv}}/.installed 2>/dev/null)" != "$want" ]; then
+    want=$(cat pyproject.toml setup.py vggcli/data/_jpeg_window.c {{lockfile}} | sha256sum | cut -d' ' -f1)
+    built=$(ls vggcli/data/_jpeg_window*.so 2>/dev/null || true)  # gone after a `git clean`
+    if [ "$(cat {{venv}}/.installed 2>/dev/null)" != "$want" ] || [ -z "$built" ]; then
         echo "installing {{lockfile}} and the project into {{venv}} (torch and ffcv take a few minutes the first time)"
         log=$(mktemp)
         pip_install() {
@@ -47,8 +49,9 @@ setup:
         grep -E '^[A-Za-z0-9]' {{lockfile}} | sed 's/ .*//' > "$log.pins"
         PIP_CONSTRAINT="$log.pins" pip_install --require-hashes -r {{lockfile}}
         # The project itself: editable, so it has no hash; built with the lock's setuptools
+        # (which compiles vggcli/data/_jpeg_window.c in place)
         pip_install --no-deps --no-build-isolation -e .
-        {{bin}}/python -c "import ffcv, torch, vggcli"
+        {{bin}}/python -c "import ffcv, torch, vggcli.data.jpeg_window"
         echo "$want" > {{venv}}/.installed
     fi
 

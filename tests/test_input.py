@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from vggcli.data.jpeg_window import decode_window
 from vggcli.data.loader import (
     FAST_EIGHTHS,
     LoaderSpec,
@@ -34,6 +35,59 @@ def test_the_decode_scale_is_the_smallest_fast_one_that_keeps_the_crop_s_pixels(
                 assert side * eighths // 8 >= crop
             smaller = [e for e in FAST_EIGHTHS if e < eighths]
             assert all(side * e // 8 < crop for e in smaller), (side, crop, eighths)
+
+
+def _photo_like_jpeg(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth colour gradients plus grain, JPEG q90 with 4:2:0 chroma (as FFCV stores)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    image = np.stack([np.sin(rows / (9 + 7 * c) + cols / (13 + 5 * c)) for c in range(3)], -1)
+    image = 127 + 80 * image + rng.normal(0, 20, (height, width, 3))
+    pixels = np.clip(image, 0, 255).astype(np.uint8)
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return encoded.reshape(-1)
+
+
+def test_a_decoded_window_is_bit_identical_to_that_window_of_the_whole_image() -> None:
+    """decode_window against FFCV's whole-image decode (same flags) at every fast DCT scale,
+    odd sizes included: random windows, the edges and the whole image in a buffer of exactly
+    the scaled image's size (the last row's spill must fit)."""
+    from ffcv.libffcv import imdecode
+
+    rng = np.random.default_rng(0)
+    for k, (height, width) in enumerate([(375, 500), (500, 375), (257, 333), (61, 47)]):
+        jpeg = _photo_like_jpeg(height, width, k)
+        for eighths in (1, 2, 4, 8):
+            rows, cols = scaled_size(height, eighths), scaled_size(width, eighths)
+            whole = np.zeros(rows * cols * 3, dtype=np.uint8)
+            assert imdecode(jpeg, whole, height, width, height, width, 0, 0, eighths, 8, 0, 0) == 0
+            whole = whole.reshape(rows, cols, 3)
+            windows = [(0, 0, rows, cols), (rows - 1, cols - 1, 1, 1), (0, cols - 3, rows, 3)]
+            for _ in range(12):
+                h, w = int(rng.integers(1, rows + 1)), int(rng.integers(1, cols + 1))
+                windows.append(
+                    (int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1)), h, w)
+                )
+            for top, left, h, w in windows:
+                out = np.full(rows * cols * 3, 7, dtype=np.uint8)
+                assert decode_window(jpeg, out, eighths, top, left, h, w) == 0
+                window = out[: h * w * 3].reshape(h, w, 3)
+                np.testing.assert_array_equal(window, whole[top : top + h, left : left + w])
+
+
+def test_a_window_of_a_bad_jpeg_or_outside_the_image_or_buffer_is_refused() -> None:
+    jpeg = _photo_like_jpeg(100, 120, 0)
+    out = np.zeros(100 * 120 * 3, dtype=np.uint8)
+    assert decode_window(jpeg, out, 8, 0, 0, 100, 120) == 0
+    header_gone = jpeg.copy()
+    header_gone[2:40] = 0
+    assert decode_window(header_gone, out, 8, 0, 0, 10, 10) == -1
+    assert decode_window(jpeg[: len(jpeg) // 2].copy(), out, 8, 0, 0, 100, 120) == -1  # truncated
+    assert decode_window(jpeg, out, 8, 50, 0, 51, 10) == -1  # past the bottom
+    assert decode_window(jpeg, out, 4, 0, 0, 10, 61) == -1  # past the right at 1/2: 60 wide
+    assert decode_window(jpeg, out, 8, 0, 0, 0, 10) == -1
+    assert decode_window(jpeg, out[: 100 * 120 * 3 - 1], 8, 0, 0, 100, 120) == -1  # no room
 
 
 def test_a_window_maps_inside_the_reduced_image_and_keeps_the_crop_s_pixels() -> None:
@@ -137,10 +191,14 @@ def test_bench_loader_on_a_dataset_run_writes_every_figure(vgg, train_root: Path
         "ffcv_rrc",
         "decode_full",
         "decode_ours_scales",
+        "decode_ours_windows",
     ):
         assert figures[f"{name}_img_s"] > 0
     assert figures["ours_vs_ceiling"] == pytest.approx(
         figures["ours_img_s"] / figures["decode_ours_scales_img_s"]
+    )
+    assert figures["ours_vs_window_ceiling"] == pytest.approx(
+        figures["ours_img_s"] / figures["decode_ours_windows_img_s"]
     )
     assert sum(figures["ours_dct_scales"].values()) == pytest.approx(1.0)
     assert run.manifest()["config"]["data"] == "tiny/v001"

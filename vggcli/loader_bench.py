@@ -192,25 +192,49 @@ def _torchvision(bench: LoaderBench, folder: Path, repeat: int) -> Callable[[int
     return lambda epoch: sum(len(images) for images, _ in loader)
 
 
-def chosen_eighths(bench: LoaderBench, encoded: Encoded, epoch: int = 1) -> np.ndarray:
-    """The DCT scale (in eighths) our decoder picks for each image of the sample in `epoch`."""
-    from vggcli.data.loader import crop_window, decode_eighths, epoch_key, image_key
+def chosen_windows(bench: LoaderBench, encoded: Encoded, epoch: int = 1) -> np.ndarray:
+    """What our decoder decodes of each image of the sample in `epoch`: rows of (eighths,
+    top, left, rows, cols), the DCT scale and the crop's window in the image at that scale."""
+    from vggcli.data.loader import (
+        crop_window,
+        decode_eighths,
+        epoch_key,
+        image_key,
+        scaled_edge,
+    )
 
     seed = np.uint64(SEED)
     key = np.uint64(epoch_key(seed, np.uint64(epoch)))
-    out = np.empty(len(encoded.ids), dtype=np.int64)
+    out = np.empty((len(encoded.ids), 5), dtype=np.int64)
     for k, (sample_id, (height, width)) in enumerate(zip(encoded.ids, encoded.shapes, strict=True)):
         image = np.uint64(image_key(key, seed, np.uint64(sample_id)))
-        side = crop_window(height, width, bench.crop, bench.s_min, bench.s_max, False, image)[2]
-        out[k] = decode_eighths(side, bench.crop)
+        top, left, side, _ = crop_window(
+            height, width, bench.crop, bench.s_min, bench.s_max, False, image
+        )
+        e = decode_eighths(side, bench.crop)
+        t0, t1 = scaled_edge(top, e), scaled_edge(top + side, e)
+        l0, l1 = scaled_edge(left, e), scaled_edge(left + side, e)
+        out[k] = e, t0, l0, t1 - t0, l1 - l0
     return out
 
 
-def _decode_only(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> Callable[[int], int]:
-    """libjpeg-turbo (FFCV's call, with its flags) alone, on `workers` threads (ctypes lets
-    go of the GIL), each decoding its share of the sample into its own buffer."""
+def _decode(jpeg: np.ndarray, shape: tuple[int, int], window: np.ndarray, out: np.ndarray) -> int:
+    """Decode the whole image (FFCV's call, with its flags) at the window's DCT scale, or
+    with `window[1:]` set, only that window (our decoder's call)."""
     from ffcv.libffcv import imdecode
 
+    from vggcli.data.jpeg_window import decode_window
+
+    eighths, top, left, rows, cols = (int(x) for x in window)
+    if rows:
+        return int(decode_window(jpeg, out, eighths, top, left, rows, cols))
+    height, width = shape
+    return int(imdecode(jpeg, out, height, width, height, width, 0, 0, eighths, 8, False, False))
+
+
+def _decode_only(bench: LoaderBench, encoded: Encoded, windows: np.ndarray) -> Callable[[int], int]:
+    """libjpeg-turbo alone (see `_decode`), on `workers` threads (ctypes lets go of the
+    GIL), each decoding its share of the sample into its own buffer."""
     largest = max(h * w for h, w in encoded.shapes) * 3
     every = np.tile(np.arange(len(encoded.ids)), laps(bench, encoded))
     shares = np.array_split(every, bench.workers)
@@ -218,21 +242,7 @@ def _decode_only(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> C
     def decode(share: np.ndarray) -> int:
         out = np.empty(largest, dtype=np.uint8)
         for k in share:
-            height, width = encoded.shapes[k]
-            imdecode(
-                encoded.jpegs[k],
-                out,
-                height,
-                width,
-                height,
-                width,
-                0,
-                0,
-                int(eighths[k]),
-                8,
-                False,
-                False,
-            )
+            _decode(encoded.jpegs[k], encoded.shapes[k], windows[k], out)
         return len(share)
 
     def one_pass(epoch: int) -> int:
@@ -242,30 +252,37 @@ def _decode_only(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> C
     return one_pass
 
 
-def breakdown(bench: LoaderBench, encoded: Encoded, eighths: np.ndarray) -> dict[str, float]:
-    """Milliseconds per image of our decoder's two steps on one thread: decoding (at the
-    chosen scale) and resizing the window to the crop (the rest is the loader's own)."""
-    from ffcv.libffcv import imdecode
+def whole_images(windows: np.ndarray, eighths: int | None = None) -> np.ndarray:
+    """`windows` as whole-image decodes: at their own scale, or at `eighths`."""
+    whole = np.zeros_like(windows)
+    whole[:, 0] = windows[:, 0] if eighths is None else eighths
+    return whole
 
-    from vggcli.data.loader import scaled_size
+
+def breakdown(bench: LoaderBench, encoded: Encoded, windows: np.ndarray) -> dict[str, float]:
+    """Milliseconds per image on one thread of our decoder's two steps, decoding the window
+    (at the chosen scale) and resizing it to the crop, and of decoding the whole image at
+    that scale instead (the rest is the loader's own)."""
     from vggcli.data.resize import resize_window
 
     out = np.empty((bench.crop, bench.crop, 3), dtype=np.uint8)
     resize_window(np.zeros_like(out), 0, 0, bench.crop, bench.crop, out, True)  # compiles
-    decode_s = resize_s = 0.0
-    for k, (height, width) in enumerate(encoded.shapes):
-        e = int(eighths[k])
-        rows, cols = scaled_size(height, e), scaled_size(width, e)
-        image = np.empty((rows, cols, 3), dtype=np.uint8)
-        start = time.perf_counter()
-        imdecode(encoded.jpegs[k], image, height, width, height, width, 0, 0, e, 8, False, False)
-        middle = time.perf_counter()
-        side = min(rows, cols) * bench.crop // ((bench.s_min + bench.s_max) // 2)
-        side = max(1, min(side, rows, cols))
-        resize_window(image, 0, 0, side, side, out, side < 2 * bench.crop)
-        decode_s, resize_s = decode_s + middle - start, resize_s + time.perf_counter() - middle
-    n = len(encoded.shapes)
-    return {"decode_ms": 1e3 * decode_s / n, "resize_ms": 1e3 * resize_s / n}
+    buffer = np.empty(max(h * w for h, w in encoded.shapes) * 3, dtype=np.uint8)
+    whole = whole_images(windows)
+    seconds = np.zeros(3)
+    for k, shape in enumerate(encoded.shapes):
+        rows, cols = int(windows[k, 3]), int(windows[k, 4])
+        times = [time.perf_counter()]
+        _decode(encoded.jpegs[k], shape, whole[k], buffer)
+        times.append(time.perf_counter())
+        _decode(encoded.jpegs[k], shape, windows[k], buffer)
+        times.append(time.perf_counter())
+        image = buffer[: rows * cols * 3].reshape(rows, cols, 3)
+        resize_window(image, 0, 0, rows, cols, out, rows < 2 * bench.crop)
+        times.append(time.perf_counter())
+        seconds += np.diff(times)
+    whole_ms, window_ms, resize_ms = 1e3 * seconds / len(encoded.shapes)
+    return {"decode_ms": window_ms, "resize_ms": resize_ms, "whole_image_decode_ms": whole_ms}
 
 
 def loader_throughput(
@@ -275,7 +292,8 @@ def loader_throughput(
     import torch
 
     gpu = torch.cuda.is_available()
-    eighths = chosen_eighths(bench, encoded)
+    windows = chosen_windows(bench, encoded)
+    eighths = windows[:, 0]
     passes = {
         "ours": _ours(bench, beton, encoded, SCHEME),
         "ours_scheme_2": _ours(bench, beton, encoded, 2),
@@ -283,8 +301,9 @@ def loader_throughput(
         **({"ours_gpu_decode": _ours(bench, beton, encoded, SCHEME, "gpu")} if gpu else {}),
         "torchvision": _torchvision(bench, folder, laps(bench, encoded)),
         "ffcv_rrc": _ffcv_rrc(bench, beton, encoded),
-        "decode_full": _decode_only(bench, encoded, np.full(len(eighths), 8)),
-        "decode_ours_scales": _decode_only(bench, encoded, eighths),
+        "decode_full": _decode_only(bench, encoded, whole_images(windows, 8)),
+        "decode_ours_scales": _decode_only(bench, encoded, whole_images(windows)),
+        "decode_ours_windows": _decode_only(bench, encoded, windows),
     }
     for one_pass in passes.values():
         one_pass(0)  # warm-up: FFCV compiles its pipeline, DataLoader starts its workers
@@ -316,8 +335,9 @@ def loader_throughput(
         "ours_vs_ffcv_rrc": rate["ours"] / rate["ffcv_rrc"],
         "ours_vs_ceiling": rate["ours"] / rate["decode_ours_scales"],
         "ours_vs_full_ceiling": rate["ours"] / rate["decode_full"],
+        "ours_vs_window_ceiling": rate["ours"] / rate["decode_ours_windows"],
         "ours_vs_scheme_2": rate["ours"] / rate["ours_scheme_2"],
-        "ours_one_thread_ms": breakdown(bench, encoded, eighths),
+        "ours_one_thread_ms": breakdown(bench, encoded, windows),
     }
     report(_summary(result))
     return result
@@ -331,6 +351,8 @@ def _summary(result: dict) -> str:
         f"({result['ours_vs_torchvision']:.2f}x), stock FFCV RRC {result['ffcv_rrc_img_s']:.0f} "
         f"({result['ours_vs_ffcv_rrc']:.2f}x), ours before reduced-scale decoding "
         f"{result['ours_scheme_2_img_s']:.0f}; decode alone {result['decode_full_img_s']:.0f} "
-        f"(full size), {result['decode_ours_scales_img_s']:.0f} (our scales): ours at "
-        f"{result['ours_vs_ceiling']:.0%} of its ceiling"
+        f"(full size), {result['decode_ours_scales_img_s']:.0f} (our scales), "
+        f"{result['decode_ours_windows_img_s']:.0f} (our windows only): ours at "
+        f"{result['ours_vs_ceiling']:.0%} of the ceiling at our scales, "
+        f"{result['ours_vs_window_ceiling']:.0%} of the windows-only one"
     )
