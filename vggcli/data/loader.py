@@ -16,8 +16,9 @@ kept so those runs resume with their own scheme. Scheme 3 draws as scheme 2 but 
 training crop faster: at the smallest reduced DCT scale (1/8, 1/4, 1/2) that still leaves the
 window at least `crop` pixels a side, the window mapped to that scale, and resized bilinearly
 where less than 2x is left to shrink (`data/resize.py`); the window in image coordinates, so
-the augmentation statistics, are the same. Validation crops are decoded in full under every
-scheme. We own the sample order too (`EpochOrder`): a permutation per (seed, epoch) cut into
+the augmentation statistics, are the same. Validation crops are taken from the full-scale
+image under every scheme. Under every scheme only the window's rows and columns are decoded
+(`data/jpeg_window.py`), bit-identical to decoding the whole image. We own the sample order too (`EpochOrder`): a permutation per (seed, epoch) cut into
 global batches, each rank taking its slice of each.
 """
 
