@@ -7,7 +7,8 @@ transforms (shortest side to S, random crop, flip) with as many worker processes
 loader has threads; the stock FFCV `RandomResizedCropRGBImageDecoder` loader; and a tight
 loop of libjpeg-turbo decodes alone over the same number of threads, at full size and at
 the reduced DCT scales our decoder picks (a reduced-scale decode is compared with a
-reduced-scale ceiling); our loader as it was before reduced-scale decoding (scheme 2), to
+reduced-scale ceiling), and of only the windows our decoder decodes (the strictest: our
+decode step alone); our loader as it was before reduced-scale decoding (scheme 2), to
 show what that buys; and our torch decode path (`vgg train --decode torch`; on a machine
 with CUDA, `--decode gpu` too). Passes are interleaved, their order rotated, medians taken.
 """
@@ -102,8 +103,8 @@ def laps(bench: LoaderBench, encoded: Encoded) -> int:
 def _ours(
     bench: LoaderBench, beton: Path, encoded: Encoded, scheme: int, decode: str = "ffcv"
 ) -> Callable[[int], int]:
-    """Our training loader under augmentation `scheme` (2: every image decoded in full and
-    resized with INTER_AREA, the decoder before reduced-scale decoding), decoded by `decode`
+    """Our training loader under augmentation `scheme` (2: every window decoded at full scale
+    and resized with INTER_AREA, the decoder before reduced-scale decoding), decoded by `decode`
     (`--decode` of vgg train: ffcv, torch, or gpu, whose batches are timed until on the GPU)."""
     import torch
 
