@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vggcli.data.jpeg_window import decode_window
+from vggcli.data.jpeg_window import decode_window_nogil as decode_window
 from vggcli.data.loader import (
     FAST_EIGHTHS,
     LoaderSpec,

@@ -224,7 +224,7 @@ def _decode(jpeg: np.ndarray, shape: tuple[int, int], window: np.ndarray, out: n
     with `window[1:]` set, only that window (our decoder's call)."""
     from ffcv.libffcv import imdecode
 
-    from vggcli.data.jpeg_window import decode_window
+    from vggcli.data.jpeg_window import decode_window_nogil as decode_window
 
     eighths, top, left, rows, cols = (int(x) for x in window)
     if rows:

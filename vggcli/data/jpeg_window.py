@@ -38,7 +38,6 @@ _decode_window.argtypes = [
 _decode_window.restype = ctypes.c_int
 
 
-@njit(nogil=True)  # the bench's decode-only threads call it from Python
 def decode_window(
     jpeg: np.ndarray, out: np.ndarray, eighths: int, top: int, left: int, rows: int, cols: int
 ) -> int:
@@ -49,3 +48,10 @@ def decode_window(
     return _decode_window(
         jpeg.ctypes.data, jpeg.size, eighths, top, left, rows, cols, out.ctypes.data, out.size
     )
+
+
+# For Python callers (the bench's decode-only threads, tests). FFCV's compiled pipelines
+# compile their own copy (`Compiler.compile(decode_window)`, as FFCV does with imdecode):
+# one dispatcher typed by two loaders' pipelines at once raised KeyErrors in numba and
+# killed FFCV's iterator thread, which leaves the loader waiting forever.
+decode_window_nogil = njit(nogil=True)(decode_window)
