@@ -196,13 +196,7 @@ def _torchvision(bench: LoaderBench, folder: Path, repeat: int) -> Callable[[int
 def chosen_windows(bench: LoaderBench, encoded: Encoded, epoch: int = 1) -> np.ndarray:
     """What our decoder decodes of each image of the sample in `epoch`: rows of (eighths,
     top, left, rows, cols), the DCT scale and the crop's window in the image at that scale."""
-    from vggcli.data.loader import (
-        crop_window,
-        decode_eighths,
-        epoch_key,
-        image_key,
-        scaled_edge,
-    )
+    from vggcli.data.loader import crop_window, decoded_window, epoch_key, image_key
 
     seed = np.uint64(SEED)
     key = np.uint64(epoch_key(seed, np.uint64(epoch)))
@@ -212,30 +206,39 @@ def chosen_windows(bench: LoaderBench, encoded: Encoded, epoch: int = 1) -> np.n
         top, left, side, _ = crop_window(
             height, width, bench.crop, bench.s_min, bench.s_max, False, image
         )
-        e = decode_eighths(side, bench.crop)
-        t0, t1 = scaled_edge(top, e), scaled_edge(top + side, e)
-        l0, l1 = scaled_edge(left, e), scaled_edge(left + side, e)
-        out[k] = e, t0, l0, t1 - t0, l1 - l0
+        out[k] = decoded_window(top, left, side, bench.crop, True)
     return out
 
 
-def _decode(jpeg: np.ndarray, shape: tuple[int, int], window: np.ndarray, out: np.ndarray) -> int:
-    """Decode the whole image (FFCV's call, with its flags) at the window's DCT scale, or
-    with `window[1:]` set, only that window (our decoder's call)."""
+Decode = Callable[[np.ndarray, tuple[int, int], np.ndarray, np.ndarray], int]
+
+
+def _decoder() -> Decode:
+    """decode(jpeg, shape, window, out): the whole image (FFCV's call, with its flags) at
+    the window's DCT scale, or with `window[1:]` set, only that window (our decoder's call).
+    Made once per timed loop, so that no import runs per image."""
     from ffcv.libffcv import imdecode
 
     from vggcli.data.jpeg_window import decode_window_nogil as decode_window
 
-    eighths, top, left, rows, cols = (int(x) for x in window)
-    if rows:
-        return int(decode_window(jpeg, out, eighths, top, left, rows, cols))
-    height, width = shape
-    return int(imdecode(jpeg, out, height, width, height, width, 0, 0, eighths, 8, False, False))
+    def decode(
+        jpeg: np.ndarray, shape: tuple[int, int], window: np.ndarray, out: np.ndarray
+    ) -> int:
+        eighths, top, left, rows, cols = (int(x) for x in window)
+        if rows:
+            return int(decode_window(jpeg, out, eighths, top, left, rows, cols))
+        height, width = shape
+        return int(
+            imdecode(jpeg, out, height, width, height, width, 0, 0, eighths, 8, False, False)
+        )
+
+    return decode
 
 
 def _decode_only(bench: LoaderBench, encoded: Encoded, windows: np.ndarray) -> Callable[[int], int]:
-    """libjpeg-turbo alone (see `_decode`), on `workers` threads (ctypes lets go of the
-    GIL), each decoding its share of the sample into its own buffer."""
+    """libjpeg-turbo alone (see `_decoder`), on `workers` threads (ctypes and our nogil
+    wrapper let go of the GIL), each decoding its share of the sample into its own buffer."""
+    decode_one = _decoder()
     largest = max(h * w for h, w in encoded.shapes) * 3
     every = np.tile(np.arange(len(encoded.ids)), laps(bench, encoded))
     shares = np.array_split(every, bench.workers)
@@ -243,7 +246,7 @@ def _decode_only(bench: LoaderBench, encoded: Encoded, windows: np.ndarray) -> C
     def decode(share: np.ndarray) -> int:
         out = np.empty(largest, dtype=np.uint8)
         for k in share:
-            _decode(encoded.jpegs[k], encoded.shapes[k], windows[k], out)
+            decode_one(encoded.jpegs[k], encoded.shapes[k], windows[k], out)
         return len(share)
 
     def one_pass(epoch: int) -> int:
@@ -269,14 +272,14 @@ def breakdown(bench: LoaderBench, encoded: Encoded, windows: np.ndarray) -> dict
     out = np.empty((bench.crop, bench.crop, 3), dtype=np.uint8)
     resize_window(np.zeros_like(out), 0, 0, bench.crop, bench.crop, out, True)  # compiles
     buffer = np.empty(max(h * w for h, w in encoded.shapes) * 3, dtype=np.uint8)
-    whole = whole_images(windows)
+    whole, decode = whole_images(windows), _decoder()
     seconds = np.zeros(3)
     for k, shape in enumerate(encoded.shapes):
         rows, cols = int(windows[k, 3]), int(windows[k, 4])
         times = [time.perf_counter()]
-        _decode(encoded.jpegs[k], shape, whole[k], buffer)
+        decode(encoded.jpegs[k], shape, whole[k], buffer)
         times.append(time.perf_counter())
-        _decode(encoded.jpegs[k], shape, windows[k], buffer)
+        decode(encoded.jpegs[k], shape, windows[k], buffer)
         times.append(time.perf_counter())
         image = buffer[: rows * cols * 3].reshape(rows, cols, 3)
         resize_window(image, 0, 0, rows, cols, out, rows < 2 * bench.crop)
