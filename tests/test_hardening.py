@@ -347,7 +347,7 @@ def test_an_unreadable_manifest_is_listed_and_blocks_nothing(vgg, tmp_path: Path
 
 
 def test_a_pipeline_step_passes_over_an_unreadable_version(tmp_path: Path) -> None:
-    from vggcli.stages import pipeline
+    from vggcli.pipeline import plan as pipeline
 
     file = tmp_path / "p.toml"
     file.write_text("[[step]]\nname = 'data'\nrun = 'preprocess imagenet'\n")

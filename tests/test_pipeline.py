@@ -14,8 +14,8 @@ from tests.conftest import make_dataset, vgg_process
 from tests.test_train import TINY
 from vggcli.data.synthetic import SyntheticSpec
 from vggcli.errors import VggError
+from vggcli.pipeline import plan as pipeline
 from vggcli.runs import resolve, versions
-from vggcli.stages import pipeline
 
 TINY_NET = " ".join(TINY)
 

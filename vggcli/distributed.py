@@ -57,6 +57,7 @@ class Cluster:
             "backend": self.backend,
             "nodes": self.nodes,
             "processes_per_node": self.local_world_size,
+            **slurm_facts(),
         }
 
     # -- collectives (no-ops for a single process) ------------------------------------
@@ -168,3 +169,15 @@ def lead_does(cluster: Cluster, work: Callable[[], T]) -> T | None:
     if failure is not None:
         raise WorkFailed(failure)
     return result
+
+
+def slurm_facts() -> dict[str, Any]:
+    """The Slurm job this process runs in, if any: its id, nodes and how often it was
+    requeued (a preempted step's versions record one execution per start)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return {}
+    return {
+        "slurm_job": os.environ["SLURM_JOB_ID"],
+        "slurm_nodes": os.environ.get("SLURM_JOB_NODELIST", ""),
+        "slurm_requeues": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+    }

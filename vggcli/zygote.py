@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -41,12 +42,10 @@ def _child(argv: list[str], env: dict[str, str]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the step
         os.environ.clear()
         os.environ.update(env)
-        from vggcli.cli import app
-
-        # manifests record sys.argv as the command: make it `python -m vggcli ARGS`'s
+        # exactly `python -m vggcli ARGS` (manifests record sys.argv as the command); by
+        # module name, so that the launcher does not import the CLI that starts pipelines
         sys.argv = [ENTRY, *argv]
-
-        app(args=argv, prog_name="vgg")
+        runpy.run_module("vggcli", run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:  # as the interpreter would: a message is printed, then 1
         if isinstance(exc.code, str):
@@ -81,16 +80,23 @@ Launch = Callable[[list[str], dict[str, str]], int]
 
 
 @contextlib.contextmanager
-def warm_launcher() -> Iterator[Launch]:
+def warm_launcher(cores: tuple[int, ...] | None = None) -> Iterator[Launch]:
     """A zygote process (fresh, so safe to fork) that imported the heavy modules once; the
-    yielded function runs `vgg ARGS` with ENV in a child of it and returns the exit code."""
+    yielded function runs `vgg ARGS` with ENV in a child of it and returns the exit code.
+    With `cores`, the zygote and so every step it starts may use only those cores."""
+
+    def start() -> None:
+        die_with_parent()
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+
     results_fd, write_fd = os.pipe()
     zygote = subprocess.Popen(
         [sys.executable, "-m", "vggcli.zygote", str(write_fd)],
         stdin=subprocess.PIPE,
         text=True,
         pass_fds=(write_fd,),
-        preexec_fn=die_with_parent,
+        preexec_fn=start,
     )
     os.close(write_fd)
     assert zygote.stdin is not None

@@ -19,9 +19,9 @@ from vggcli.artifacts import (
     parent,
 )
 from vggcli.metrics import top1_correct
+from vggcli.pipeline import plan as pipelines
 from vggcli.report import Curve, Evaluated, Fused, Scores, write_report
 from vggcli.runs import MANIFEST, RunVersion, RunWriter
-from vggcli.stages import pipeline as pipelines
 from vggcli.stages.common import announce, load_array
 
 __all__ = ["ReportRequest", "run"]

@@ -14,22 +14,24 @@ step's latest complete version (a pinned path, which also makes it a dependency)
 the text of a variable. A step is skipped when its run already has a complete version made
 by exactly the same resolved command; an interrupted step is resumed by re-running its
 command (every `vgg` command resumes its unfinished version).
+
+This module is the plan only: the file, each step's state from the runs, the dependency graph
+(waves of steps that can run at once, the critical path). It starts nothing; the runners
+beside it (`local.py`, `slurm.py`) carry a plan out.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shlex
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vggcli.errors import VggError, WorkFailed
+from vggcli.errors import VggError
+from vggcli.pipeline import resources
+from vggcli.pipeline.resources import Resources
 from vggcli.runs import COMPLETE, RUNNING, UNREADABLE, RunVersion, latest_complete, versions
-from vggcli.zygote import warm_launcher
 
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
 SCALES_OUT = ("train", "finetune-scale", "evaluate")  # the steps `--nproc` applies to
@@ -41,6 +43,7 @@ class Step:
     name: str
     command: str  # the text after `vgg`, with placeholders
     inputs: tuple[str, ...]  # steps it names
+    resources: Resources = Resources()  # what it asks of a cluster (the Slurm runner)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ class Pipeline:
     variables: dict[str, str]
     runs_root: Path
     flip: bool = True  # False: every train step gets --no-flip (mirror-sensitive data)
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise VggError(f"{self.path}: no step named '{name}'")
 
 
 def load(path: Path, runs_root: Path | None = None, flip: bool = True) -> Pipeline:
@@ -73,15 +82,22 @@ def load(path: Path, runs_root: Path | None = None, flip: bool = True) -> Pipeli
     if not isinstance(settings, dict) or not isinstance(settings.get("runs_root", ""), str):
         raise VggError(f"{path}: [pipeline] must be a table; its runs_root a path string")
     names = [str(s.get("name", "")) for s in raw_steps]
-    steps = [_parse_step(path, s, set(names), variables) for s in raw_steps]
+    defaults = resources.parse(data.get("resources", {}), Resources(), f"{path}: [resources]")
+    steps = [_parse_step(path, s, set(names), variables, defaults) for s in raw_steps]
     if len(set(names)) != len(names):
         raise VggError(f"{path}: step names must be unique")
     root = runs_root or Path(settings.get("runs_root", "runs"))
     return Pipeline(path, _ordered(path, steps), variables, root, flip)
 
 
-def _parse_step(path: Path, raw: dict, names: set[str], variables: dict[str, str]) -> Step:
+def _parse_step(
+    path: Path, raw: dict, names: set[str], variables: dict[str, str], defaults: Resources
+) -> Step:
     name, command = raw.get("name"), raw.get("run")
+    unknown = set(raw) - {"name", "run", "resources"}
+    if unknown:
+        raise VggError(f"{path}: step {name}: unknown key(s) {', '.join(sorted(unknown))} "
+                       "(a step has name, run and resources)")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_+-]+", name):
         raise VggError(f"{path}: every step needs a name of letters, digits, _ + - ({raw})")
     if not isinstance(command, str) or not command.split():
@@ -99,7 +115,8 @@ def _parse_step(path: Path, raw: dict, names: set[str], variables: dict[str, str
             raise VggError(f"{path}: step {name}: {{{ref}}} is neither a step nor a variable")
     if name in inputs:
         raise VggError(f"{path}: step {name}: a step cannot use its own run")
-    return Step(name, command, tuple(dict.fromkeys(inputs)))
+    wanted = resources.parse(raw.get("resources", {}), defaults, f"{path}: step {name}")
+    return Step(name, command, tuple(dict.fromkeys(inputs)), wanted)
 
 
 def _ordered(path: Path, steps: list[Step]) -> tuple[Step, ...]:
@@ -151,36 +168,50 @@ def state(pipeline: Pipeline, step: Step) -> tuple[str, RunVersion | None]:
     return "to run", None
 
 
-def run(
-    pipeline: Pipeline, dry_run: bool, report: Callable[[str], None] = print, nproc: int = 1
-) -> list[str]:
-    """Run every step not yet done, in dependency order; return the names of those run.
-    With `nproc` > 1 the training and evaluation steps run under torchrun; that is not part
-    of a step's command (results do not depend on it), so finished steps stay finished.
-    Steps run as children of a warm launcher (`zygote.py`), each its own process."""
-    executed = []
-    with contextlib.ExitStack() as stack:
-        launcher = None
-        for step in pipeline.steps:
-            status, version = state(pipeline, step)
-            if status == "done":
-                report(f"[dim]skip[/] {step.name}: done ({version.label if version else ''})")
-                continue
-            args = resolve_args(pipeline, step)
-            if dry_run:
-                shown = " ".join(args) if args else step.command
-                report(f"[bold]{status}[/] {step.name}: vgg {shown}")
-                continue
-            assert args is not None  # inputs ran before this step
-            report(f"[bold]run[/] {step.name}: vgg {' '.join(args)}")
-            env = {**os.environ, "VGG_RUNS": str(pipeline.runs_root)}
-            launch = ["--nproc", str(nproc)] if nproc > 1 and args[0] in SCALES_OUT else []
-            launcher = launcher or stack.enter_context(warm_launcher())
-            code = launcher([*args, *launch], env)
-            if code != 0:
-                raise WorkFailed(
-                    f"{pipeline.path}: step {step.name} failed (exit "
-                    f"{code}); fix it and re-run to resume"
-                )
-            executed.append(step.name)
-    return executed
+def dependants(pipeline: Pipeline, name: str) -> list[str]:
+    """Every step that needs `name`'s run, directly or through other steps."""
+    found: list[str] = []
+    for step in pipeline.steps:  # dependency order: inputs come first
+        if any(i == name or i in found for i in step.inputs):
+            found.append(step.name)
+    return found
+
+
+def waves(pipeline: Pipeline) -> list[list[str]]:
+    """Steps grouped by how many steps must finish before them along their longest chain of
+    inputs: each wave can run at once once the waves before it are done."""
+    level: dict[str, int] = {}
+    for step in pipeline.steps:
+        level[step.name] = 1 + max((level[i] for i in step.inputs), default=-1)
+    grouped: list[list[str]] = [[] for _ in range(max(level.values()) + 1)]
+    for step in pipeline.steps:
+        grouped[level[step.name]].append(step.name)
+    return grouped
+
+
+def critical_path(pipeline: Pipeline) -> tuple[list[str], int]:
+    """The chain of steps with the largest sum of time limits (`resources.time`, minutes):
+    the least wall time the pipeline can take, however many nodes run it."""
+    finish: dict[str, int] = {}
+    before: dict[str, str | None] = {}
+    for step in pipeline.steps:
+        prior = max(step.inputs, key=lambda i: finish[i], default=None)
+        finish[step.name] = step.resources.time + (finish[prior] if prior else 0)
+        before[step.name] = prior
+    last: str | None = max(finish, key=lambda n: finish[n])
+    total = finish[last]
+    chain = []
+    while last is not None:
+        chain.append(last)
+        last = before[last]
+    return chain[::-1], total
+
+
+def graph_summary(pipeline: Pipeline) -> list[str]:
+    """The waves and the critical path, as lines for `--dry-run`."""
+    lines = [f"wave {i + 1}: {', '.join(names)}" for i, names in enumerate(waves(pipeline))]
+    chain, total = critical_path(pipeline)
+    hours = f"{total / 60:.1f} h" if total >= 120 else f"{total} min"
+    lines.append(f"critical path ({len(chain)} steps, {hours} of time limits): "
+                 + " -> ".join(chain))
+    return lines
