@@ -9,6 +9,8 @@ demo_data := "data/tiny-imagenet"
 # The Debian packages FFCV's sdist and our window decoder (setup.py) compile against: named
 # here only, installed by `setup`
 debian_packages := "pkg-config libturbojpeg0-dev libjpeg-dev libopencv-dev"
+# A real one-node Slurm for tests/test_slurm.py (the tests start and stop the daemons themselves)
+slurm_packages := "slurmctld slurmd slurm-client munge"
 # Every Python package the project runs and tests with, pinned with sha256 hashes
 # (`just lock` writes it from pyproject.toml's ranges; `setup` installs exactly it)
 lockfile := "requirements.lock"
@@ -16,12 +18,12 @@ lockfile := "requirements.lock"
 default:
     @just --list
 
-# Debian packages FFCV compiles against, a Python 3.11 .venv, the locked packages, the project (idempotent)
+# Debian packages (FFCV's build, the test Slurm), a Python 3.11 .venv, the locked packages, the project (idempotent)
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
     missing=""
-    for pkg in {{debian_packages}}; do
+    for pkg in {{debian_packages}} {{slurm_packages}}; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
     done
     if [ -n "$missing" ]; then

@@ -142,3 +142,26 @@ def test_fuse_help_imports_no_torch() -> None:
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "ffcv" not in imported
     assert "Average the softmax posteriors" in out.stdout
+
+
+def test_only_the_entry_point_imports_the_cli() -> None:
+    """No import circle through the CLI: the pipeline runners start steps by module name
+    (`python -m vggcli`, the zygote's runpy), never by importing the app that started them."""
+    for module, imports in _imports_of(("vggcli",)).items():
+        if module not in ("vggcli.cli", "vggcli.__main__") and not module.startswith(
+            "vggcli.commands"
+        ):
+            assert not any(_within(i, ("vggcli.cli", "vggcli.commands")) for i in imports), module
+
+
+def test_the_pipeline_plan_imports_no_runner_and_nothing_heavy() -> None:
+    """plan.py (and resources.py) know the file, the runs and the graph; local.py and
+    slurm.py carry a plan out. The plan needs neither torch nor a launcher."""
+    runners = ("vggcli.pipeline.local", "vggcli.pipeline.slurm", "vggcli.zygote", "submitit")
+    for module in ("vggcli.pipeline.plan", "vggcli.pipeline.resources"):
+        imports = _imports(MODULES[module])
+        assert not any(_within(i, (*runners, "vggcli.stages", *HEAVY)) for i in imports), module
+    code = ("import sys, vggcli.pipeline.plan; print(sorted(m for m in sys.modules if "
+            f"m.split('.')[0] in {HEAVY + ('submitit',)!r} or m in {runners!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

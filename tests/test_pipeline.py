@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import make_dataset, vgg_process
 from tests.test_train import TINY
@@ -262,3 +263,103 @@ def test_warm_launcher_runs_each_step_as_a_fresh_command(tmp_path: Path) -> None
     command = resolve("data", tmp_path / "runs").manifest()["command"]
     entry = Path(__import__("vggcli").__file__).with_name("__main__.py")
     assert command == [str(entry), *args]
+
+
+def _three_nets(tmp_path: Path, root: Path, source: Path, bad: str = "") -> Path:
+    """data -> A -> B and data -> A2: A and A2 can run at once."""
+    path = tmp_path / f"{root.name}.toml"
+    path.write_text(textwrap.dedent(f"""
+        [pipeline]
+        runs_root = "{root}"
+        [vars]
+        net = "{TINY_NET} --epochs 1"
+        [[step]]
+        name = "data"
+        run = "preprocess {source} --max-side 64"
+        [[step]]
+        name = "A"
+        run = "train --net A --scale 40 --data {{data}} {{net}}{bad}"
+        [[step]]
+        name = "A2"
+        run = "train --net A --scale 48 --data {{data}} {{net}}"
+        [[step]]
+        name = "B"
+        run = "train --net B --scale 40 --init-from {{A}} --data {{data}} {{net}}"
+    """))
+    return path
+
+
+def test_jobs_run_ready_steps_at_once_with_the_serial_runs_numbers(
+    vgg, tmp_path, monkeypatch
+) -> None:
+    """--jobs 2 on 2 cores: each step gets one core and one thread; a serial run with one
+    thread (OMP_NUM_THREADS=1; CPU results depend on the thread count) makes every weight
+    the same. A and A2 overlap in time."""
+    from vggcli.pipeline import local
+
+    if len(local.slots(1)[0].cores) < 2:
+        pytest.skip("needs 2 cores")
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(4, 6, 3, seed=2))
+    together = vgg("pipeline", "run", str(_three_nets(tmp_path, tmp_path / "jobs", source)),
+                   "--jobs", "2")
+    assert together.exit_code == 0 and "4 step(s) run" in together.output, together.output
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    serial = vgg("pipeline", "run", str(_three_nets(tmp_path, tmp_path / "serial", source)))
+    assert serial.exit_code == 0, serial.output
+    for name in ("A", "A2", "B"):
+        ours = torch.load(resolve(name, tmp_path / "jobs").path / "model.pt", weights_only=True)
+        ref = torch.load(resolve(name, tmp_path / "serial").path / "model.pt", weights_only=True)
+        assert all(torch.equal(ours["state_dict"][k], v) for k, v in ref["state_dict"].items())
+        device = resolve(name, tmp_path / "jobs").manifest()["executions"][0]["device"]
+        assert device == "cpu (1 cores)"  # its share of the machine
+    spans = {n: _span(tmp_path / "jobs", n) for n in ("A", "A2")}
+    assert spans["A"][0] < spans["A2"][1] and spans["A2"][0] < spans["A"][1]
+
+
+def _span(root: Path, name: str) -> tuple[float, float]:
+    """When a run was opened (to the second, rounded down) and when it completed."""
+    import datetime as dt
+
+    version = resolve(name, root)
+    started = dt.datetime.fromisoformat(version.manifest()["started"]).timestamp()
+    return started, (version.path / "manifest.json").stat().st_mtime
+
+
+def test_a_failed_step_stops_its_dependants_while_the_others_go_on(vgg, tmp_path) -> None:
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(4, 6, 3, seed=2))
+    path = _three_nets(tmp_path, tmp_path / "runs", source, bad=" --scale 1")
+    result = vgg("pipeline", "run", str(path), "--jobs", "2")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "failed A (exit 2); not starting B" in text
+    assert "step(s) A (exit 2) failed, so 1 step(s) after them did not run" in text
+    assert resolve("A2", tmp_path / "runs").status() == "complete"  # the others go on
+    assert not (tmp_path / "runs" / "B").exists()
+
+
+def test_dry_run_prints_the_waves_and_the_critical_path(vgg) -> None:
+    shipped = Path(__file__).parents[1] / "pipelines" / "paper.toml"
+    result = vgg("pipeline", "run", str(shipped), "--dry-run")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "wave 1: data wave 2: A, A-LRN, B-5x5 wave 3: B, C, D, E, eval-A," in text
+    assert ("critical path (7 steps, 33.5 h of time limits): data -> A -> D -> D-384 -> "
+            "D-jitter -> eval-D-jitter -> fuse-dense") in text
+    assert "1 node 99.0 h" in text
+
+
+def test_jobs_split_the_cores_and_the_visible_gpus(monkeypatch) -> None:
+    from vggcli.pipeline import local
+
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4, 5, 6})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    parts = local.slots(3)
+    assert [p.cores for p in parts] == [(0, 1, 2), (3, 4), (5, 6)]
+    assert [p.gpus for p in parts] == [("0", "1", "2"), ("3", "4", "5"), ("6", "7")]
+    env = parts[1].environment(shared=True)
+    assert env["OMP_NUM_THREADS"] == "2" and env["CUDA_VISIBLE_DEVICES"] == "3,4,5"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(VggError, match="more concurrent steps than the 2 GPUs"):
+        local.slots(3)
+    with pytest.raises(VggError, match="more concurrent steps than the 7 cores"):
+        local.slots(8)

@@ -280,3 +280,10 @@ def test_bad_resources_name_the_key(tmp_path: Path, body: str, message: str) -> 
     path.write_text(body + '[[step]]\nname = "data"\nrun = "preprocess x"\n')
     with pytest.raises(VggError, match=message):
         plan.load(path)
+
+
+def test_only_scaling_commands_may_ask_for_several_nodes(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('[[step]]\nname = "data"\nrun = "preprocess x"\nresources = { nodes = 2 }\n')
+    with pytest.raises(VggError, match="only train, finetune-scale, evaluate run on several"):
+        plan.load(path)

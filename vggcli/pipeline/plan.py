@@ -116,6 +116,9 @@ def _parse_step(
     if name in inputs:
         raise VggError(f"{path}: step {name}: a step cannot use its own run")
     wanted = resources.parse(raw.get("resources", {}), defaults, f"{path}: step {name}")
+    if wanted.nodes > 1 and command.split()[0] not in SCALES_OUT:
+        raise VggError(f"{path}: step {name}: only {', '.join(SCALES_OUT)} run on several "
+                       f"nodes, not {command.split()[0]} (set its resources.nodes = 1)")
     return Step(name, command, tuple(dict.fromkeys(inputs)), wanted)
 
 
@@ -211,7 +214,31 @@ def graph_summary(pipeline: Pipeline) -> list[str]:
     """The waves and the critical path, as lines for `--dry-run`."""
     lines = [f"wave {i + 1}: {', '.join(names)}" for i, names in enumerate(waves(pipeline))]
     chain, total = critical_path(pipeline)
-    hours = f"{total / 60:.1f} h" if total >= 120 else f"{total} min"
-    lines.append(f"critical path ({len(chain)} steps, {hours} of time limits): "
+    lines.append(f"critical path ({len(chain)} steps, {_hours(total)} of time limits): "
                  + " -> ".join(chain))
+    widest = max(len(w) for w in waves(pipeline))
+    counts = [k for k in (1, 2, 4, 8, 16) if k < widest] + [widest]
+    lines.append("wall time if every step takes its time limit: " + ", ".join(
+        f"{k} node{'s' if k > 1 else ''} {_hours(wall_time(pipeline, k))}" for k in counts))
     return lines
+
+
+def _hours(minutes: int) -> str:
+    return f"{minutes / 60:.1f} h" if minutes >= 120 else f"{minutes} min"
+
+
+def wall_time(pipeline: Pipeline, nodes: int) -> int:
+    """Minutes the whole pipeline takes on `nodes` identical nodes if every step lasts its
+    time limit: steps start in file order as soon as their inputs are done and enough nodes
+    are free (list scheduling in file order: an estimate, not Slurm's exact order)."""
+    finish: dict[str, int] = {}
+    free_at = [0] * nodes  # when each node is next free
+    for step in pipeline.steps:
+        wanted = min(step.resources.nodes, nodes)
+        ready = max((finish[i] for i in step.inputs), default=0)
+        free_at.sort()
+        start = max(ready, free_at[wanted - 1])
+        finish[step.name] = start + step.resources.time
+        for k in range(wanted):
+            free_at[k] = finish[step.name]
+    return max(finish.values())
