@@ -22,27 +22,24 @@ default:
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
-    missing=""
-    for pkg in {{debian_packages}} {{slurm_packages}}; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
-    done
-    if [ -n "$missing" ]; then
-        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        echo "installing Debian packages:$missing"
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
-    fi
+    scripts/debian-packages.sh {{debian_packages}} --optional {{slurm_packages}}
+    fresh=""
     if [ ! -x {{bin}}/python ]; then
         python=$(command -v python3.11 || command -v python3)
         "$python" -m venv {{venv}}
+        fresh=1
     fi
     want=$(cat pyproject.toml setup.py vggcli/data/_jpeg_window.c {{lockfile}} | sha256sum | cut -d' ' -f1)
     built=$(ls vggcli/data/_jpeg_window*.so 2>/dev/null || true)  # gone after a `git clean`
     if [ "$(cat {{venv}}/.installed 2>/dev/null)" != "$want" ] || [ -z "$built" ]; then
         echo "installing {{lockfile}} and the project into {{venv}} (torch and ffcv take a few minutes the first time)"
         log=$(mktemp)
-        pip_install() {
-            {{bin}}/pip install -q "$@" >"$log" 2>&1 || { grep -v "^WARNING: Location" "$log" >&2; exit 1; }
+        pip_install() {  # a venv this run created and could not fill is removed, not left half-built
+            {{bin}}/pip install -q "$@" >"$log" 2>&1 || {
+                grep -v "^WARNING: Location" "$log" >&2
+                [ -z "$fresh" ] || rm -rf {{venv}}
+                exit 1
+            }
         }
         # Exactly the files in the lock (torch and torchvision from this machine's disk when it has
         # them). PIP_CONSTRAINT, the lock's pins without hashes (hashes there would demand == of
@@ -87,6 +84,11 @@ demo: setup
     [ -d {{demo_data}}/train ] || {{bin}}/vgg make-demo-data {{demo_data}}
     {{bin}}/vgg pipeline run pipelines/smoke.toml
     {{bin}}/vgg report --pipeline pipelines/smoke.toml
+
+# Self-contained wheels (ffcv and vgg with their C libraries inside, plus the locked packages
+# but torch's stack) for machines without compiler, -dev packages or network: dist/wheelhouse
+wheelhouse *pythons="3.11 3.12": setup
+    scripts/wheelhouse.sh {{pythons}}
 
 # Lint and the whole test suite
 test: setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import textwrap
@@ -289,22 +290,24 @@ def _three_nets(tmp_path: Path, root: Path, source: Path, bad: str = "") -> Path
     return path
 
 
-def test_jobs_run_ready_steps_at_once_with_the_serial_runs_numbers(
-    vgg, tmp_path, monkeypatch
-) -> None:
-    """--jobs 2 on 2 cores: each step gets one core and one thread; a serial run with one
-    thread (OMP_NUM_THREADS=1; CPU results depend on the thread count) makes every weight
-    the same. A and A2 overlap in time."""
+def test_jobs_run_ready_steps_at_once_with_the_serial_runs_numbers(vgg, tmp_path) -> None:
+    """--jobs 2 on 2 cores: each step runs on one core; a serial run pinned to one core
+    (`taskset -c 0`: CPU results depend on the core count, which sets the loader's workers
+    and, through FFCV, torch's threads) makes every weight the same. A and A2 overlap."""
     from vggcli.pipeline import local
 
-    if len(local.slots(1)[0].cores) < 2:
+    cores = os.sched_getaffinity(0)
+    if len(cores) < 2:
         pytest.skip("needs 2 cores")
     source = make_dataset(tmp_path / "tiny", SyntheticSpec(4, 6, 3, seed=2))
     together = vgg("pipeline", "run", str(_three_nets(tmp_path, tmp_path / "jobs", source)),
                    "--jobs", "2")
     assert together.exit_code == 0 and "4 step(s) run" in together.output, together.output
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    serial = vgg("pipeline", "run", str(_three_nets(tmp_path, tmp_path / "serial", source)))
+    os.sched_setaffinity(0, local.slots(2)[0].cores)  # the launcher and its steps inherit it
+    try:
+        serial = vgg("pipeline", "run", str(_three_nets(tmp_path, tmp_path / "serial", source)))
+    finally:
+        os.sched_setaffinity(0, cores)
     assert serial.exit_code == 0, serial.output
     for name in ("A", "A2", "B"):
         ours = torch.load(resolve(name, tmp_path / "jobs").path / "model.pt", weights_only=True)

@@ -381,3 +381,23 @@ def test_selected_classes_without_val_images_are_one_line(vgg, tiny_source) -> N
     assert result.exit_code == 2, result.output
     assert "no val images found for the selected classes" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_command_on_one_core_exits_when_its_work_is_done(tmp_path: Path) -> None:
+    """On one core (a one-CPU Slurm job, a `--jobs` slot) numba's TBB layer hung the process
+    in interpreter shutdown after its work was done (numba issue #10556: numba code run in a
+    non-main thread); `vgg` picks OpenMP unless told otherwise."""
+    import subprocess
+
+    source = make_dataset(tmp_path / "tiny")
+    one_core = {min(os.sched_getaffinity(0))}
+    process = vgg_process("preprocess", str(source), "--max-side", "64",
+                          runs_root=tmp_path / "runs", extra_env={},
+                          preexec_fn=lambda: os.sched_setaffinity(0, one_core))
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.returncode == 0, output
+    assert resolve("tiny", tmp_path / "runs").status() == COMPLETE

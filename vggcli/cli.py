@@ -24,6 +24,7 @@ from vggcli.commands import (
     train,
     verify,
 )
+from vggcli.processes import exit_safe_numba_threads
 
 
 class OneLineUsageErrors(TyperGroup):
@@ -31,6 +32,7 @@ class OneLineUsageErrors(TyperGroup):
     option, exit code 2, like every other error of ours; typer would draw a boxed panel."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        exit_safe_numba_threads()  # every command, before it imports FFCV (and numba)
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
