@@ -300,12 +300,14 @@ def test_jobs_run_ready_steps_at_once_with_the_serial_runs_numbers(vgg, tmp_path
     if len(cores) < 2:
         pytest.skip("needs 2 cores")
     source = make_dataset(tmp_path / "tiny", SyntheticSpec(4, 6, 3, seed=2))
-    together = vgg("pipeline", "run", str(_three_nets(tmp_path, tmp_path / "jobs", source)),
-                   "--jobs", "2")
+    jobs, serial_root = tmp_path / "jobs", tmp_path / "serial"
+    together = vgg("pipeline", "run", str(_three_nets(tmp_path, jobs, source)), "--jobs", "2",
+                   "--runs-root", str(jobs))
     assert together.exit_code == 0 and "4 step(s) run" in together.output, together.output
     os.sched_setaffinity(0, local.slots(2)[0].cores)  # the launcher and its steps inherit it
     try:
-        serial = vgg("pipeline", "run", str(_three_nets(tmp_path, tmp_path / "serial", source)))
+        serial = vgg("pipeline", "run", str(_three_nets(tmp_path, serial_root, source)),
+                     "--runs-root", str(serial_root))
     finally:
         os.sched_setaffinity(0, cores)
     assert serial.exit_code == 0, serial.output
@@ -331,7 +333,7 @@ def _span(root: Path, name: str) -> tuple[float, float]:
 def test_a_failed_step_stops_its_dependants_while_the_others_go_on(vgg, tmp_path) -> None:
     source = make_dataset(tmp_path / "tiny", SyntheticSpec(4, 6, 3, seed=2))
     path = _three_nets(tmp_path, tmp_path / "runs", source, bad=" --scale 1")
-    result = vgg("pipeline", "run", str(path), "--jobs", "2")
+    result = vgg("pipeline", "run", str(path), "--jobs", "2", "--runs-root", str(tmp_path / "runs"))
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
     assert "failed A (exit 2); not starting B" in text

@@ -385,8 +385,8 @@ def test_selected_classes_without_val_images_are_one_line(vgg, tiny_source) -> N
 
 def test_a_command_on_one_core_exits_when_its_work_is_done(tmp_path: Path) -> None:
     """On one core (a one-CPU Slurm job, a `--jobs` slot) numba's TBB layer hung the process
-    in interpreter shutdown after its work was done (numba issue #10556: numba code run in a
-    non-main thread); `vgg` picks OpenMP unless told otherwise."""
+    in interpreter shutdown after its work was done (numba issue #10556); `vgg` ends its
+    process without that teardown (cli.main)."""
     import subprocess
 
     source = make_dataset(tmp_path / "tiny")

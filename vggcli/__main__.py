@@ -1,3 +1,3 @@
-from vggcli.cli import app
+from vggcli.cli import main
 
-app(prog_name="vgg")
+main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -24,7 +25,6 @@ from vggcli.commands import (
     train,
     verify,
 )
-from vggcli.processes import exit_safe_numba_threads
 
 
 class OneLineUsageErrors(TyperGroup):
@@ -32,7 +32,6 @@ class OneLineUsageErrors(TyperGroup):
     option, exit code 2, like every other error of ours; typer would draw a boxed panel."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        exit_safe_numba_threads()  # every command, before it imports FFCV (and numba)
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -84,3 +83,22 @@ app.command("runs")(runs.command)
 app.command("verify")(verify.command)
 app.add_typer(bench.app, name="bench")
 app.add_typer(pipeline.app, name="pipeline")
+
+
+def main() -> None:
+    """The `vgg` command and `python -m vggcli`: run the command, then end the process at
+    once with its exit code, without the interpreter's teardown. Everything a command writes
+    is closed and renamed before it returns; the teardown only unloads modules, and there
+    numba's TBB layer hung a process that had run on one core (a one-CPU Slurm job, a
+    `--jobs` slot) for good after its work was done (numba issue #10556). Pipeline steps
+    have always ended this way (zygote.py)."""
+    try:
+        app(prog_name="vgg")
+        code = 0
+    except SystemExit as exc:  # how click ends every command: a message is printed, then 1
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -44,12 +44,3 @@ def pause_point(name: str) -> None:
     while not (folder / f"{name}.go").exists():
         time.sleep(0.05)
 
-
-def exit_safe_numba_threads() -> None:
-    """Use OpenMP for numba's parallel loops (FFCV's decoders, our window decoder) unless the
-    user chose a layer: with the default TBB layer a process whose numba code ran in a
-    non-main thread (FFCV runs it in its loader thread) on one core, as in a one-CPU Slurm
-    job or a `--jobs` slot, finished its work and then hung in interpreter shutdown
-    (`unload_tbb`; numba issue #10556). OpenMP decodes as fast (`vgg bench loader`: 2,153
-    against 2,118 img/s). Called before numba is imported; numba reads it once."""
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
