@@ -54,6 +54,7 @@ for version in $versions; do
     # ffcv's sdist and this project, compiled against the Debian libraries, then repaired
     quiet "$build/bin/pip" wheel -q --no-deps --no-build-isolation --require-hashes \
         -r "$work/ffcv.txt" -w "$work/raw-$version"
+    rm -rf build  # setuptools' leftovers of an earlier build could slip into the wheel
     quiet "$build/bin/pip" wheel -q --no-deps --no-build-isolation . -w "$work/raw-$version"
     for wheel in "$work/raw-$version"/*.whl; do
         PATH="$tools:$PATH" quiet "$tools/auditwheel" repair \

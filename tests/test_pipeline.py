@@ -368,3 +368,22 @@ def test_jobs_split_the_cores_and_the_visible_gpus(monkeypatch) -> None:
         local.slots(3)
     with pytest.raises(VggError, match="more concurrent steps than the 7 cores"):
         local.slots(8)
+
+
+def test_a_changed_step_reruns_every_step_after_it(vgg, tmp_path) -> None:
+    """A's command changes: A makes a new version, and B, which matched A's old version,
+    is not taken as done but runs again on the new one (by --jobs too)."""
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(4, 6, 3, seed=2))
+    root = tmp_path / "runs"
+    first = vgg("pipeline", "run", str(_three_nets(tmp_path, root, source)), "--runs-root",
+                str(root))
+    assert first.exit_code == 0, first.output
+    changed = _three_nets(tmp_path, root, source, bad=" --lr 0.002")
+    plan = pipeline.load(changed, root)
+    assert {n: s for n, (s, _) in pipeline.states(plan).items()} == {
+        "data": "done", "A": "to run", "A2": "done", "B": "waiting for inputs"}
+    again = vgg("pipeline", "run", str(changed), "--jobs", "2", "--runs-root", str(root))
+    assert again.exit_code == 0 and "2 step(s) run" in again.output, again.output
+    assert [len(versions(root / n)) for n in ("data", "A", "A2", "B")] == [1, 2, 1, 2]
+    parents = resolve("B", root).manifest()["parents"]
+    assert next(p for p in parents if p["run"] == "A")["version"] == "v002"

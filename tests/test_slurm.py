@@ -20,7 +20,7 @@ from tests import slurm_cluster
 from tests.conftest import make_dataset
 from tests.test_train import TINY
 from vggcli.data.synthetic import SyntheticSpec
-from vggcli.errors import VggError
+from vggcli.errors import VggError, WorkFailed
 from vggcli.pipeline import plan, slurm
 from vggcli.runs import resolve, versions
 
@@ -195,6 +195,22 @@ def _wait_for(ready, what: str, timeout: float = 180) -> None:
         time.sleep(0.05)
 
 
+def test_a_job_started_more_often_than_its_requeues_allow_fails_at_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    pipeline = _pipeline(tmp_path, """
+        [resources]
+        requeues = 2
+        [[step]]
+        name = "data"
+        run = "preprocess nowhere"
+    """)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    job = slurm.StepJob(pipeline.path, pipeline.runs_root, True, "data")
+    with pytest.raises(WorkFailed, match="started 4 times, more than its 2 requeue"):
+        job()
+
+
 def test_cancel_cancels_queued_and_running_jobs_and_status_shows_them(
     cluster: None, source: Path, tmp_path: Path, vgg
 ) -> None:
@@ -207,10 +223,13 @@ def test_cancel_cancels_queued_and_running_jobs_and_status_shows_them(
         run = "train --net A --scale 40 --epochs 1 --data {{data}} {NET}"
     """)
     jobs = slurm.submit(pipeline, report=lambda _: None)
+    _wait_for(lambda: slurm.job_states().get(jobs["data"]) == "RUNNING", "data to start")
     cancelled = vgg("pipeline", "cancel", str(pipeline.path))
     assert cancelled.exit_code == 0 and "cancelled 2 job(s)" in cancelled.output, cancelled.output
     _wait_for(lambda: set(slurm.job_states().get(j) for j in jobs.values()) == {"CANCELLED"},
               "the jobs to end")
+    time.sleep(3)  # a running step that got SIGTERM must not requeue its cancelled job
+    assert set(slurm.job_states().get(j) for j in jobs.values()) == {"CANCELLED"}
     status = vgg("pipeline", "status", str(pipeline.path))
     assert status.exit_code == 0 and status.output.count("CANCELLED") == 2, status.output
     assert jobs["A"] in status.output

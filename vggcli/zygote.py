@@ -83,20 +83,16 @@ Launch = Callable[[list[str], dict[str, str]], int]
 def warm_launcher(cores: tuple[int, ...] | None = None) -> Iterator[Launch]:
     """A zygote process (fresh, so safe to fork) that imported the heavy modules once; the
     yielded function runs `vgg ARGS` with ENV in a child of it and returns the exit code.
-    With `cores`, the zygote and so every step it starts may use only those cores."""
-
-    def start() -> None:
-        die_with_parent()
-        if cores is not None:
-            os.sched_setaffinity(0, cores)
-
+    With `cores`, the zygote and so every step it starts may use only those cores. The
+    zygote sets both that and its death with the parent itself (no preexec_fn: the local
+    runner starts launchers while other threads run)."""
     results_fd, write_fd = os.pipe()
+    pinned = ",".join(map(str, cores)) if cores is not None else ""
     zygote = subprocess.Popen(
-        [sys.executable, "-m", "vggcli.zygote", str(write_fd)],
+        [sys.executable, "-m", "vggcli.zygote", str(write_fd), pinned],
         stdin=subprocess.PIPE,
         text=True,
         pass_fds=(write_fd,),
-        preexec_fn=start,
     )
     os.close(write_fd)
     assert zygote.stdin is not None
@@ -120,5 +116,10 @@ def warm_launcher(cores: tuple[int, ...] | None = None) -> Iterator[Launch]:
 
 if __name__ == "__main__":
     die_with_parent()
+    if len(sys.argv) > 2 and sys.argv[2]:
+        os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the step's and the pipeline's
     serve(int(sys.argv[1]))
+    # no interpreter teardown, as for every vgg process (cli.main): numba's TBB layer can hang
+    # in it on one core (a --jobs slot), and the pipeline waits for this process to end
+    os._exit(0)

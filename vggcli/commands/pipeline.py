@@ -87,8 +87,7 @@ def _table(plan, rows):
 @app.command("status")
 @user_errors
 def status_command(file: File, flip: Flip = True, root: RunsRoot = None) -> None:
-    """Show each step's state (done, to run, interrupted, waiting for inputs) and, for steps
-    submitted to Slurm, the job id and its Slurm state."""
+    """Show each step's state (done, to run, interrupted, waiting for inputs) and, for steps submitted to Slurm, the job id and its Slurm state."""
     from rich.table import Table
 
     from vggcli.pipeline import plan as plans
@@ -96,7 +95,7 @@ def status_command(file: File, flip: Flip = True, root: RunsRoot = None) -> None
     from vggcli.progress import console
 
     plan = plans.load(file, root, flip)
-    if slurm.recorded_jobs(plan):
+    if set(slurm.recorded_jobs(plan)) & {step.name for step in plan.steps}:
         console.print(_table(plan, slurm.step_table(plan)))
         return
     table = Table("step", "state", "run", "command", title=f"{file} (runs in {plan.runs_root})")

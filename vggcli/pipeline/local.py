@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
+import shutil
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from vggcli.errors import VggError, WorkFailed
-from vggcli.pipeline.plan import SCALES_OUT, Pipeline, Step, dependants, resolve_args, state
+from vggcli.pipeline.plan import SCALES_OUT, Pipeline, Step, dependants, resolve_args, states
 from vggcli.zygote import Launch, warm_launcher
 
 Report = Callable[[str], None]
@@ -38,22 +39,38 @@ class Slot:
         return env
 
 
-def slots(jobs: int) -> list[Slot]:
-    """Split this process's cores, and the GPUs CUDA_VISIBLE_DEVICES names, into `jobs` parts
-    so concurrent steps never oversubscribe the machine."""
+def slots(jobs: int, nproc: int = 1) -> list[Slot]:
+    """Split this process's cores, and its GPUs (CUDA_VISIBLE_DEVICES, or every GPU
+    nvidia-smi lists), into `jobs` parts so concurrent steps never oversubscribe the machine."""
     cores = sorted(os.sched_getaffinity(0))
     if jobs > len(cores):
         raise VggError(f"--jobs {jobs}: more concurrent steps than the {len(cores)} cores here",
                        field="jobs")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = [g for g in visible.split(",") if g.strip()] if visible else None
-    if gpus is not None and jobs > 1 and jobs > len(gpus):
-        raise VggError(f"--jobs {jobs}: more concurrent steps than the {len(gpus)} GPUs in "
-                       "CUDA_VISIBLE_DEVICES", field="jobs")
+    gpus = visible_gpus() if jobs > 1 else None
+    if gpus is not None and jobs > len(gpus):
+        raise VggError(f"--jobs {jobs}: more concurrent steps than the {len(gpus)} GPUs here",
+                       field="jobs")
+    if gpus is not None and nproc > len(gpus) // jobs:
+        raise VggError(f"--nproc {nproc} with --jobs {jobs}: each step gets "
+                       f"{len(gpus) // jobs} of the {len(gpus)} GPUs", field="nproc")
     return [
         Slot(tuple(_part(cores, jobs, i)), None if gpus is None else tuple(_part(gpus, jobs, i)))
         for i in range(jobs)
     ]
+
+
+def visible_gpus() -> list[str] | None:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else nvidia-smi's list
+    (without importing torch); None on a machine without NVIDIA GPUs."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return None
+    listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                            capture_output=True, text=True)
+    found = [line.strip() for line in listed.stdout.splitlines() if line.strip().isdigit()]
+    return found or None
 
 
 def _part(items: list, parts: int, index: int) -> list:
@@ -69,10 +86,11 @@ def run(pipeline: Pipeline, dry_run: bool, report: Report = print, nproc: int = 
     the steps run. With `nproc` > 1 the training and evaluation steps run under torchrun;
     that is not part of a step's command (results do not depend on it), so finished steps
     stay finished."""
-    places = slots(jobs)
+    places = slots(jobs, nproc)
     done = set()
+    known = states(pipeline)
     for step in pipeline.steps:
-        status, version = state(pipeline, step)
+        status, version = known[step.name]
         if status == "done":
             report(f"[dim]skip[/] {step.name}: done ({version.label if version else ''})")
             done.add(step.name)
@@ -92,7 +110,6 @@ class _Scheduler:
         self.free = list(places)
         self.shared = len(places) > 1
         self.launchers: dict[Slot, Launch] = {}
-        self.lock = threading.Lock()
 
     def run(self, done: set[str]) -> list[str]:
         executed: list[str] = []
@@ -103,14 +120,19 @@ class _Scheduler:
             while True:
                 for step in self._ready(done, failed, stopped, running):
                     slot = self.free.pop(0)
-                    running[pool.submit(self._launch, step, slot)] = (step, slot)
+                    launcher = self._launcher(slot)  # started here, in the main thread
+                    running[pool.submit(self._launch, step, slot, launcher)] = (step, slot)
                 if not running:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     step, slot = running.pop(future)
                     self.free.append(slot)
-                    code = future.result()
+                    try:
+                        code = future.result()
+                    except WorkFailed as exc:  # its launcher died: the step failed
+                        self.report(f"[red]{exc}[/]")
+                        code = 1
                     if code == 0:
                         done.add(step.name)
                         executed.append(step.name)
@@ -136,15 +158,18 @@ class _Scheduler:
                  and all(i in done for i in s.inputs)]
         return ready[: len(self.free)]
 
-    def _launch(self, step: Step, slot: Slot) -> int:
+    def _launcher(self, slot: Slot) -> Launch:
+        """The slot's warm launcher, started the first time the slot is used."""
+        if slot not in self.launchers:
+            cores = slot.cores if self.shared else None
+            self.launchers[slot] = self.stack.enter_context(warm_launcher(cores))
+        return self.launchers[slot]
+
+    def _launch(self, step: Step, slot: Slot, launcher: Launch) -> int:
+        """Run one step in `slot` (in a pool thread: the launcher call blocks until it ends)."""
         args = resolve_args(self.pipeline, step)
         assert args is not None  # its inputs are done
         self.report(f"[bold]run[/] {step.name}: vgg {' '.join(args)}")
         env = {**slot.environment(self.shared), "VGG_RUNS": str(self.pipeline.runs_root)}
         launch = ["--nproc", str(self.nproc)] if self.nproc > 1 and args[0] in SCALES_OUT else []
-        with self.lock:  # launchers start lazily, one per slot
-            if slot not in self.launchers:
-                cores = slot.cores if self.shared else None
-                self.launchers[slot] = self.stack.enter_context(warm_launcher(cores))
-            launcher = self.launchers[slot]
         return launcher([*args, *launch], env)

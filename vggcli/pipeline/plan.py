@@ -171,6 +171,19 @@ def state(pipeline: Pipeline, step: Step) -> tuple[str, RunVersion | None]:
     return "to run", None
 
 
+def states(pipeline: Pipeline) -> dict[str, tuple[str, RunVersion | None]]:
+    """Every step's state, in dependency order. A step counts as done only when its inputs
+    are done too: after an input's command changed, the input will make a new version, so a
+    step that matched the old version is waiting for it, not done."""
+    found: dict[str, tuple[str, RunVersion | None]] = {}
+    for step in pipeline.steps:
+        if any(found[i][0] != "done" for i in step.inputs):
+            found[step.name] = ("waiting for inputs", None)
+        else:
+            found[step.name] = state(pipeline, step)
+    return found
+
+
 def dependants(pipeline: Pipeline, name: str) -> list[str]:
     """Every step that needs `name`'s run, directly or through other steps."""
     found: list[str] = []

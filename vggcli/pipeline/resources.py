@@ -46,6 +46,8 @@ def parse(raw: Any, base: Resources, where: str) -> Resources:
         if key not in KEYS:
             raise VggError(f"{where}: unknown resource '{key}' (known: {', '.join(KEYS)})")
         changes[key] = _value(key, value, where)
+    if "sbatch" in changes:  # a step's options add to the pipeline's, key by key
+        changes["sbatch"] = {**base.sbatch, **changes["sbatch"]}
     return replace(base, **changes)
 
 

@@ -5,11 +5,13 @@ depending on its inputs' jobs (`afterok`), so the scheduler runs the graph.
   queued or running is not submitted again, and later steps depend on that job.
 - A job resolves its step's command when it starts (its inputs' runs exist only then), skips
   a step that is already done, and runs `vgg ...` as a child process.
-- Preemption and time limits: Slurm sends SIGUSR2 `SIGNAL_BEFORE_S` before the limit (and
-  SIGTERM on preemption or `scontrol requeue`); the job passes it on as SIGTERM, the step
-  writes a checkpoint and exits 75, and the job requeues itself while the step's `requeues`
-  allow. The requeued job resumes from the checkpoint. Any other failure is final, and Slurm
-  cancels the jobs that depend on it (`--kill-on-invalid-dep=yes`).
+- Preemption and time limits: Slurm sends SIGUSR2 `SIGNAL_BEFORE_S` before the limit; the
+  job passes it on as SIGTERM, the step writes a checkpoint and exits 75, and the job
+  requeues itself while the step's `requeues` allow. On preemption or `scontrol requeue`
+  Slurm sends SIGTERM and requeues the job itself; on `scancel` it stays cancelled. A job
+  started more often than `requeues` allows fails at once. The requeued job resumes from the
+  checkpoint. Any other failure is final, and Slurm cancels the jobs that depend on it
+  (`--kill-on-invalid-dep=yes`).
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from pathlib import Path
 
 from vggcli.errors import PREEMPTED, VggError, WorkFailed
 from vggcli.files import atomic_write_json
-from vggcli.pipeline.plan import SCALES_OUT, Pipeline, Step, load, resolve_args, state
+from vggcli.pipeline.plan import SCALES_OUT, Pipeline, Step, load, resolve_args, state, states
 from vggcli.pipeline.resources import Resources
 
 SIGNAL_BEFORE_S = 120  # warning before the time limit: time to write a checkpoint
-RENDEZVOUS_PORT = 29500  # torchrun's c10d store on a multi-node step's first node
+RENDEZVOUS_PORT = 29500  # torchrun's c10d store on a multi-node step's first node (+ job % 10000)
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
             "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED")  # fmt: skip
 
@@ -56,8 +58,10 @@ def _jobs_record(pipeline: Pipeline) -> Iterator[dict[str, dict[str, str]]]:
     with (where / "jobs.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         jobs = recorded_jobs(pipeline)
-        yield jobs
-        atomic_write_json(where / "jobs.json", {"pipeline": str(pipeline.path), "steps": jobs})
+        try:
+            yield jobs
+        finally:  # also when a submission failed halfway: the jobs before it are queued
+            atomic_write_json(where / "jobs.json", {"pipeline": str(pipeline.path), "steps": jobs})
 
 
 def recorded_jobs(pipeline: Pipeline) -> dict[str, dict[str, str]]:
@@ -76,7 +80,7 @@ def recorded_jobs(pipeline: Pipeline) -> dict[str, dict[str, str]]:
 
 def job_states() -> dict[str, str]:
     """Slurm's state of each job it still knows (queued, running, or recently finished)."""
-    out = _slurm(["squeue", "--noheader", "--states=all", "--format=%i|%T"])
+    out = _slurm(["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T"])
     return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
 
@@ -102,32 +106,54 @@ def active(state_name: str | None) -> bool:
 
 def submit(pipeline: Pipeline, report: Report = print, dry_run: bool = False) -> dict[str, str]:
     """Submit every step that is neither done nor queued; return step -> job id of every step
-    that has a job now (queued ones included)."""
-    if not dry_run:
-        _check_partitions(pipeline)
+    that has a job now (queued ones included). With `dry_run`, say what would be submitted and
+    touch nothing."""
+    if dry_run:
+        return _plan_submission(pipeline, report)
+    _check_partitions(pipeline)
     jobs: dict[str, str] = {}
+    fresh: set[str] = set()  # steps submitted by this call
+    known = states(pipeline)
     with _jobs_record(pipeline) as record:
-        states = job_states()
+        queue = job_states()
         for step in pipeline.steps:
-            status, version = state(pipeline, step)
+            status, version = known[step.name]
             if status == "done":
                 report(f"[dim]skip[/] {step.name}: done ({version.label if version else ''})")
                 continue
             old = record.get(step.name, {}).get("job")
-            if old is not None and active(states.get(old)):
-                jobs[step.name] = old
-                report(f"[dim]keep[/] {step.name}: job {old} is {states[old].lower()}")
-                continue
+            if old is not None and active(queue.get(old)):
+                if not any(i in fresh for i in step.inputs):
+                    jobs[step.name] = old
+                    report(f"[dim]keep[/] {step.name}: job {old} is {queue[old].lower()}")
+                    continue
+                _slurm(["scancel", old])  # it waits on an input job that was replaced
             after = [jobs[i] for i in step.inputs if i in jobs]
-            if dry_run:
-                report(f"[bold]submit[/] {step.name}" + (f" after {', '.join(after)}" if after
-                                                         else "") + f": vgg {step.command}")
-                continue
             jobs[step.name] = _submit_step(pipeline, step, after)
+            fresh.add(step.name)
             record[step.name] = {"job": jobs[step.name], "submitted": _now()}
             report(f"[bold]submitted[/] {step.name}: job {jobs[step.name]}"
                    + (f" (after {', '.join(after)})" if after else ""))
     return jobs
+
+
+def _plan_submission(pipeline: Pipeline, report: Report) -> dict[str, str]:
+    """What `submit` would do, from the runs and the recorded jobs, submitting nothing."""
+    record = recorded_jobs(pipeline)
+    queue = job_states() if record else {}
+    known = states(pipeline)
+    for step in pipeline.steps:
+        status, version = known[step.name]
+        old = record.get(step.name, {}).get("job")
+        if status == "done":
+            report(f"[dim]skip[/] {step.name}: done ({version.label if version else ''})")
+        elif old is not None and active(queue.get(old)):
+            report(f"[dim]keep[/] {step.name}: job {old} is {queue[old].lower()}")
+        else:
+            after = [i for i in step.inputs if known[i][0] != "done"]
+            report(f"[bold]submit[/] {step.name}" + (f" after {', '.join(after)}" if after
+                                                     else "") + f": vgg {step.command}")
+    return {}
 
 
 def _now() -> str:
@@ -171,7 +197,7 @@ def sbatch_parameters(pipeline: Pipeline, step: Step, after: list[str]) -> dict:
         "ntasks_per_node": 1,
         "cpus_per_task": wanted.cpus_per_task,
         "time": wanted.time,
-        "signal_delay_s": SIGNAL_BEFORE_S,
+        "signal_delay_s": min(SIGNAL_BEFORE_S, wanted.time * 15),  # short limits: a quarter
         "stderr_to_stdout": True,
         "additional_parameters": extra,
     }
@@ -190,13 +216,13 @@ def sbatch_parameters(pipeline: Pipeline, step: Step, after: list[str]) -> dict:
 
 def step_table(pipeline: Pipeline) -> list[tuple[str, str, str, str]]:
     """(step, run state, job id, Slurm state) for every step."""
-    record, states = recorded_jobs(pipeline), job_states()
+    record, queue, known = recorded_jobs(pipeline), job_states(), states(pipeline)
     rows = []
     for step in pipeline.steps:
-        status, version = state(pipeline, step)
+        status, version = known[step.name]
         job = record.get(step.name, {}).get("job", "")
         shown = f"{status} ({version.label})" if version else status
-        rows.append((step.name, shown, job, states.get(job, "") if job else ""))
+        rows.append((step.name, shown, job, queue.get(job, "") if job else ""))
     return rows
 
 
@@ -216,14 +242,16 @@ def follow(pipeline: Pipeline, show: Callable[[list[tuple[str, str, str, str]]],
 
 def cancel(pipeline: Pipeline, report: Report = print) -> list[str]:
     """scancel every queued or running job of the pipeline; return their ids."""
+    names = {s.name for s in pipeline.steps}  # another pipeline may share the runs root
     with _jobs_record(pipeline) as record:
-        states = job_states()
-        ids = [j["job"] for j in record.values() if active(states.get(j.get("job", "")))]
+        queue = job_states()
+        ours = {n: e["job"] for n, e in record.items() if n in names and "job" in e}
+        ids = [job for job in ours.values() if active(queue.get(job))]
         if ids:
             _slurm(["scancel", *ids])
-        for name, entry in record.items():
-            if entry.get("job") in ids:
-                report(f"cancelled {name}: job {entry['job']}")
+        for name, job in ours.items():
+            if job in ids:
+                report(f"cancelled {name}: job {job}")
     return ids
 
 
@@ -242,6 +270,10 @@ class StepJob:
     def __call__(self) -> None:
         plan = load(self.pipeline_path, self.runs_root, self.flip)
         step = plan.step(self.step_name)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if restarts > step.resources.requeues:  # Slurm's own requeues count too
+            raise WorkFailed(f"step {step.name}: started {restarts + 1} times, more than its "
+                             f"{step.resources.requeues} requeue(s) allow (resources.requeues)")
         if state(plan, step)[0] == "done":
             print(f"{step.name} is already done", flush=True)
             return
@@ -252,25 +284,29 @@ class StepJob:
         cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
         if cpus.isdigit():  # the job's cores, shared by the processes of this node
             threads = int(cpus) // step.resources.processes_per_node
-            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
+            os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
         code, signalled = _run_passing_signals(launch_command(args, step.resources))
         if code == 0:
             return
         if code == PREEMPTED or signalled:
-            self._requeue(step, code)
+            self._stopped(step, code, restarts)
         raise WorkFailed(f"step {step.name} failed (exit {code})")
 
-    def _requeue(self, step: Step, code: int) -> None:
-        """Requeue this job (first task only) while the step's `requeues` allow."""
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    def _stopped(self, step: Step, code: int, restarts: int) -> None:
+        """The step checkpointed and stopped on a signal. If Slurm is ending the job itself
+        (it requeued or cancelled it: preemption, `scontrol requeue`, `scancel`), leave it
+        to Slurm; if the job still runs (the warning before the time limit, or a signal
+        sent with `scancel --signal`), requeue it while the step's `requeues` allow."""
+        job = os.environ["SLURM_JOB_ID"]
+        ours = job_states().get(job, "")
+        if ours != "RUNNING" or os.environ.get("SLURM_PROCID", "0") != "0":
+            sys.exit(PREEMPTED)  # Slurm ends (or requeued) this run; only task 0 requeues
         if restarts >= step.resources.requeues:
             raise WorkFailed(f"step {step.name} stopped (exit {code}) after {restarts} "
                              f"requeue(s), its limit (resources.requeues)")
-        if os.environ.get("SLURM_PROCID", "0") == "0":
-            job = os.environ["SLURM_JOB_ID"]
-            print(f"{step.name} stopped after a checkpoint: requeueing job {job} "
-                  f"(requeue {restarts + 1} of {step.resources.requeues})", flush=True)
-            subprocess.run(["scontrol", "requeue", job], check=False)
+        print(f"{step.name} stopped after a checkpoint: requeueing job {job} "
+              f"(requeue {restarts + 1} of {step.resources.requeues})", flush=True)
+        _slurm(["scontrol", "requeue", job])
         sys.exit(PREEMPTED)  # Slurm ends this run of the job; the requeued one resumes
 
 
@@ -283,26 +319,31 @@ def launch_command(args: list[str], wanted: Resources) -> list[str]:
         launch = ["--nproc", str(nproc)] if nproc > 1 and args[0] in SCALES_OUT else []
         return [*python, "vggcli", *args, *launch]
     first = _slurm(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]]).split()[0]
+    job = os.environ["SLURM_JOB_ID"]
+    port = RENDEZVOUS_PORT + int(job) % 10000  # two jobs sharing a first node: two ports
     return [*python, "torch.distributed.run", f"--nnodes={wanted.nodes}",
             f"--nproc-per-node={wanted.processes_per_node}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={first}:{RENDEZVOUS_PORT}", f"--rdzv-id={os.environ['SLURM_JOB_ID']}",
-            "-m", "vggcli", *args]  # fmt: skip
+            f"--rdzv-endpoint={first}:{port}", f"--rdzv-id={job}", "-m", "vggcli", *args]
 
 
 def _run_passing_signals(command: list[str]) -> tuple[int, bool]:
     """Run `command`; SIGUSR2 (the time limit is near) and SIGTERM (preemption) become a
     SIGTERM for it, the request to checkpoint and stop. Returns its exit code and whether a
     signal came. The child ignores SIGUSR2, which Slurm sends to every process of the step."""
-    child = subprocess.Popen(command, preexec_fn=_ignore_usr2)
     came: list[int] = []
+    child: subprocess.Popen | None = None
 
     def pass_on(signum: int, _frame: object) -> None:
         came.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signal.SIGTERM)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, pass_on) for s in (signal.SIGUSR2, signal.SIGTERM)}
     try:
+        child = subprocess.Popen(command, preexec_fn=_ignore_usr2)
+        if came:  # a signal before the child existed
+            child.send_signal(signal.SIGTERM)
         code = child.wait()
     finally:
         for s, handler in previous.items():
