@@ -28,7 +28,7 @@ class Executor(StrEnum):
 def run_command(
     file: File,
     dry_run: Annotated[bool, typer.Option(help="Print the plan (each step's state and command, the waves of steps that can run at once, the critical path) and stop.")] = False,
-    jobs: Annotated[int, typer.Option(callback=bounded(1, 1024), help="Run up to N ready steps at once on this machine, each on its share of the cores (and of CUDA_VISIBLE_DEVICES's GPUs).")] = 1,
+    jobs: Annotated[int, typer.Option(callback=bounded(1, 1024), help="Run up to N ready steps at once on this machine, each on its share of the cores (and of the GPUs: CUDA_VISIBLE_DEVICES's, or every one nvidia-smi lists).")] = 1,
     executor: Annotated[Executor, typer.Option(help="local: run the steps here; slurm: submit every unfinished step as a Slurm job depending on its inputs' jobs, then return (--wait to follow them).")] = Executor.local,
     wait: Annotated[bool, typer.Option(help="With --executor slurm: follow the jobs with a live table until none is queued or running.")] = False,
     nproc: NProc = 1,
@@ -99,8 +99,9 @@ def status_command(file: File, flip: Flip = True, root: RunsRoot = None) -> None
         console.print(_table(plan, slurm.step_table(plan)))
         return
     table = Table("step", "state", "run", "command", title=f"{file} (runs in {plan.runs_root})")
+    known = plans.states(plan)  # as the runners see them: done only when the inputs are
     for step in plan.steps:
-        state, version = plans.state(plan, step)
+        state, version = known[step.name]
         table.add_row(step.name, state, version.label if version else "", step.command)
     console.print(table)
 
