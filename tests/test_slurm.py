@@ -306,3 +306,20 @@ def test_only_scaling_commands_may_ask_for_several_nodes(tmp_path: Path) -> None
     path.write_text('[[step]]\nname = "data"\nrun = "preprocess x"\nresources = { nodes = 2 }\n')
     with pytest.raises(VggError, match="only train, finetune-scale, evaluate run on several"):
         plan.load(path)
+
+
+def test_a_dry_run_says_what_it_would_submit_and_touches_nothing(
+    source: Path, tmp_path: Path, vgg
+) -> None:
+    pipeline = _pipeline(tmp_path, f"""
+        [[step]]
+        name = "data"
+        run = "preprocess {source} --max-side 64"
+        [[step]]
+        name = "A"
+        run = "train --net A --scale 40 --epochs 1 --data {{data}} {NET}"
+    """)
+    said: list[str] = []
+    assert slurm.submit(pipeline, said.append, dry_run=True) == {"data": "<data>", "A": "<A>"}
+    assert said[1].startswith("[bold]submit[/] A after <data>: vgg train")
+    assert not (tmp_path / "runs").exists()  # no record, no logs, nothing submitted

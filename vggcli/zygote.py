@@ -35,28 +35,24 @@ PRELOAD = ("vggcli.cli", "vggcli.stages.train", "vggcli.stages.evaluate",
 
 
 def _child(argv: list[str], env: dict[str, str]) -> None:
-    """Run `vgg argv` in this forked process and exit with its code."""
-    code = 1
+    """Run `vgg argv` in this forked process: exactly `python -m vggcli ARGS`, whose entry
+    point (cli.main) ends the process with the command's exit code. Only a failure before
+    the command starts gets here, and ends the process with 1."""
     try:
         die_with_parent()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the step
         os.environ.clear()
         os.environ.update(env)
-        # exactly `python -m vggcli ARGS` (manifests record sys.argv as the command); by
-        # module name, so that the launcher does not import the CLI that starts pipelines
+        # manifests record sys.argv as the command; by module name, so that the launcher
+        # does not import the CLI that starts pipelines
         sys.argv = [ENTRY, *argv]
         runpy.run_module("vggcli", run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as exc:  # as the interpreter would: a message is printed, then 1
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:
         traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        os._exit(1)
 
 
 def serve(result_fd: int) -> None:

@@ -1,5 +1,6 @@
 """Run a pipeline on this machine: up to `jobs` ready steps at once, each on its own share of
-the cores (and of the GPUs in CUDA_VISIBLE_DEVICES), each a child of a warm launcher.
+the cores (and of the GPUs: CUDA_VISIBLE_DEVICES's, or nvidia-smi's), each a child of a warm
+launcher.
 
 A step is ready when every input step has a complete run. A failed step stops the steps that
 need it; the others go on, and the run ends with an error naming what failed.

@@ -225,11 +225,12 @@ def critical_path(pipeline: Pipeline) -> tuple[list[str], int]:
 
 def graph_summary(pipeline: Pipeline) -> list[str]:
     """The waves and the critical path, as lines for `--dry-run`."""
-    lines = [f"wave {i + 1}: {', '.join(names)}" for i, names in enumerate(waves(pipeline))]
+    grouped = waves(pipeline)
+    lines = [f"wave {i + 1}: {', '.join(names)}" for i, names in enumerate(grouped)]
     chain, total = critical_path(pipeline)
     lines.append(f"critical path ({len(chain)} steps, {_hours(total)} of time limits): "
                  + " -> ".join(chain))
-    widest = max(len(w) for w in waves(pipeline))
+    widest = max(len(w) for w in grouped)
     counts = [k for k in (1, 2, 4, 8, 16) if k < widest] + [widest]
     lines.append("wall time if every step takes its time limit: " + ", ".join(
         f"{k} node{'s' if k > 1 else ''} {_hours(wall_time(pipeline, k))}" for k in counts))

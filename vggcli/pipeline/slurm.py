@@ -106,16 +106,16 @@ def active(state_name: str | None) -> bool:
 
 def submit(pipeline: Pipeline, report: Report = print, dry_run: bool = False) -> dict[str, str]:
     """Submit every step that is neither done nor queued; return step -> job id of every step
-    that has a job now (queued ones included). With `dry_run`, say what would be submitted and
-    touch nothing."""
-    if dry_run:
-        return _plan_submission(pipeline, report)
-    _check_partitions(pipeline)
+    that has a job now (queued ones included). With `dry_run`, say what would be submitted
+    and touch nothing (steps to submit appear as `<step>` where job ids would be)."""
+    if not dry_run:
+        _check_partitions(pipeline)
     jobs: dict[str, str] = {}
     fresh: set[str] = set()  # steps submitted by this call
     known = states(pipeline)
-    with _jobs_record(pipeline) as record:
-        queue = job_states()
+    reading = contextlib.nullcontext(recorded_jobs(pipeline))
+    with reading if dry_run else _jobs_record(pipeline) as record:
+        queue = job_states() if record else {}
         for step in pipeline.steps:
             status, version = known[step.name]
             if status == "done":
@@ -127,33 +127,20 @@ def submit(pipeline: Pipeline, report: Report = print, dry_run: bool = False) ->
                     jobs[step.name] = old
                     report(f"[dim]keep[/] {step.name}: job {old} is {queue[old].lower()}")
                     continue
-                _slurm(["scancel", old])  # it waits on an input job that was replaced
+                if not dry_run:
+                    _slurm(["scancel", old])  # it waits on an input job that was replaced
             after = [jobs[i] for i in step.inputs if i in jobs]
-            jobs[step.name] = _submit_step(pipeline, step, after)
             fresh.add(step.name)
+            if dry_run:
+                jobs[step.name] = f"<{step.name}>"
+                report(f"[bold]submit[/] {step.name}" + (f" after {', '.join(after)}" if after
+                                                         else "") + f": vgg {step.command}")
+                continue
+            jobs[step.name] = _submit_step(pipeline, step, after)
             record[step.name] = {"job": jobs[step.name], "submitted": _now()}
             report(f"[bold]submitted[/] {step.name}: job {jobs[step.name]}"
                    + (f" (after {', '.join(after)})" if after else ""))
     return jobs
-
-
-def _plan_submission(pipeline: Pipeline, report: Report) -> dict[str, str]:
-    """What `submit` would do, from the runs and the recorded jobs, submitting nothing."""
-    record = recorded_jobs(pipeline)
-    queue = job_states() if record else {}
-    known = states(pipeline)
-    for step in pipeline.steps:
-        status, version = known[step.name]
-        old = record.get(step.name, {}).get("job")
-        if status == "done":
-            report(f"[dim]skip[/] {step.name}: done ({version.label if version else ''})")
-        elif old is not None and active(queue.get(old)):
-            report(f"[dim]keep[/] {step.name}: job {old} is {queue[old].lower()}")
-        else:
-            after = [i for i in step.inputs if known[i][0] != "done"]
-            report(f"[bold]submit[/] {step.name}" + (f" after {', '.join(after)}" if after
-                                                     else "") + f": vgg {step.command}")
-    return {}
 
 
 def _now() -> str:
