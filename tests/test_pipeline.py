@@ -364,9 +364,9 @@ def test_jobs_split_the_cores_and_the_visible_gpus(monkeypatch) -> None:
     env = parts[1].environment(shared=True)
     assert env["OMP_NUM_THREADS"] == "2" and env["CUDA_VISIBLE_DEVICES"] == "3,4,5"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    with pytest.raises(VggError, match="more concurrent steps than the 2 GPUs"):
+    with pytest.raises(VggError, match="3 concurrent steps are more than the 2 GPUs here"):
         local.slots(3)
-    with pytest.raises(VggError, match="more concurrent steps than the 7 cores"):
+    with pytest.raises(VggError, match="8 concurrent steps are more than the 7 cores here"):
         local.slots(8)
 
 
@@ -387,3 +387,12 @@ def test_a_changed_step_reruns_every_step_after_it(vgg, tmp_path) -> None:
     assert [len(versions(root / n)) for n in ("data", "A", "A2", "B")] == [1, 2, 1, 2]
     parents = resolve("B", root).manifest()["parents"]
     assert next(p for p in parents if p["run"] == "A")["version"] == "v002"
+
+
+def test_too_many_jobs_is_one_line_naming_the_option_once(vgg) -> None:
+    shipped = Path(__file__).parents[1] / "pipelines" / "smoke.toml"
+    result = vgg("pipeline", "run", str(shipped), "--jobs", "1024", "--dry-run")
+    assert result.exit_code == 2
+    (line,) = [t for t in result.output.splitlines() if t.startswith("error")]
+    assert line.startswith("error: --jobs: 1024 concurrent steps are more than the")
+    assert line.count("--jobs") == 1

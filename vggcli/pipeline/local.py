@@ -45,14 +45,14 @@ def slots(jobs: int, nproc: int = 1) -> list[Slot]:
     nvidia-smi lists), into `jobs` parts so concurrent steps never oversubscribe the machine."""
     cores = sorted(os.sched_getaffinity(0))
     if jobs > len(cores):
-        raise VggError(f"--jobs {jobs}: more concurrent steps than the {len(cores)} cores here",
+        raise VggError(f"{jobs} concurrent steps are more than the {len(cores)} cores here",
                        field="jobs")
     gpus = visible_gpus() if jobs > 1 else None
     if gpus is not None and jobs > len(gpus):
-        raise VggError(f"--jobs {jobs}: more concurrent steps than the {len(gpus)} GPUs here",
+        raise VggError(f"{jobs} concurrent steps are more than the {len(gpus)} GPUs here",
                        field="jobs")
     if gpus is not None and nproc > len(gpus) // jobs:
-        raise VggError(f"--nproc {nproc} with --jobs {jobs}: each step gets "
+        raise VggError(f"{nproc} processes per step, but with --jobs {jobs} each step gets "
                        f"{len(gpus) // jobs} of the {len(gpus)} GPUs", field="nproc")
     return [
         Slot(tuple(_part(cores, jobs, i)), None if gpus is None else tuple(_part(gpus, jobs, i)))
