@@ -90,11 +90,15 @@ demo: setup
 wheelhouse *pythons="3.11 3.12": setup
     scripts/wheelhouse.sh {{pythons}}
 
-# Lint and the whole test suite
+# Lint and the whole test suite: a pytest worker per core (pytest-xdist; a test module stays on
+# one worker, so its fixtures are made once), then the time it all took
 test: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    trap 'echo "just test: $SECONDS s (lint and tests)"' EXIT
     {{bin}}/ruff check vggcli tests
-    {{bin}}/pytest -q
+    {{bin}}/pytest -q -n auto --dist loadfile
 
 # Only the fast tests (skips the end-to-end ones marked slow)
 test-fast: setup
-    {{bin}}/pytest -q -m "not slow"
+    {{bin}}/pytest -q -n auto --dist loadfile -m "not slow"

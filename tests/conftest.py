@@ -12,6 +12,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+# Wide, fixed console lines wherever the tests run (xdist workers have no terminal to ask):
+# rich reads COLUMNS when vggcli.progress makes its console, so before any vggcli import
+os.environ["COLUMNS"] = "200"
+# `just test` runs one pytest-xdist worker per core: each worker's torch (and the commands it
+# starts) takes its share of the cores, never all of them (oversubscribed torch crawls).
+# Set before torch is imported, which reads it once.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
 from vggcli.cli import app
 from vggcli.data.synthetic import SyntheticSpec, generate
 

@@ -139,7 +139,8 @@ def test_pipeline_runs_skips_finished_steps_and_reports_from_the_runs(vgg, tmp_p
     fusion = next(r for r in resolve("fuse", root).results()["errors"] if r["name"] == "fusion")
     group = "dense, 2 nets, no paper counterpart"  # A and jittered D are not Table 6's pairs
     assert f"| {group} | fusion | {100 * fusion['top1_err']:.1f} ± " in text
-    assert "| D: jitter beats fixed S=256 (Table 3) | 25.6 vs 27.0 | - | - | not run |" in text
+    claim = "| D: jitter S=[32;48] beats fixed S=40 (Table 3) | 25.6 vs 27.0 |"
+    assert f"{claim} - | - | - | - | not run |" in text  # our scales in the paper's roles
     assert "29.6 / 10.4" in text  # the paper's A beside ours
     for plot in ("training-curves.png", "error-vs-scale.png"):
         assert (resolve("report", root).path / plot).read_bytes()[:4] == b"\x89PNG"

@@ -12,8 +12,28 @@ import numpy as np
 import pytest
 
 from vggcli.artifacts import Kind
-from vggcli.claims import Claim, Expect, Score, Verdict, mcnemar_exact
-from vggcli.report import PAPER_T5, PAPER_T6, PAPER_T6_SUBMISSION, Evaluated, Fused, table5
+from vggcli.claims import (
+    SIGNIFICANCE,
+    Claim,
+    Difference,
+    Expect,
+    Score,
+    Verdict,
+    holm,
+    judge,
+    mcnemar_exact,
+)
+from vggcli.eval_settings import default_scales
+from vggcli.report import (
+    PAPER_T5,
+    PAPER_T6,
+    PAPER_T6_SUBMISSION,
+    Evaluated,
+    Fused,
+    Roles,
+    table4,
+    table5,
+)
 from vggcli.runs import RunWriter, resolve
 from vggcli.stages import report as report_stage
 
@@ -40,56 +60,121 @@ def test_standard_error_is_binomial() -> None:
     assert Score(0.2, 400).standard_error == pytest.approx(math.sqrt(0.2 * 0.8 / 400))
 
 
-def _scores(first_right: int, second_right: int, shared: int) -> tuple[Score, Score]:
-    """Two nets on the same 100 images; `shared` images right for both."""
-    a = _correct(first_right)
-    b = _correct(second_right, start=first_right - shared)
-    return Score(1 - a.mean(), 100, "val", a), Score(1 - b.mean(), 100, "val", b)
+def _scores(first_right: int, second_right: int, shared: int, total: int = 100):
+    """Two nets on the same `total` images; `shared` images right for both."""
+    a = _correct(first_right, total)
+    b = _correct(second_right, total, start=first_right - shared)
+    return Score(1 - a.mean(), total, "val", a), Score(1 - b.mean(), total, "val", b)
 
 
-def test_verdicts_tell_a_real_difference_from_noise() -> None:
+def _verdict(first: Score, second: Score, expect: Expect = Expect.LOWER) -> Verdict:
+    return judge([Claim("x", (1, 2), expect, first, second)])[0].verdict
+
+
+def test_verdicts_have_three_outcomes_in_both_directions() -> None:
     better, worse = _scores(80, 60, 55)  # 25 vs 5 discordant images: p < 0.001
-    assert Claim("x", (1, 2), first=better, second=worse).verdict() == Verdict.HOLDS
-    assert Claim("x", (1, 2), first=worse, second=better).verdict() == Verdict.FAILS
     close, other = _scores(80, 78, 70)  # 10 vs 8: noise, either way
-    assert Claim("x", (1, 2), first=close, second=other).verdict() == Verdict.NOISE
-    assert Claim("x", (1, 2), first=other, second=close).verdict() == Verdict.NOISE
-    # "does not help" claims fail only when the first is significantly better
-    lrn = {"expect": Expect.NOT_LOWER}
-    assert Claim("x", (1, 2), first=close, second=other, **lrn).verdict() == Verdict.HOLDS
-    assert Claim("x", (1, 2), first=worse, second=better, **lrn).verdict() == Verdict.HOLDS
-    assert Claim("x", (1, 2), first=better, second=worse, **lrn).verdict() == Verdict.FAILS
-    assert Claim("x", (1, 2), first=better).verdict() == Verdict.NOT_RUN
-    tested = Claim("x", (1, 2), first=better, second=worse).test()
-    assert tested is not None and tested[0].startswith("McNemar 25 vs 5 images")
+    assert _verdict(better, worse) == Verdict.HOLDS
+    assert _verdict(worse, better) == Verdict.FAILS
+    assert _verdict(close, other) == Verdict.NOT_SHOWN
+    assert _verdict(other, close) == Verdict.NOT_SHOWN
+    assert _verdict(better, None) == Verdict.NOT_RUN  # type: ignore[arg-type]
+    # "does not help": a failure to find a difference on 100 images shows nothing ...
+    no_better = Expect.NOT_LOWER
+    assert _verdict(close, other, no_better) == Verdict.NOT_SHOWN
+    assert _verdict(better, worse, no_better) == Verdict.FAILS
+    assert _verdict(worse, better, no_better) == Verdict.HOLDS  # significantly worse: no better
+    # ... while 10,000 images with 100 vs 100 discordant bound the difference inside 1 point
+    same, twin = _scores(9000, 9000, 8900, total=10_000)
+    assert _verdict(same, twin, no_better) == Verdict.HOLDS
+    # and a real gain smaller than the margin is still a gain: the claim does not hold
+    slightly, baseline = _scores(9050, 9000, 8950, total=10_000)  # 100 vs 50 images
+    assert _verdict(slightly, baseline, no_better) == Verdict.FAILS
+
+
+def test_not_shown_says_what_the_images_allow() -> None:
+    close, other = _scores(80, 78, 70)  # first minus second: -2 points
+    judged = judge([Claim("x", (1, 2), Expect.LOWER, close, other)])[0]
+    diff = Difference.of(close, other)
+    assert diff is not None and diff.value == pytest.approx(-0.02)
+    # paired standard error from the 10 vs 8 discordant images: sqrt(18 - 2**2 / 100) / 100
+    assert diff.standard_error == pytest.approx(math.sqrt(18 - 0.04) / 100)
+    assert judged.why.startswith("difference -2.0 points, 95% CI -10.3 to +6.3")
+
+
+def test_the_margin_test_is_one_sided_z_by_hand() -> None:
+    diff = Difference(-0.004, 0.002, 0.05, "x")  # first 0.4 points better, se 0.2
+    # H0: first better by >= 1 point; z = (-0.004 + 0.01) / 0.002 = 3
+    assert diff.p_not_better_by(0.01) == pytest.approx(0.5 * math.erfc(3 / math.sqrt(2)))
+    assert Difference(-0.02, 0.0, 0.0, "x").p_not_better_by(0.01) == 1.0
+
+
+def test_holm_adjusts_step_down_and_keeps_order() -> None:
+    adjusted = holm([0.01, 0.04, 0.03, 0.2])
+    # sorted 0.01, 0.03, 0.04, 0.2 -> x4, x3, x2, x1 = 0.04, 0.09, 0.08, 0.2; the third is
+    # raised to the second's 0.09 (never below an adjusted p before it)
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_holm_turns_a_lone_chance_finding_into_not_shown() -> None:
+    borderline = _scores(80, 72, 68)  # 12 vs 4 discordant images: p = 0.077
+    lone = _scores(80, 70, 67)  # 13 vs 3: p = 0.021, significant alone; four tests: x4
+    assert _verdict(*lone) == Verdict.HOLDS
+    many = [Claim(str(i), (1, 2), Expect.LOWER, *lone) for i in range(3)]
+    judged = judge(many + [Claim("b", (1, 2), Expect.LOWER, *borderline)])
+    assert judged[0].p == pytest.approx(mcnemar_exact(lone[0].correct, lone[1].correct)[2])
+    assert judged[0].adjusted > SIGNIFICANCE
+    assert [j.verdict for j in judged] == [Verdict.NOT_SHOWN] * 4
 
 
 def test_different_image_sets_are_not_paired() -> None:
     a = Score(0.2, 100, "val-1", _correct(80))
     b = Score(0.3, 100, "val-2", _correct(70))
-    tested = Claim("x", (1, 2), first=a, second=b).test()
-    assert tested is not None and tested[0].startswith("unpaired z")
+    diff = Difference.of(a, b)
+    assert diff is not None and diff.method == "unpaired z"
     pooled = 0.25 * 0.75 * (2 / 100)
-    assert tested[1] == pytest.approx(math.erfc(0.1 / math.sqrt(pooled) / math.sqrt(2)))
+    assert diff.p == pytest.approx(math.erfc(0.1 / math.sqrt(pooled) / math.sqrt(2)))
+    assert diff.standard_error == pytest.approx(math.sqrt(0.2 * 0.8 / 100 + 0.3 * 0.7 / 100))
 
 
-def _evaluated(net: str, s_min: int, s_max: int, methods=("dense",), **kw) -> Evaluated:
-    scales = [s_min, (s_min + s_max) // 2, s_max] if s_min != s_max else [s_min]
-    errors = [{"method": m, "scales": scales, "top1_err": 0.25, "top5_err": 0.1} for m in methods]
+def _evaluated(net: str, s_min: int, s_max: int, methods=("dense",), scales=None, **kw):
+    """A model trained on 64-px crops, tested at the paper's three scales unless `scales`."""
+    scales = list(scales or default_scales(s_min, s_max, True, 64))
+    rows = [{"method": m, "scales": scales, "top1_err": 0.25, "top5_err": 0.1} for m in methods]
+    rows += [{"method": "dense", "scales": [q], "top1_err": 0.3, "top5_err": 0.1} for q in scales]
     name = f"{net}-{s_min}-{s_max}" + ("-fc" if kw.get("fc_only") else "")
-    return Evaluated(net, s_min, s_max, scales, errors, model=f"{name}/v001", **kw)
+    return Evaluated(net, s_min, s_max, scales, rows, model=f"{name}/v001", crop=64, **kw)
 
 
-def test_table5_shows_the_paper_only_beside_jittered_nets() -> None:
+ROLES = Roles((80, 112), ((80, 144),))
+
+
+def test_roles_name_our_scales_by_the_papers() -> None:
+    roles = Roles.of([_evaluated("D", s, s) for s in (112, 80, 160)] + [_evaluated("D", 80, 144)])
+    assert roles == Roles((80, 112, 160), ((80, 144),))
+    assert [roles.stage(s, s) for s in (80, 112, 160)] == ["256", "384", "S=160"]
+    assert roles.stage(80, 144) == "jitter" and roles.stage(80, 144, fc_only=True) == "jitter-fc"
+    assert [roles.scale(s) for s in ("256", "384", "jitter")] == ["S=80", "S=112", "S=[80;144]"]
+    assert Roles((256,)).scale("384") == "S=384"  # not run: the paper's own
+    assert Roles((256, 384), ((256, 512),)).note() == ""
+
+
+def test_table5_shows_the_paper_only_beside_jittered_nets_at_its_scales() -> None:
     methods = ("dense", "crop", "dense+crop")
     fixed, jittered = _evaluated("D", 80, 80, methods), _evaluated("D", 80, 144, methods)
-    text, values = table5([jittered, fixed], small=80)
+    other_q = _evaluated("E", 80, 144, methods, scales=(96, 112, 128))
+    text, values = table5([jittered, fixed, other_q], ROLES)
     assert {k for k in values if k[0] == "D"} == {
         ("D", stage, m) for stage in ("jitter", "256") for m in methods
     }
     paper = PAPER_T5[("D", "crop")]
     assert f"| D ([80;144]) | multi-crop | 25.0 | 10.0 | {paper[0]} / {paper[1]} |" in text
     assert "| D (80) | multi-crop | 25.0 | 10.0 | - |" in text
+    assert "| E ([80;144]) | multi-crop | 25.0 | 10.0 | - |" in text
+    text, _ = table4([jittered, other_q], ROLES)
+    assert "| D | [80;144] | 80,112,144 | 25.0 | 10.0 | 24.8 / 7.5 |" in text
+    assert "| E | [80;144] | 96,112,128 | 25.0 | 10.0 | - |" in text
 
 
 def _fusion(*members: Evaluated, mode: str = "dense") -> Fused:
@@ -99,16 +184,18 @@ def _fusion(*members: Evaluated, mode: str = "dense") -> Fused:
 
 def test_table6_matches_fusions_by_their_members() -> None:
     d, e = _evaluated("D", 80, 144), _evaluated("E", 80, 144)
-    assert _fusion(d, e).paper(80) == (PAPER_T6["dense"], "D & E, jittered")
-    assert _fusion(d, e, mode="crop").paper(80)[0] == PAPER_T6["crop"]
-    assert _fusion(d, _evaluated("E", 112, 112)).paper(80)[0] is None
-    assert _fusion(d, e, _evaluated("A", 80, 80)).paper(80)[0] is None
+    assert _fusion(d, e).paper(ROLES) == (PAPER_T6["dense"], "D & E, jittered")
+    assert _fusion(d, e, mode="crop").paper(ROLES)[0] == PAPER_T6["crop"]
+    assert _fusion(d, _evaluated("E", 112, 112)).paper(ROLES)[0] is None
+    assert _fusion(d, e, _evaluated("A", 80, 80)).paper(ROLES)[0] is None
     seven = [_evaluated(net, s, s) for net in "CDE" for s in (80, 112)]
     fc_d = _evaluated("D", 80, 144, fc_only=True)
-    assert _fusion(*seven, fc_d).paper(80) == (PAPER_T6_SUBMISSION, "the ILSVRC submission's 7")
-    assert _fusion(*seven, d).paper(80)[0] is None  # a fully fine-tuned D is not the paper's
-    assert _fusion(*seven, fc_d, mode="crop").paper(80)[0] is None  # the submission was dense
-    assert _fusion(*seven[:-1], fc_d).paper(80)[1] == "6 nets, no paper counterpart"
+    assert _fusion(*seven, fc_d).paper(ROLES) == (PAPER_T6_SUBMISSION, "the ILSVRC submission's 7")
+    assert _fusion(*seven, d).paper(ROLES)[0] is None  # a fully fine-tuned D is not the paper's
+    assert _fusion(*seven, fc_d, mode="crop").paper(ROLES)[0] is None  # the submission was dense
+    assert _fusion(*seven[:-1], fc_d).paper(ROLES)[1] == "6 nets, no paper counterpart"
+    e_other_q = _evaluated("E", 80, 144, scales=(96, 112, 128))
+    assert _fusion(d, e_other_q).paper(ROLES) == (None, "D & E, jittered")
 
 
 # --- the report stage on hand-written runs -----------------------------------------------
@@ -128,7 +215,7 @@ def _run(root: Path, name: str, kind: Kind, config: dict, parents=(), results=No
 
 
 def _model(root: Path, name: str, net: str, s: tuple[int, int], epochs: int, flip=True, **extra):
-    recipe = {"epochs": epochs, **({} if flip else {"flip": False})}
+    recipe = {"epochs": epochs, **({} if flip else {"flip": False}), **extra.pop("recipe", {})}
     config = {
         "net": {"net": net, "width": 0.25, "crop": 64},
         "s_min": s[0],
@@ -169,7 +256,17 @@ def test_report_stage_reads_per_image_scores_from_the_stored_posteriors(tmp_path
     root = tmp_path / "runs"
     labels = np.arange(100) % 4
     a = _model(root, "A", "A", (80, 80), 35)
-    b = _model(root, "B", "B", (80, 80), 16, flip=False)
+    b = _model(
+        root,
+        "B",
+        "B",
+        (80, 80),
+        16,
+        False,
+        recipe={"batch_size": 16},
+        init_from="A/v001",
+        precision="bf16",
+    )
     _evaluation(root, a, 80, _posteriors(labels, _correct(60)), labels)
     _evaluation(root, b, 80, _posteriors(labels, _correct(90)), labels)  # 30 vs 0 images
     fc = _model(root, "D-fc", "D", (80, 144), 6, fc_only=True, finetune_from="D/v001")
@@ -180,7 +277,7 @@ def test_report_stage_reads_per_image_scores_from_the_stored_posteriors(tmp_path
     claim = (
         "| depth: B (13 layers) beats A (11) (Table 3) | 28.7 vs 29.6 | 10.0 ± 3.0 vs 40.0 ± 4.9"
     )
-    assert f"{claim} | McNemar 30 vs 0 images, p < 0.001 | **holds** |" in text
+    assert f"{claim} | McNemar 30 vs 0 images | < 0.001 | < 0.001 | **holds** |" in text
     assert "one image is 1% of top-1 error" in text
     assert "- B: trained for 16 epochs at most." in text
     assert "- A: trained for 35 epochs at most." in text
@@ -188,5 +285,11 @@ def test_report_stage_reads_per_image_scores_from_the_stored_posteriors(tmp_path
     assert "| D | [80;144], FC only | 112 | 25.0 ± 4.3 | 0.0 | - |" in text  # not Table 3's D
     assert "Random flips in training: off (`--no-flip`) for B." in text
     assert "Every net is at width 0.25 on 64-px crops." in text
-    assert "plays the role of the paper's 256" in text
+    roles = "S=80 plays the paper's S=256; S=[80;144] plays the paper's S=[256;512]."
+    assert f"- Training scales: {roles}" in text
+    assert "- Batch size: 16 (the paper's 256) for B." in text
+    assert "- Training arithmetic: bf16 (the paper's fp32) for B." in text
+    assert "- B started from a trained A's first layers" in text
+    assert "Initial learning rate" not in text  # D-fc's default is the paper's 1e-3
+    assert "Verdicts: 1 holds, 0 does not hold, 0 not shown, " in text
     assert resolve("report", root).manifest()["kind"] == "report"

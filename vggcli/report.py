@@ -8,6 +8,7 @@ report stage; nothing here reads a run.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from vggcli.claims import Claim, Expect, Score, Verdict, with_error
+from vggcli.claims import (
+    MARGIN,
+    SIGNIFICANCE,
+    Claim,
+    Expect,
+    Judged,
+    Score,
+    Verdict,
+    judge,
+    p_text,
+    with_error,
+)
+from vggcli.eval_settings import default_scales
 
 # The paper's Tables 3-6 (top-1, top-5 val error %), keyed by (net, stage); stages are the
 # fixed small scale ("256"), the fixed large scale ("384") and scale jitter ("jitter").
@@ -63,13 +76,15 @@ class Evaluated:
     correct: Scores = field(default_factory=dict)  # (method, scales) -> top-1 right per image
     fc_only: bool = False  # the model fine-tuned only its FC layers (the submission's D)
     flip: bool = True  # mirror posteriors averaged in
+    crop: int = 224  # the model's training crop
 
-    def stage(self, small: int) -> str:
-        """The paper's name for the training scale: fixed small ("256"), fixed large ("384"),
-        jittered ("jitter"), or jittered by an FC-only fine-tune ("jitter-fc")."""
-        if self.s_min != self.s_max:
-            return "jitter-fc" if self.fc_only else "jitter"
-        return "256" if self.s_min == small else "384"
+    def stage(self, roles: Roles) -> str:
+        return roles.stage(self.s_min, self.s_max, self.fc_only)
+
+    def paper_scales(self) -> bool:
+        """Tested at the paper's three scales for its training scale (Sect. 4.2: S-32, S,
+        S+32, or the jitter range's ends and middle; the 32 shrinks with the crop)."""
+        return tuple(self.scales) == default_scales(self.s_min, self.s_max, True, self.crop)
 
     def train_scale(self) -> str:
         scale = str(self.s_min) if self.s_min == self.s_max else f"[{self.s_min};{self.s_max}]"
@@ -86,6 +101,49 @@ class Evaluated:
             return None
         correct = self.correct.get((method, tuple(scales)))
         return Score(row["top1_err"], self.num_images, self.images, correct)
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which of our training scales stands for which of the paper's: the smallest fixed S
+    for its 256 ("256"), the next fixed S for its 384 ("384"), a jitter range for its
+    [256;512] ("jitter"). Further fixed scales have no counterpart (their stage is "S=...")."""
+
+    fixed: tuple[int, ...] = ()  # the fixed training scales evaluated, ascending
+    jitter: tuple[tuple[int, int], ...] = ()  # the jitter ranges evaluated
+
+    @staticmethod
+    def of(evaluated: list[Evaluated]) -> Roles:
+        fixed = sorted({e.s_min for e in evaluated if e.s_min == e.s_max})
+        jitter = sorted({(e.s_min, e.s_max) for e in evaluated if e.s_min != e.s_max})
+        return Roles(tuple(fixed), tuple(jitter))
+
+    def stage(self, s_min: int, s_max: int, fc_only: bool = False) -> str:
+        """The paper's name for a training scale; "jitter-fc" for an FC-only fine-tune."""
+        if s_min != s_max:
+            return "jitter-fc" if fc_only else "jitter"
+        rank = self.fixed.index(s_min) if s_min in self.fixed else len(self.fixed)
+        return ("256", "384")[rank] if rank < 2 else f"S={s_min}"
+
+    def scale(self, stage: str) -> str:
+        """Our scale in the paper's role `stage`, for sentences: "S=80", "S=[80;144]"; the
+        paper's own where no run has it."""
+        if stage == "jitter":
+            if len(self.jitter) == 1:
+                return f"S=[{self.jitter[0][0]};{self.jitter[0][1]}]"
+            return "jittered S" if self.jitter else "S=[256;512]"
+        rank = ("256", "384").index(stage)
+        return f"S={self.fixed[rank] if rank < len(self.fixed) else stage}"
+
+    def note(self) -> str:
+        """Which of ours plays which of the paper's, when they are not the paper's."""
+        ours = [
+            (self.scale(s), p) for s, p in (("256", "256"), ("384", "384"), ("jitter", "[256;512]"))
+        ]
+        shown = [
+            f"{mine} plays the paper's S={paper}" for mine, paper in ours if mine != f"S={paper}"
+        ]
+        return ("Training scales: " + "; ".join(shown) + ".") if shown else ""
 
 
 @dataclass(frozen=True)
@@ -113,13 +171,15 @@ class Fused:
         found = member.score(self.mode, member.scales)
         return found or Score(row["top1_err"], member.num_images, member.images)
 
-    def paper(self, small: int) -> tuple[tuple[float, float] | None, str]:
-        """The paper's Table 6 row these members match, and how to name the fusion."""
-        members = Counter((m.net, m.stage(small)) for m in self.members)
+    def paper(self, roles: Roles) -> tuple[tuple[float, float] | None, str]:
+        """The paper's Table 6 row these members match (None unless every member was tested
+        at the paper's scales), and how to name the fusion."""
+        members = Counter((m.net, m.stage(roles)) for m in self.members)
+        paper_scales = all(m.paper_scales() for m in self.members)
         if members == D_AND_E:
-            return PAPER_T6.get(self.mode), "D & E, jittered"
+            return PAPER_T6.get(self.mode) if paper_scales else None, "D & E, jittered"
         if members == SUBMISSION and self.mode == SUBMISSION_MODE:
-            return PAPER_T6_SUBMISSION, "the ILSVRC submission's 7"
+            return PAPER_T6_SUBMISSION if paper_scales else None, "the ILSVRC submission's 7"
         return None, f"{len(self.members)} nets, no paper counterpart"
 
 
@@ -135,6 +195,51 @@ class Curve:
     epochs: int = 0
     finetuned: bool = False
     flip: bool = True  # random training flips
+    config: dict[str, Any] = field(default_factory=dict)  # the run's training config
+    init_from: str = ""  # the trained A run this net's first layers came from
+
+
+# The paper's recipe (Sects. 2.1, 3.1) as a training config records it: (section of the
+# config, key, the paper's value, what it is). A key a config omits has the paper's value
+# (configs record these switches only when on). Widths, crops, budgets and flips have
+# their own notes.
+PAPER_RECIPE = (
+    ("recipe", "batch_size", 256, "batch size"),
+    ("recipe", "lr", 1e-2, "initial learning rate"),  # 1e-3 for fine-tunes (Sect. 3.1)
+    ("recipe", "momentum", 0.9, "momentum"),
+    ("recipe", "weight_decay", 5e-4, "weight decay"),
+    ("recipe", "max_lr_drops", 3, "lr drops"),
+    ("recipe", "final_drop", 0, "epochs at lr / 10 scheduled at the end"),
+    ("recipe", "init", "normal", "random init"),
+    ("recipe", "init_std", 1e-2, "init std"),
+    ("recipe", "inserted_init", "random", "init of the layers not copied from A"),
+    ("recipe", "colour_sigma", 0.1, "colour shift sigma"),
+    ("recipe", "max_steps", 0, "steps at most (0: no cap)"),
+    ("net", "dropout", 0.5, "dropout"),
+    ("net", "input_scale", 1.0, "input scale (x mean-subtracted 0-255 pixels)"),
+    ("", "precision", "fp32", "training arithmetic"),
+)
+FINETUNE_LR = 1e-3
+
+
+def departures(curve: Curve) -> list[tuple[str, str]]:
+    """(what, "ours (the paper's ...)") for every recipe setting of `curve` that differs
+    from the paper's, read from its config."""
+    found = []
+    for section, key, paper, what in PAPER_RECIPE:
+        if key == "lr" and curve.finetuned:
+            paper = FINETUNE_LR
+        if key == "init" and curve.init_from:
+            continue  # B-E: the layers not copied from A have their own line
+        where = curve.config.get(section, {}) if section else curve.config
+        ours = where.get(key, paper)
+        if ours != paper and not (isinstance(paper, float) and math.isclose(ours, paper)):
+            found.append((what, f"{_value(ours)} (the paper's {_value(paper)})"))
+    return found
+
+
+def _value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _pct(value: float) -> str:
@@ -168,8 +273,9 @@ SCALE_HEADER = [
 Keyed = dict[Any, Score]
 
 
-def _scale_table(evaluated: list[Evaluated], small: int, multi: bool) -> tuple[str, Keyed]:
-    """Table 3 (single Q: S, or the jitter middle) or Table 4 (all evaluated scales)."""
+def _scale_table(evaluated: list[Evaluated], roles: Roles, multi: bool) -> tuple[str, Keyed]:
+    """Table 3 (single Q: S, or the jitter middle) or Table 4 (all evaluated scales); the
+    paper's numbers in Table 4 only beside nets tested at its three scales."""
     rows, values = [], {}
     for e in evaluated:
         middle = (e.s_min + e.s_max) // 2
@@ -178,38 +284,41 @@ def _scale_table(evaluated: list[Evaluated], small: int, multi: bool) -> tuple[s
         score = e.score("dense", scales)
         if row is None or score is None:
             continue
-        key = (e.net, e.stage(small))
+        key = (e.net, e.stage(roles))
         values[key] = score
-        paper = _paper(PAPER_T4 if multi else PAPER_T3, key)
+        # Table 3's Q is S (or the jitter middle) by construction; Table 4's is a set
+        paper = _paper(PAPER_T4, key) if e.paper_scales() else "-"
+        paper = _paper(PAPER_T3, key) if not multi else paper
         rows.append([e.net, e.train_scale(), ",".join(map(str, scales)), *_ours(row, score), paper])
     return _table(SCALE_HEADER, rows), values
 
 
-def table3(evaluated: list[Evaluated], small: int) -> tuple[str, Keyed]:
-    return _scale_table(evaluated, small, multi=False)
+def table3(evaluated: list[Evaluated], roles: Roles) -> tuple[str, Keyed]:
+    return _scale_table(evaluated, roles, multi=False)
 
 
-def table4(evaluated: list[Evaluated], small: int) -> tuple[str, Keyed]:
-    return _scale_table(evaluated, small, multi=True)
+def table4(evaluated: list[Evaluated], roles: Roles) -> tuple[str, Keyed]:
+    return _scale_table(evaluated, roles, multi=True)
 
 
 T5_METHODS = (("dense", "dense"), ("crop", "multi-crop"), ("dense+crop", "multi-crop & dense"))
 
 
-def table5(evaluated: list[Evaluated], small: int) -> tuple[str, Keyed]:
+def table5(evaluated: list[Evaluated], roles: Roles) -> tuple[str, Keyed]:
     """Evaluation methods side by side, keyed by (net, stage, method); the paper's numbers
-    only beside jittered nets tested at their three scales, as in its Table 5."""
+    only beside jittered nets tested at the paper's three scales, as in its Table 5."""
     rows, values = [], {}
     for e in evaluated:
         if e.row("crop", e.scales) is None:
             continue
-        stage = e.stage(small)
+        stage = e.stage(roles)
         for method, label in T5_METHODS:
             row, score = e.row(method, e.scales), e.score(method, e.scales)
             if row is None or score is None:
                 continue
             values[(e.net, stage, method)] = score
-            paper = _paper(PAPER_T5, (e.net, method)) if stage == "jitter" else "-"
+            as_paper = stage == "jitter" and e.paper_scales()
+            paper = _paper(PAPER_T5, (e.net, method)) if as_paper else "-"
             rows.append([f"{e.net} ({e.train_scale()})", label, *_ours(row, score), paper])
     header = [
         "ConvNet config. (train S)",
@@ -221,11 +330,11 @@ def table5(evaluated: list[Evaluated], small: int) -> tuple[str, Keyed]:
     return _table(header, rows), values
 
 
-def table6(fused: list[Fused], small: int) -> str:
+def table6(fused: list[Fused], roles: Roles) -> str:
     """Fusion rows, the paper's beside a fusion only when its members are the paper's."""
     rows = []
     for fusion in fused:
-        paper, name = fusion.paper(small)
+        paper, name = fusion.paper(roles)
         group = f"{fusion.mode}, {name}"
         for row in fusion.errors:
             is_fusion = row["name"] == "fusion"
@@ -242,26 +351,26 @@ def table6(fused: list[Fused], small: int) -> str:
     return _table(header, rows)
 
 
-def centre_scores(evaluated: list[Evaluated], small: int) -> Keyed:
+def centre_scores(evaluated: list[Evaluated], roles: Roles) -> Keyed:
     """Single centre-crop errors by (net, stage): the paper's 5x5 comparison is on these."""
     found = {}
     for e in evaluated:
         middle = (e.s_min + e.s_max) // 2
         score = e.score("centre", [middle])
         if score is not None:
-            found[(e.net, e.stage(small))] = score
+            found[(e.net, e.stage(roles))] = score
     return found
 
 
 def claims(
-    t3: Keyed, t4: Keyed, t5: Keyed, centre: Keyed, fused: list[Fused], small: int
+    t3: Keyed, t4: Keyed, t5: Keyed, centre: Keyed, fused: list[Fused], roles: Roles
 ) -> list[Claim]:
     """Every claim of the paper's Sect. 4, each as first-vs-second on our runs."""
     return [
         *_architecture_claims(t3, centre),
-        *_scale_claims(t3, t4),
+        *_scale_claims(t3, t4, roles),
         *_method_claims(t5),
-        *_fusion_claims(fused, small),
+        *_fusion_claims(fused, roles),
     ]
 
 
@@ -286,18 +395,21 @@ def _architecture_claims(t3: Keyed, centre: Keyed) -> list[Claim]:
     return [*found, Claim(text, "B-5x5 7 points higher", Expect.LOWER, b, shallow)]
 
 
-def _scale_claims(t3: Keyed, t4: Keyed) -> list[Claim]:
-    """Scale jitter vs each fixed training scale; multi-scale vs single-scale testing."""
+def _scale_claims(t3: Keyed, t4: Keyed, roles: Roles) -> list[Claim]:
+    """Scale jitter vs each fixed training scale; multi-scale vs single-scale testing. The
+    sentences name our scales in the paper's roles."""
     found = []
     for net in "CDE":
         for fixed in ("256", "384"):
             a, b = (net, "jitter"), (net, fixed)
-            text = f"{net}: jitter beats fixed S={fixed} (Table 3)"
+            jitter, other = roles.scale("jitter"), roles.scale(fixed)
+            text = f"{net}: jitter {jitter} beats fixed {other} (Table 3)"
             found.append(
                 Claim(text, (PAPER_T3[a][0], PAPER_T3[b][0]), Expect.LOWER, t3.get(a), t3.get(b))
             )
     for key in PAPER_T4:
-        text = f"{key[0]} (S {key[1]}): multi-scale beats single-scale testing (Tables 4, 3)"
+        text = f"{key[0]} ({roles.scale(key[1])}): multi-scale beats single-scale testing"
+        text += " (Tables 4, 3)"
         paper = (PAPER_T4[key][0], PAPER_T3[key][0])
         found.append(Claim(text, paper, Expect.LOWER, t4.get(key), t3.get(key)))
     return found
@@ -320,31 +432,34 @@ def _method_claims(t5: Keyed) -> list[Claim]:
     return found
 
 
-def _fusion_claims(fused: list[Fused], small: int) -> list[Claim]:
+def _fusion_claims(fused: list[Fused], roles: Roles) -> list[Claim]:
     found = []
     for fusion in fused:
         members = [s for s in (fusion.score(m.model) for m in fusion.members) if s is not None]
-        text = f"fusion ({fusion.mode}, {fusion.paper(small)[1]}) beats its best member (Table 6)"
+        text = f"fusion ({fusion.mode}, {fusion.paper(roles)[1]}) beats its best member (Table 6)"
         best = min(members, key=lambda s: s.error, default=None)
-        paper = _paper_fusion_gain(fusion, small)
+        paper = _paper_fusion_gain(fusion, roles)
         found.append(Claim(text, paper, Expect.LOWER, fusion.score("fusion"), best))
     return found
 
 
-def _paper_fusion_gain(fusion: Fused, small: int) -> tuple[float, float] | str:
+def _paper_fusion_gain(fusion: Fused, roles: Roles) -> tuple[float, float] | str:
     """The paper's fusion vs its best member: D & E from Tables 6 and 5; the submission's
     members include the FC-only D, which the paper does not score alone."""
-    paper, _ = fusion.paper(small)
+    paper, _ = fusion.paper(roles)
     if paper is None:
         return "-"
-    if Counter((m.net, m.stage(small)) for m in fusion.members) == D_AND_E:
+    if Counter((m.net, m.stage(roles)) for m in fusion.members) == D_AND_E:
         return paper[0], min(PAPER_T5[(net, fusion.mode)][0] for net in "DE")
     return f"{paper[0]:.1f} (7 nets)"
 
 
-def claims_table(found: list[Claim]) -> str:
+def claims_table(judged: list[Judged]) -> str:
+    """One row per claim: the paper's errors and ours, the deciding test, its p before and
+    after Holm's adjustment, the verdict (a "not shown" says what the data allow)."""
     rows = []
-    for claim in found:
+    for j in judged:
+        claim = j.claim
         paper = (
             claim.paper
             if isinstance(claim.paper, str)
@@ -353,11 +468,18 @@ def claims_table(found: list[Claim]) -> str:
         ours = "-"
         if claim.first is not None and claim.second is not None:
             ours = f"{with_error(claim.first)} vs {with_error(claim.second)}"
-        tested = claim.test()
-        verdict = claim.verdict()
-        shown = f"**{verdict}**" if verdict in (Verdict.HOLDS, Verdict.FAILS) else str(verdict)
-        rows.append([claim.text, paper, ours, tested[0] if tested else "-", shown])
-    header = ["claim (first vs second)", "paper top-1 (%)", "ours top-1 (%)", "test", "verdict"]
+        decided = j.verdict in (Verdict.HOLDS, Verdict.FAILS)
+        shown = f"**{j.verdict}**" if decided else f"{j.verdict}" + (f" ({j.why})" if j.why else "")
+        rows.append([claim.text, paper, ours, j.test, p_text(j.p), p_text(j.adjusted), shown])
+    header = [
+        "claim (first vs second)",
+        "paper top-1 (%)",
+        "ours top-1 (%)",
+        "test",
+        "p",
+        "p, Holm",
+        "verdict",
+    ]
     return _table(header, rows)
 
 
@@ -420,7 +542,7 @@ def _names(items: list[str]) -> str:
     return ", ".join(items)
 
 
-def setting_notes(curves: list[Curve], evaluated: list[Evaluated], small: int) -> list[str]:
+def setting_notes(curves: list[Curve], evaluated: list[Evaluated], roles: Roles) -> list[str]:
     """What qualifies every number above, read from the runs: images, widths, budgets,
     scales and flips."""
     notes = []
@@ -444,8 +566,8 @@ def setting_notes(curves: list[Curve], evaluated: list[Evaluated], small: int) -
     for (finetuned, epochs), names in sorted(budgets.items()):
         how = "fine-tuned for" if finetuned else "trained for"
         notes.append(f"{_names(names)}: {how} {epochs} epochs at most.")
-    if small and small != 256:
-        notes.append(f"The fixed small training scale S={small} plays the role of the paper's 256.")
+    notes.append(roles.note())
+    notes += _departure_notes(curves)
     for what, off in (
         ("Random flips in training", [c.name for c in curves if not c.flip]),
         ("Mirror averaging at test", [e.model for e in evaluated if not e.flip]),
@@ -455,26 +577,49 @@ def setting_notes(curves: list[Curve], evaluated: list[Evaluated], small: int) -
             if off
             else f"{what}: on everywhere (the paper's)."
         )
+    return [note for note in notes if note]
+
+
+def _departure_notes(curves: list[Curve]) -> list[str]:
+    """The recipe's departures from the paper, each with the runs it applies to, and which
+    nets started from a trained A."""
+    runs: dict[tuple[str, str], list[str]] = {}
+    for curve in curves:
+        for departure in departures(curve):
+            runs.setdefault(departure, []).append(curve.name)
+    notes = [
+        f"{what.capitalize()}: {ours} for {_every(names, curves)}."
+        for (what, ours), names in runs.items()
+    ]
+    started = [c.name for c in curves if c.init_from]
+    if started:
+        notes.append(
+            f"{_names(started)} started from a trained A's first layers (Sect. 2.3): A's "
+            "training is in them on top of their own budget, which favours them against A."
+        )
     return notes
+
+
+def _every(names: list[str], curves: list[Curve]) -> str:
+    return "every training run" if len(names) == len(curves) else _names(names)
 
 
 def write_report(
     root: Path, curves: list[Curve], evaluated: list[Evaluated], fused: list[Fused], out_dir: Path
 ) -> str:
     """The Markdown report for the runs under `root`; plots go beside it in `out_dir`."""
-    fixed = [e.s_min for e in evaluated if e.s_min == e.s_max]
-    small = min(fixed) if fixed else 0
-    t3, v3 = table3(evaluated, small)
-    t4, v4 = table4(evaluated, small)
-    t5, v5 = table5(evaluated, small)
-    t6 = table6(fused, small)
-    found = claims(v3, v4, v5, centre_scores(evaluated, small), fused, small)
+    roles = Roles.of(evaluated)
+    t3, v3 = table3(evaluated, roles)
+    t4, v4 = table4(evaluated, roles)
+    t5, v5 = table5(evaluated, roles)
+    t6 = table6(fused, roles)
+    judged = judge(claims(v3, v4, v5, centre_scores(evaluated, roles), fused, roles))
     plot_training(curves, out_dir / "training-curves.png")
     plot_scales(evaluated, out_dir / "error-vs-scale.png")
     best = min(
         (s for s in (f.score("fusion") for f in fused) if s), key=lambda s: s.error, default=None
     )
-    verdicts = Counter(c.verdict() for c in found)
+    verdicts = Counter(j.verdict for j in judged)
     parts = [
         f"# VGG reproduction report: `{root}`",
         "Every number in our columns is read from the runs under this root (evaluation "
@@ -483,7 +628,7 @@ def write_report(
         "[256;512]). Our top-1 errors carry their binomial standard error.",
         f"Best fused model: **{with_error(best)}% top-1 error**." if best is not None else "",
         "## What these runs are",
-        "\n".join(f"- {note}" for note in setting_notes(curves, evaluated, small)),
+        "\n".join(f"- {note}" for note in setting_notes(curves, evaluated, roles)),
         "## Table 3: single test scale",
         t3,
         "## Table 4: multiple test scales",
@@ -495,10 +640,16 @@ def write_report(
         "## The paper's claims on our runs",
         "Each claim compares a first model with a second. Two models scored on the same "
         "images are compared by McNemar's exact test on the images exactly one of them gets "
-        "right (wins vs losses of the first); p < 0.05 decides **holds** or **does not "
-        "hold**, otherwise the difference is *within noise*. Claims that something does "
-        "*not* help hold unless the first model is significantly better.",
-        claims_table(found),
+        "right (wins vs losses of the first); on different images, by a two-proportion z-test. "
+        "A claim that something does *not* help is tested against a margin: the first "
+        f"model must be shown to be better by less than {100 * MARGIN:g} point of top-1 error "
+        "(a one-sided z-test, the half of an equivalence test the claim needs), or worse. "
+        f"All p-values are adjusted together by Holm's method; adjusted p < {SIGNIFICANCE} "
+        "decides **holds** (significant in the paper's direction, or within the margin) "
+        "or **does not hold** (significant the other way). Anything else is *not shown*, "
+        "with the 95% interval of the difference (first minus second), which says what "
+        "these images can and cannot tell.",
+        claims_table(judged),
         "Verdicts: " + ", ".join(f"{verdicts[v]} {v}" for v in Verdict) + ".",
         "## Plots",
         "![training curves](training-curves.png)",

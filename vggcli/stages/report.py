@@ -79,6 +79,8 @@ def _curve(model: ModelRun) -> Curve:
         int(config["recipe"]["epochs"]),
         bool(config.get("finetune_from")),
         model.flips(),
+        config,
+        str(config.get("init_from") or ""),
     )
 
 
@@ -100,6 +102,7 @@ def _evaluated(evaluation: EvaluationRun, root: Path) -> Evaluated:
         _correct(evaluation),
         model.fc_only(),
         evaluation.flips(),
+        model.crop(),
     )
 
 
