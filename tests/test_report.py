@@ -100,6 +100,8 @@ def test_not_shown_says_what_the_images_allow() -> None:
     # paired standard error from the 10 vs 8 discordant images: sqrt(18 - 2**2 / 100) / 100
     assert diff.standard_error == pytest.approx(math.sqrt(18 - 0.04) / 100)
     assert judged.why.startswith("difference -2.0 points, 95% CI -10.3 to +6.3")
+    twins = judge([Claim("x", (1, 2), Expect.LOWER, close, close)])[0]
+    assert twins.verdict == Verdict.NOT_SHOWN and twins.why == "both get the same images right"
 
 
 def test_the_margin_test_is_one_sided_z_by_hand() -> None:
@@ -269,7 +271,16 @@ def test_report_stage_reads_per_image_scores_from_the_stored_posteriors(tmp_path
     )
     _evaluation(root, a, 80, _posteriors(labels, _correct(60)), labels)
     _evaluation(root, b, 80, _posteriors(labels, _correct(90)), labels)  # 30 vs 0 images
-    fc = _model(root, "D-fc", "D", (80, 144), 6, fc_only=True, finetune_from="D/v001")
+    fc = _model(
+        root,
+        "D-fc",
+        "D",
+        (80, 144),
+        6,
+        recipe={"init": "kaiming"},
+        fc_only=True,
+        finetune_from="D/v001",
+    )
     _evaluation(root, fc, 112, _posteriors(labels, _correct(75)), labels)
     report = report_stage.run(report_stage.ReportRequest(runs_root=root), tmp_path)
     text = (report.path / "report.md").read_text()
@@ -291,5 +302,6 @@ def test_report_stage_reads_per_image_scores_from_the_stored_posteriors(tmp_path
     assert "- Training arithmetic: bf16 (the paper's fp32) for B." in text
     assert "- B started from a trained A's first layers" in text
     assert "Initial learning rate" not in text  # D-fc's default is the paper's 1e-3
+    assert "Random init" not in text  # a fine-tune starts from weights: its init is moot
     assert "Verdicts: 1 holds, 0 does not hold, 0 not shown, " in text
     assert resolve("report", root).manifest()["kind"] == "report"

@@ -196,6 +196,8 @@ def _judge(
     lower = diff.value < 0
     low, high = diff.interval()
     why = f"difference {_points(diff.value)} points, 95% CI {_points(low)} to {_points(high)}"
+    if diff.standard_error == 0:
+        why = "both get the same images right"
     if claim.expect == Expect.LOWER:
         if real:
             return Judged(

@@ -220,6 +220,7 @@ PAPER_RECIPE = (
     ("", "precision", "fp32", "training arithmetic"),
 )
 FINETUNE_LR = 1e-3
+INIT_KEYS = ("init", "init_std", "inserted_init")
 
 
 def departures(curve: Curve) -> list[tuple[str, str]]:
@@ -229,8 +230,8 @@ def departures(curve: Curve) -> list[tuple[str, str]]:
     for section, key, paper, what in PAPER_RECIPE:
         if key == "lr" and curve.finetuned:
             paper = FINETUNE_LR
-        if key == "init" and curve.init_from:
-            continue  # B-E: the layers not copied from A have their own line
+        if key in INIT_KEYS and curve.finetuned or key == "init" and curve.init_from:
+            continue  # fine-tunes start from weights; B-E's other layers have their own line
         where = curve.config.get(section, {}) if section else curve.config
         ours = where.get(key, paper)
         if ours != paper and not (isinstance(paper, float) and math.isclose(ours, paper)):
@@ -588,7 +589,7 @@ def _departure_notes(curves: list[Curve]) -> list[str]:
         for departure in departures(curve):
             runs.setdefault(departure, []).append(curve.name)
     notes = [
-        f"{what.capitalize()}: {ours} for {_every(names, curves)}."
+        f"{what[0].upper()}{what[1:]}: {ours} for {_every(names, curves)}."
         for (what, ours), names in runs.items()
     ]
     started = [c.name for c in curves if c.init_from]
