@@ -22,7 +22,7 @@ from tests.test_train import TINY
 from vggcli.data.synthetic import SyntheticSpec
 from vggcli.errors import VggError, WorkFailed
 from vggcli.pipeline import plan, slurm
-from vggcli.runs import resolve, versions
+from vggcli.runs import RUNNING, resolve, versions
 
 pytestmark = pytest.mark.skipif(
     not slurm_cluster.available(), reason="Slurm and munge are not installed (`just setup`)"
@@ -166,7 +166,11 @@ def test_preempted_training_requeues_and_ends_with_the_uninterrupted_weights(
         _wait_for(lambda: _steps_done(root) >= steps, "training steps")  # noqa: B023
         subprocess.run(preempt, check=True)
         _wait_for(lambda: slurm.job_states().get(jobs["A"]) == "PENDING", "the requeue")
-        # a requeued job waits two minutes before it may start again; no need in a test
+        # a requeued job waits two minutes before it may start again; no need in a test once
+        # the old start has exited (its lock is free; it marked its version failed, which the
+        # next start resumes): started while slurmd was still killing the old one, a busy
+        # machine saw "Killing non-startable batch job: Job credential revoked"
+        _wait_for(lambda: versions(root / "A")[-1].status() != RUNNING, "the old start")
         subprocess.run(["scontrol", "update", f"JobId={jobs['A']}", "StartTime=now"], check=True)
     states = _wait_until_idle(pipeline)
     assert states["A"] == states["ref"] == "COMPLETED"

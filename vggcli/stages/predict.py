@@ -112,7 +112,9 @@ def show(predictions: Predictions, top: int, as_json: bool) -> None:
         return
     out = Console(highlight=False)
     for row in rows:
-        table = Table("rank", "probability", "wnid", "name", title=row["image"])
+        # the path on its own unwrapped line: a table title would wrap it at the table's width
+        out.print(row["image"], soft_wrap=True, markup=False)
+        table = Table("rank", "probability", "wnid", "name")
         for entry in row["top"]:
             table.add_row(
                 str(entry["rank"]), f"{entry['probability']:.4f}", entry["wnid"], entry["name"]
