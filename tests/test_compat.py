@@ -24,7 +24,7 @@ from vggcli.artifacts import (
     kind_of,
     resolve_as,
 )
-from vggcli.data.loader import SCHEME
+from vggcli.config import SCHEME
 from vggcli.files import sha256_file
 from vggcli.runs import resolve
 

@@ -17,7 +17,7 @@ from vggcli.evaluate import (
     evaluate_method,
     grid_offsets,
     method_batches,
-    prefetched,
+    prepared_ahead,
     rescale,
     rescaled_size,
     to_tensor,
@@ -191,7 +191,8 @@ def test_no_flip_at_training_follows_the_model_into_evaluation(vgg, train_root) 
 
 def test_centre_view_gives_exactly_the_training_validation_pixels(dataset_runs) -> None:
     from vggcli.data.beton import BetonImages
-    from vggcli.data.loader import LoaderSpec, make_loader
+    from vggcli.data.loader import make_loader
+    from vggcli.data.sampling import LoaderSpec
     from vggcli.evaluate import centre_view
 
     beton = resolve("tiny", dataset_runs).output("val.beton")
@@ -321,16 +322,16 @@ def test_a_jpeg_that_fails_to_decode_in_a_background_thread_is_counted(
     assert np.array_equal(assemble([part], len(threaded)), expected)
 
 
-def test_prefetched_keeps_the_order_and_raises_at_the_failing_batch() -> None:
+def test_prepared_ahead_keeps_the_order_and_raises_at_the_failing_batch() -> None:
     def prepare(batch: int) -> int:
         if batch == 5:
             raise VggError("image 5 changed while it was being read")
         return batch * 10
 
     for workers in (0, 1, 3):
-        assert list(prefetched(range(5), prepare, workers)) == [(b, b * 10) for b in range(5)]
+        assert list(prepared_ahead(range(5), prepare, workers)) == [(b, b * 10) for b in range(5)]
         seen = []
         with pytest.raises(VggError, match="image 5 changed"):
-            for batch, _ in prefetched(range(8), prepare, workers):
+            for batch, _ in prepared_ahead(range(8), prepare, workers):
                 seen.append(batch)
         assert seen == [0, 1, 2, 3, 4]

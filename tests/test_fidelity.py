@@ -23,19 +23,13 @@ from torch.nn import functional as F
 
 from vggcli.artifacts import DatasetRun, EvaluationRun, ModelRun
 from vggcli.checkpoints import load_model
+from vggcli.config import Recipe, Runtime, TrainConfig
 from vggcli.data.beton import BetonImages
-from vggcli.data.loader import (
-    ColourShift,
-    LoaderSpec,
-    colour_alphas,
-    epoch_key,
-    image_key,
-    make_loader,
-    uniform,
-)
+from vggcli.data.loader import ColourShift, colour_alphas, make_loader
+from vggcli.data.sampling import LoaderSpec, epoch_key, image_key, uniform
 from vggcli.models import VGG, NetSpec, initialise
 from vggcli.runs import resolve
-from vggcli.train import Recipe, Runtime, TrainConfig, TrainData, Trainer, build_model
+from vggcli.train import TrainData, Trainer, build_model
 
 
 def _binomial_bounds(n: int, p: float, sigmas: float = 4.5) -> tuple[float, float]:

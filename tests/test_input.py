@@ -12,18 +12,9 @@ import pytest
 import torch
 
 from vggcli.data.jpeg_window import decode_window_nogil as decode_window
-from vggcli.data.loader import (
-    FAST_EIGHTHS,
-    LoaderSpec,
-    crop_window,
-    decode_eighths,
-    epoch_key,
-    image_key,
-    make_loader,
-    scaled_edge,
-    scaled_size,
-)
+from vggcli.data.loader import FAST_EIGHTHS, decode_eighths, make_loader, scaled_edge, scaled_size
 from vggcli.data.resize import mirror, resize_window
+from vggcli.data.sampling import LoaderSpec, crop_window, epoch_key, image_key
 from vggcli.runs import resolve
 
 

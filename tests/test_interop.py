@@ -154,9 +154,9 @@ def test_evaluate_of_imported_weights_gives_torchvisions_posteriors_over_the_dat
 def test_imported_weights_start_fine_tunes_and_deeper_nets_on_the_datasets_classes(
     vgg, runs_root, imagenet_subset, vgg11_file
 ) -> None:
+    from vggcli.config import Recipe, TrainConfig
     from vggcli.stages.finetune import starting_config
     from vggcli.stages.train import _model
-    from vggcli.train import Recipe, TrainConfig
 
     shutil.copytree(imagenet_subset, runs_root)
     assert vgg("import-weights", str(vgg11_file), "--name", "A").exit_code == 0

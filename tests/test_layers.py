@@ -16,6 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vggcli"
 CORE = (
+    "vggcli.config",
     "vggcli.train",
     "vggcli.evaluate",
     "vggcli.descriptors",
@@ -96,7 +97,7 @@ def test_the_layers_exist() -> None:
 
 def test_commands_import_only_stages_and_cli_helpers() -> None:
     allowed = ("vggcli.stages", "vggcli.pipeline", "vggcli.commands", "vggcli.errors",
-               "vggcli.progress")
+               "vggcli.progress", "vggcli.config")
     for module, imports in _imports_of(("vggcli.commands",)).items():
         ours = {i for i in imports if _within(i, ("vggcli",))}
         assert all(_within(i, allowed) for i in ours), (module, ours)
@@ -116,14 +117,44 @@ def test_only_stages_open_runs() -> None:
             assert _within(module, ("vggcli.runs", "vggcli.checkpoints", "vggcli.stages")), module
 
 
-@pytest.mark.parametrize("module", ["vggcli.runs", "vggcli.artifacts", "vggcli.eval_settings"])
-def test_run_layer_imports_nothing_heavy(module: str) -> None:
-    """Statically (no heavy import written) and at run time (none pulled in transitively)."""
+def test_every_stage_opens_its_run_through_lead_run() -> None:
+    """One way to open a run (stages/common.lead_run: rank 0 alone, announced, its path
+    known to every rank after): no stage calls RunWriter.open itself, and every stage that
+    writes a run (all but the queries and the listings) goes through lead_run."""
+    writers = set()
+    for module, path in MODULES.items():
+        if not _within(module, ("vggcli.stages",)) or module == "vggcli.stages.common":
+            continue
+        text = path.read_text()
+        assert "RunWriter.open" not in text, module
+        if "lead_run(" in text:
+            writers.add(module.rsplit(".", 1)[1])
+    assert writers == {
+        "preprocess", "train", "evaluate", "fuse", "export", "import_weights", "bench", "report"
+    }
+
+
+@pytest.mark.parametrize(
+    "module", ["vggcli.runs", "vggcli.artifacts", "vggcli.eval_settings", "vggcli.config"]
+)
+def test_run_layer_and_configs_import_nothing_heavy(module: str) -> None:
+    """Statically (no heavy import written) and at run time (none pulled in transitively):
+    runs, their records and the configs they hold are read without torch or FFCV."""
     heavy = {i for i in _imports(MODULES[module]) if _within(i, HEAVY)}
     assert not heavy, heavy
     code = f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_torch_loader_shares_sampling_not_the_ffcv_loader() -> None:
+    """Both loaders draw their order and keys from data/sampling.py; the torch loader never
+    imports the FFCV one (which reaches it only through `make_loader`'s dispatch)."""
+    assert "vggcli.data.sampling" in _imports(MODULES["vggcli.data.torch_loader"])
+    assert not any(
+        _within(i, ("vggcli.data.loader",)) for i in _imports(MODULES["vggcli.data.torch_loader"])
+    )
+    assert not any(_within(i, ("ffcv",)) for i in _imports(MODULES["vggcli.data.sampling"]))
 
 
 def test_nothing_below_commands_imports_typer() -> None:

@@ -15,11 +15,12 @@ import torch
 
 from tests.conftest import vgg_process
 from tests.test_train import TINY
+from vggcli.config import TrainConfig
 from vggcli.data.beton import BetonImages, StorageSettings, write_beton
-from vggcli.data.loader import LoaderSpec, crop_window, epoch_key, image_key, make_loader, mix64
+from vggcli.data.loader import make_loader
+from vggcli.data.sampling import LoaderSpec, crop_window, epoch_key, image_key, mix64
 from vggcli.data.synthetic import SyntheticSpec, generate
 from vggcli.runs import resolve
-from vggcli.train import TrainConfig
 
 # against FFCV's whole-image decode (scheme 2), measured on the tiny set (crop 32, S 32-64):
 # mean 1.1 grey levels, worst image 2.4-2.9 (two runs). Scheme 3's FFCV decoder decodes small
@@ -53,7 +54,7 @@ def test_torch_loader_draws_the_ffcv_decoders_windows_and_flips(dataset_runs) ->
     """Each sample's (top, left, side, flip) is the one ScaleCropDecoder computes: its key
     from (seed, epoch, sample id), crop_window, flip iff uniform(key, 3) < 0.5; centre and
     no flip for validation; scheme 1 keyed by the micro-batch's ids."""
-    from vggcli.data.loader import uniform
+    from vggcli.data.sampling import uniform
 
     beton = resolve("tiny", dataset_runs).output("train.beton")
     shapes = BetonImages(beton).shapes
@@ -141,7 +142,7 @@ def test_a_pass_stopped_early_stops_its_threads_and_the_next_pass_is_whole(datas
 def test_a_corrupt_jpeg_is_counted_and_comes_out_black(dataset_runs, tmp_path, batched) -> None:
     """The FFCV decoder's rule: flagged in order.failed, black, the rest unchanged. batched:
     the GPU's path on the CPU (one call for the batch fails, then one by one)."""
-    from vggcli.data.loader import EpochOrder
+    from vggcli.data.sampling import EpochOrder
 
     source = resolve("tiny", dataset_runs).output("val.beton")
     beton = tmp_path / "val.beton"

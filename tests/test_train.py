@@ -17,12 +17,14 @@ import torch
 from tests.conftest import metrics_rows, vgg_process
 from vggcli.artifacts import ModelRun
 from vggcli.checkpoints import load, load_model
-from vggcli.data.loader import LoaderSpec, crop_window, make_loader
+from vggcli.config import Recipe, TrainConfig
+from vggcli.data.loader import make_loader
+from vggcli.data.sampling import LoaderSpec, crop_window
 from vggcli.distributed import SINGLE
 from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec, count_parameters, initialise
 from vggcli.runs import COMPLETE, INTERRUPTED, resolve, versions
-from vggcli.train import PlateauSchedule, Recipe, TrainConfig, build_model
+from vggcli.train import PlateauSchedule, build_model
 
 # A net small enough to train in seconds: width 1/16, 32 px crops, 16-image batches.
 TINY = shlex.split(
@@ -91,7 +93,8 @@ def test_fc_only_finetune_trains_fc6_to_fc8_alone_and_keeps_the_convs(
     config (as a resume does) holds fc6-fc8 alone."""
     from vggcli import checkpoints
     from vggcli.artifacts import DatasetRun, resolve_as
-    from vggcli.train import Runtime, TrainData, Trainer
+    from vggcli.config import Runtime
+    from vggcli.train import TrainData, Trainer
 
     short = ["--scale", "40", "--epochs", "1", "--max-steps", "1"]
     assert vgg("train", "--net", "A", *short, *TINY).exit_code == 0
@@ -388,7 +391,8 @@ def test_a_scheduled_final_drop_divides_the_lr_after_its_epoch_even_while_improv
 
 
 def test_weight_decay_falls_on_every_conv_and_fc_weight_and_no_bias() -> None:
-    from vggcli.train import Recipe, _optimizer
+    from vggcli.config import Recipe
+    from vggcli.train import _optimizer
 
     model = VGG(NetSpec("C", num_classes=10, width=1 / 16, crop=32))
     decayed, plain = _optimizer(model, Recipe()).param_groups

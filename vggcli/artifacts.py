@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from vggcli import integrity
+from vggcli.config import NetSpec, TrainConfig
 from vggcli.errors import VggError
 from vggcli.eval_settings import default_scales
 from vggcli.runs import COMPLETE, RunVersion, latest_complete, list_runs, resolve, versions
@@ -184,6 +185,31 @@ class ModelRun(Artifact):
         """Fine-tuned its fully-connected layers only (recorded only when so)."""
         return bool(self.config().get("fc_only", False))
 
+    def net_spec(self) -> NetSpec:
+        """The net's shape as it was trained or imported."""
+        return NetSpec(**self.config()["net"])
+
+    def width(self) -> float:
+        """The multiplier of every conv and FC width (1: the paper's nets)."""
+        return float(self.config()["net"].get("width", 1.0))
+
+    def epochs(self) -> int:
+        """Its epoch budget (a fine-tune's own, not its parent's); 0 for imported weights."""
+        return 0 if self.imported() else int(self.config()["recipe"]["epochs"])
+
+    def finetuned_from(self) -> str | None:
+        """Label of the model run version whose weights it started from (fine-tunes)."""
+        return self.config().get("finetune_from")
+
+    def initialised_from(self) -> str | None:
+        """Label of the trained A whose first layers it started from (B-E)."""
+        return self.config().get("init_from")
+
+    def train_config(self) -> TrainConfig:
+        """The config it was trained with, as a resume must match it (not for imported
+        weights, which have none)."""
+        return TrainConfig.from_manifest(self.config())
+
 
 class EvaluationRun(Artifact):
     """`vgg evaluate`: float32 posteriors (float16 before) per method and scale, in .beton
@@ -234,6 +260,10 @@ class FusionRun(Artifact):
 
     def members(self) -> list[str]:
         return self.config()["members"]
+
+    def member_count(self) -> int:
+        """Its members' evaluations are its parents, in order."""
+        return len(self.manifest()["parents"])
 
     def mode(self) -> str:
         return self.config()["mode"]

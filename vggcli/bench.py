@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vggcli.config import NetSpec
 from vggcli.data.beton import BetonImages
 from vggcli.distributed import Cluster
 from vggcli.errors import VggError
@@ -27,11 +28,11 @@ from vggcli.evaluate import (
     crop_views,
     evaluate_method,
     method_batches,
-    prefetched,
+    prepared_ahead,
     rescale,
     to_tensor,
 )
-from vggcli.models import VGG, NetSpec
+from vggcli.models import VGG
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,7 @@ def _overlap_row(
         evaluator.compute(method, x)
 
     def input_only() -> None:
-        for _, views in prefetched(batches, prepare, evaluator.workers):
+        for _, views in prepared_ahead(batches, prepare, evaluator.workers):
             to_tensor(views, evaluator.device)
 
     runs = {

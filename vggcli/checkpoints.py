@@ -16,9 +16,10 @@ import torch
 
 from vggcli.artifacts import DatasetRun, ModelRun
 from vggcli.classes import ClassList, indices_for
+from vggcli.config import NetSpec
 from vggcli.distributed import Cluster, lead_does
 from vggcli.errors import VggError, WorkFailed
-from vggcli.models import VGG, NetSpec, keep_classes, with_normalisation
+from vggcli.models import VGG, keep_classes, with_normalisation
 from vggcli.runs import RunWriter
 
 MODEL_FILE = ModelRun.WEIGHTS

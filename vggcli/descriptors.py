@@ -22,7 +22,7 @@ from vggcli.device import Precision, autocast
 from vggcli.evaluate import (
     Images,
     decode_workers,
-    prefetched,
+    prepared_ahead,
     rescale,
     size_groups,
     to_tensor,
@@ -75,7 +75,7 @@ def describe_at(
     def rescaled(indices: list[int]) -> np.ndarray:
         return np.stack([rescale(images[i], q) for i in indices])
 
-    for indices, stacked in prefetched(groups, rescaled, workers):
+    for indices, stacked in prepared_ahead(groups, rescaled, workers):
         out[indices] = describer(stacked)
         advance(len(indices))
     return out

@@ -7,7 +7,7 @@ and their mirrors, 50 views per scale, softmax averaged. Scales and methods are 
 averaging posteriors. `centre` is the training-time validation (one centre crop, no flip).
 
 Each batch's input (decode, rescale, views) is prepared in background threads while the
-model runs on the batch before it (`prefetched`): libjpeg-turbo, OpenCV and numpy's copies
+model runs on the batch before it (`prepared_ahead`): libjpeg-turbo, OpenCV and numpy's copies
 release the GIL, so on a GPU the input no longer waits for the model nor the model for it.
 """
 
@@ -89,7 +89,7 @@ def centre_view(image: np.ndarray, crop: int, q: int, out: np.ndarray | None = N
     (crop, crop, 3) when given."""
     from ffcv.libffcv import resize_crop
 
-    from vggcli.data.loader import crop_window
+    from vggcli.data.sampling import crop_window
 
     height, width = image.shape[:2]
     top, left, side, _ = crop_window(height, width, crop, q, q, True, np.uint64(0))
@@ -197,7 +197,7 @@ def batch_input(
 ) -> Callable[[list[int]], np.ndarray]:
     """indices -> one batch's uint8 views (N, H, W, 3), each pixel copied once into an array
     allocated for the whole batch: what `Evaluator.compute` takes (through `to_tensor`).
-    Thread-safe, so that `prefetched` can run it beside the model."""
+    Thread-safe, so that `prepared_ahead` can run it beside the model."""
 
     def dense(indices: list[int]) -> np.ndarray:
         height, width = rescaled_size(*images.shapes[indices[0]], q)  # the whole batch's
@@ -226,7 +226,7 @@ def batch_input(
     return {Mode.DENSE: dense, Mode.CROP: crop, Mode.CENTRE: centre}[method]
 
 
-def prefetched(
+def prepared_ahead(
     batches: Sequence[B], prepare: Callable[[B], P], workers: int
 ) -> Iterator[tuple[B, P]]:
     """(batch, prepare(batch)) in order, the next batches prepared by `workers` background
@@ -264,12 +264,12 @@ def evaluate_method(
     the world size, and rank r takes every world_size-th of them from the r-th, so the
     ranks together cover every image exactly once, each computed exactly as one process
     would (`assemble` puts them back in .beton order). The input of the next batches is
-    prepared while the model runs (`prefetched`)."""
+    prepared while the model runs (`prepared_ahead`)."""
     settings = evaluator.settings
     mine = method_batches(images.shapes, method, q, settings.batch)[rank::world_size]
     prepare = batch_input(images, method, q, settings)
     done, rows = [], []
-    for indices, views in prefetched(mine, prepare, evaluator.workers):
+    for indices, views in prepared_ahead(mine, prepare, evaluator.workers):
         rows.append(evaluator.compute(method, to_tensor(views, evaluator.device)))
         done += indices
         advance(len(indices) * world_size)

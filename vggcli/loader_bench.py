@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vggcli.config import SCHEME
 from vggcli.data.beton import BetonImages
-from vggcli.data.loader import SCHEME
 from vggcli.errors import VggError
 
 SEED = 0
@@ -108,7 +108,8 @@ def _ours(
     (`--decode` of vgg train: ffcv, torch, or gpu, whose batches are timed until on the GPU)."""
     import torch
 
-    from vggcli.data.loader import LoaderSpec, make_loader
+    from vggcli.data.loader import make_loader
+    from vggcli.data.sampling import LoaderSpec
 
     device = "cuda" if decode == "gpu" else "cpu"
 
@@ -196,7 +197,8 @@ def _torchvision(bench: LoaderBench, folder: Path, repeat: int) -> Callable[[int
 def chosen_windows(bench: LoaderBench, encoded: Encoded, epoch: int = 1) -> np.ndarray:
     """What our decoder decodes of each image of the sample in `epoch`: rows of (eighths,
     top, left, rows, cols), the DCT scale and the crop's window in the image at that scale."""
-    from vggcli.data.loader import crop_window, decoded_window, epoch_key, image_key
+    from vggcli.data.loader import decoded_window
+    from vggcli.data.sampling import crop_window, epoch_key, image_key
 
     seed = np.uint64(SEED)
     key = np.uint64(epoch_key(seed, np.uint64(epoch)))

@@ -11,31 +11,15 @@ evaluation of whole images (a larger map, averaged spatially).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vggcli.config import CONFIGS, NetSpec
 from vggcli.errors import VggError
 
-# conv3 output channels, "M" = 2x2/2 max-pool, "Ck-n" = k x k conv with n outputs ("C1-512":
-# config C's 1x1 convs; "C5-64": the shallow B of Sect. 4.1, each pair of B's 3x3 convs one 5x5),
-# "LRN" = local response normalisation (A-LRN only).
-# fmt: off
-CONFIGS: dict[str, list[int | str]] = {
-    "A":     [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "B":     [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "B-5x5": ["C5-64", "M", "C5-128", "M", "C5-256", "M", "C5-512", "M", "C5-512", "M"],
-    "C":     [64, 64, "M", 128, 128, "M", 256, 256, "C1-256", "M",
-              512, 512, "C1-512", "M", 512, 512, "C1-512", "M"],
-    "D":     [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-              512, 512, 512, "M", 512, 512, 512, "M"],
-    "E":     [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
-}
-# fmt: on
 FC_WIDTH = 4096
 # Which conv layers of a deeper net receive A's four: shape-consistent reading of "the first
 # four convolutional layers" (A's conv1..conv4 are 3-64, 64-128, 128-256, 256-256). B-5x5 has
@@ -49,34 +33,6 @@ INIT_FROM_A_CONV = {
     "D": [0, 2, 4, 5],
     "E": [0, 2, 4, 5],
 }
-
-
-@dataclass(frozen=True)
-class NetSpec:
-    """Everything that fixes a network's shape; stored in every checkpoint."""
-
-    net: str = "D"
-    num_classes: int = 1000
-    width: float = 1.0  # multiplies every conv and FC width (CPU-sized runs)
-    crop: int = 224  # training crop; fc6 kernel = crop / 32
-    dropout: float = 0.5
-    input_scale: float = 1.0  # multiplies the mean-subtracted 0-255 pixels (1 = the paper's)
-
-    def __post_init__(self) -> None:
-        if self.net not in CONFIGS:
-            raise VggError(f"unknown net '{self.net}': choose one of {', '.join(CONFIGS)}")
-        if self.crop % 32 or self.crop < 32:
-            raise VggError(f"crop size {self.crop} is not a positive multiple of 32")
-        if not 0 < self.width <= 1 or self.num_classes < 2:
-            raise VggError("width must be in (0, 1] and there must be at least 2 classes")
-        if not self.input_scale > 0:
-            raise VggError(f"input scale must be positive, not {self.input_scale}")
-
-    def channels(self, n: int) -> int:
-        return max(1, round(n * self.width))
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class LocalResponseNorm(nn.LocalResponseNorm):

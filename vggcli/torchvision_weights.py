@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from vggcli.config import CONFIGS, NetSpec
 from vggcli.errors import VggError
-from vggcli.models import CONFIGS, VGG, NetSpec
+from vggcli.models import VGG
 
 # torchvision's ImageNet preprocessing (transforms.Normalize in its weights' transforms)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -26,17 +26,17 @@ from vggcli.commands.common import (
     user_errors,
     workers,
 )
+from vggcli.config import DECODES
 from vggcli.errors import VggError
 
 CheckpointMinutes = Annotated[float, typer.Option(callback=positive(), help="Also checkpoint every this many minutes (always at each epoch's end).")]
 CheckpointSteps = Annotated[int, typer.Option(callback=at_least(0), help="Also checkpoint every N optimizer steps (0 = off).")]
 Name = Annotated[str | None, typer.Option(help="Run name to write (default: the net letter, e.g. runs/D).")]
-DECODES = ("ffcv", "torch", "gpu")  # data/loader.py's DECODES (commands import no FFCV)
 DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (nvJPEG on the CUDA device, crops resized there: for GPUs the CPU cannot feed) or torch (the same path on the CPU); validation crops are always FFCV's. torch and gpu resize a little differently (about 1 grey level); recorded in the run's config when not ffcv, and a resume keeps it."
 
 
 def _runtime(jobs: int | None, checkpoint_minutes: float, checkpoint_steps: int, device: str):
-    from vggcli.stages.train import Runtime
+    from vggcli.config import Runtime
 
     return Runtime(workers(jobs), checkpoint_minutes, checkpoint_steps, device)
 

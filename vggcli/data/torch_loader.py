@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from numba import njit
 
 from vggcli.data.beton import BetonImages
-from vggcli.data.loader import (
+from vggcli.data.sampling import (
     EpochOrder,
     LoaderSpec,
     crop_window,
@@ -88,7 +88,7 @@ def crop_resize(image: torch.Tensor, window: np.ndarray, crop: int) -> torch.Ten
     return out.flip(-1) if flip else out
 
 
-def prefetched(make: Callable[[T], U], items: Sequence[T], ahead: int = 2) -> Iterator[U]:
+def made_ahead(make: Callable[[T], U], items: Sequence[T], ahead: int = 2) -> Iterator[U]:
     """make(item) for each item in order, the next `ahead` made in a background thread
     while the caller uses the current one; what is still pending is dropped when the caller
     stops early (max_steps ends an epoch in the middle)."""
@@ -140,7 +140,7 @@ class TorchLoader:
         batches = [samples[i : i + size] for i in range(0, len(samples), size)]
         with (
             ThreadPoolExecutor(max(1, self.spec.workers)) as pool,
-            closing(prefetched(lambda ids: self._batch(ids, epoch, pool), batches)) as ready,
+            closing(made_ahead(lambda ids: self._batch(ids, epoch, pool), batches)) as ready,
         ):  # a pass stopped early closes the prefetch thread before the pool
             for batch in ready:
                 yield self._delivered(batch)

@@ -4,7 +4,6 @@ is no result)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import tempfile
@@ -28,7 +27,7 @@ from vggcli.errors import VggError
 from vggcli.loader_bench import LoaderBench, loader_throughput, sample, write_image_folder
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion
-from vggcli.stages.common import open_on_lead
+from vggcli.stages.common import lead_run
 
 __all__ = ["EvaluateBench", "LoaderBench", "TrainBench", "evaluate", "loader", "train"]
 
@@ -122,9 +121,10 @@ def _measure(
     cluster: Cluster,
     label: str,
 ) -> RunVersion:
-    writer = open_on_lead(cluster, root, name, Kind.BENCH, config, label, resume=False)
-    with writer or contextlib.nullcontext():
+    with lead_run(
+        root, name, Kind.BENCH, config, device=label, cluster=cluster, resume=False
+    ) as out:
         result = measure()
-        if writer is not None:
-            writer.write_json(BenchRun.RESULTS, result)
-    return RunVersion(Path(cluster.broadcast(str(writer.path) if writer else None)))
+        if out.writer is not None:
+            out.writer.write_json(BenchRun.RESULTS, result)
+    return out.version

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from vggcli.artifacts import Kind
 from vggcli.data.image_files import ImageFiles
-from vggcli.distributed import Cluster, lead_does
+from vggcli.distributed import SINGLE, Cluster, lead_does
 from vggcli.errors import VggError, WorkFailed
 from vggcli.progress import console
 from vggcli.runs import RunVersion, RunWriter
@@ -39,19 +41,32 @@ def read_on_every_rank(cluster: Cluster, device: torch.device, read: Callable[[]
     return value
 
 
-def open_on_lead(
-    cluster: Cluster,
+@dataclass
+class LeadRun:
+    """The run version a stage writes: `writer` on rank 0 (None on the other ranks; always
+    set in one process), and `version`, the same on every rank once the block has ended."""
+
+    writer: RunWriter | None
+    version: RunVersion | None = None
+
+
+@contextlib.contextmanager
+def lead_run(
     root: Path,
     name: str,
     kind: Kind,
     config: dict[str, Any],
-    device: str,
+    *,
     parents: list[RunVersion] = (),  # type: ignore[assignment]
+    device: str = "cpu",
+    cluster: Cluster = SINGLE,
     resume: bool = True,
     resume_only: Path | None = None,
-) -> RunWriter | None:
-    """The run version this stage writes, opened (or resumed) by rank 0 alone and announced;
-    the other ranks get None, or rank 0's failure."""
+) -> Iterator[LeadRun]:
+    """Every stage opens its run here: rank 0 alone opens (or resumes) the version and
+    announces it, and every rank learns whether that worked; the block writes it (rank 0)
+    and computes (every rank); when the block ends the version is complete (failed on an
+    exception) and its path is known to every rank."""
     writer = lead_does(
         cluster,
         lambda: RunWriter.open(
@@ -68,7 +83,10 @@ def open_on_lead(
     )
     if writer is not None:
         announce(writer)
-    return writer
+    run = LeadRun(writer)
+    with writer or contextlib.nullcontext():
+        yield run
+    run.version = RunVersion(Path(cluster.broadcast(str(writer.path) if writer else None)))
 
 
 def announce(writer: RunWriter) -> None:

@@ -7,7 +7,6 @@ order they belong to, so that `vgg fuse` never recomputes them.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from vggcli.evaluate import Evaluator, assemble, by_method, evaluate_method
 from vggcli.metrics import error_table
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
-from vggcli.stages.common import open_on_lead, print_errors, read_on_every_rank, save_posteriors
+from vggcli.stages.common import lead_run, print_errors, read_on_every_rank, save_posteriors
 
 __all__ = ["EvaluateRequest", "run"]
 
@@ -74,16 +73,16 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
             **({} if own_data else {"data": dataset.label}),  # recorded when not the model's
         }
         evaluator = Evaluator(model, settings, chosen)
-        writer = open_on_lead(
-            cluster,
+        with lead_run(
             root,
             request.name or f"{model_run.name}-eval",
             Kind.EVALUATION,
             config,
-            device.label(chosen),
-            [model_run.version, dataset.version],
-        )
-        with writer or contextlib.nullcontext():
+            parents=[model_run.version, dataset.version],
+            device=device.label(chosen),
+            cluster=cluster,
+        ) as out:
+            writer = out.writer
             per_scale = _posteriors(writer, evaluator, images, cluster)
             (failed,) = cluster.sum([float(len(images.failed))], chosen)
             if note := check_decodes(int(failed), len(images), "validation"):
@@ -93,10 +92,9 @@ def run(request: EvaluateRequest, root: Path) -> RunVersion:
                 rows = _finish(writer, settings, per_scale, images.labels)
                 for key, value in _membership(model_run, dataset, len(images)).items():
                     writer.set_result(key, value)
-        path = cluster.broadcast(str(writer.path) if writer else None)
     if writer is not None:
         print_errors(f"{model_run.label} ({payload.get('stage', '')})", rows)
-    return RunVersion(Path(path))
+    return out.version
 
 
 def _dataset(model_run: ModelRun, data: str | None, root: Path) -> DatasetRun:

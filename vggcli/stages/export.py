@@ -15,8 +15,8 @@ from vggcli import checkpoints, device, export
 from vggcli.artifacts import ExportRun, Kind, ModelRun, resolve_as
 from vggcli.errors import VggError
 from vggcli.progress import console
-from vggcli.runs import RunVersion, RunWriter
-from vggcli.stages.common import announce
+from vggcli.runs import RunVersion
+from vggcli.stages.common import lead_run
 
 __all__ = ["ExportRequest", "run"]
 
@@ -36,15 +36,15 @@ def run(request: ExportRequest, root: Path) -> RunVersion:
     model, _ = checkpoints.load_model(model_run)
     classes = _classes(model_run, root)
     config = {"model": model_run.label, "format": fmt}
-    with RunWriter.open(
+    with lead_run(
         root,
         request.name or f"{model_run.name}-export",
-        kind=Kind.EXPORT,
-        config=config,
+        Kind.EXPORT,
+        config,
         parents=[model_run.version],
         device=device.cpu_label(),
-    ) as writer:
-        announce(writer)
+    ) as out:
+        writer = out.writer
         files = {}
         for which, classifier in export.classifiers(model).items():
             files[which] = ExportRun.model_name(which, fmt)
@@ -53,7 +53,7 @@ def run(request: ExportRequest, root: Path) -> RunVersion:
                     export.save(classifier, fmt, tmp)
         described = export.description(model, fmt, files, model_run.flips())
         writer.write_json(ExportRun.DESCRIPTION, {"model": model_run.label, **described, **classes})
-    return writer.version
+    return out.version
 
 
 def _classes(model_run: ModelRun, root: Path) -> dict[str, Any]:

@@ -10,12 +10,10 @@ from pathlib import Path
 
 from vggcli import device, distributed
 from vggcli.artifacts import DatasetRun, ModelRun, resolve_as
-from vggcli.data.loader import SCHEME
+from vggcli.config import SCHEME, Recipe, Runtime, TrainConfig
 from vggcli.errors import VggError
-from vggcli.models import NetSpec
 from vggcli.runs import RunVersion
 from vggcli.stages.train import execute
-from vggcli.train import Recipe, Runtime, TrainConfig
 
 __all__ = ["FinetuneRequest", "Runtime", "run"]
 
@@ -41,10 +39,9 @@ def base_lr(model: ModelRun, root: Path) -> float:
     """The learning rate the chain of fine-tunes started from: that of the run trained
     from scratch (or from A) at its root, whatever the fine-tunes in between used; the
     paper's for imported weights."""
-    config = model.config()
-    while config.get("finetune_from"):
-        config = resolve_as(config["finetune_from"], root, ModelRun).config()
-    return float(config.get("recipe", {}).get("lr", Recipe.lr))
+    while parent := model.finetuned_from():
+        model = resolve_as(parent, root, ModelRun)
+    return Recipe.lr if model.imported() else model.train_config().recipe.lr
 
 
 def starting_config(parent: ModelRun, data: str | None, root: Path) -> TrainConfig:
@@ -56,10 +53,10 @@ def starting_config(parent: ModelRun, data: str | None, root: Path) -> TrainConf
                 f"{parent.label} was imported and has no dataset of its own: name the "
                 "dataset run to fine-tune on with --data"
             )
-        net = NetSpec(**parent.config()["net"])
+        net = parent.net_spec()
         previous = TrainConfig(net, net.crop, net.crop)
     else:
-        previous = TrainConfig.from_manifest(parent.config())
+        previous = parent.train_config()
     if data is None:
         return previous
     dataset = resolve_as(data, root, DatasetRun)

@@ -26,8 +26,8 @@ from vggcli.eval_settings import FUSION_MODES, Mode, parse_mode
 from vggcli.fuse import average, check_compatible
 from vggcli.metrics import error_table
 from vggcli.progress import console
-from vggcli.runs import MANIFEST, RunVersion, RunWriter, resolve
-from vggcli.stages.common import announce, load_array, print_errors, save_posteriors
+from vggcli.runs import MANIFEST, RunVersion, resolve
+from vggcli.stages.common import lead_run, load_array, print_errors, save_posteriors
 
 __all__ = ["FuseRequest", "run"]
 
@@ -68,19 +68,18 @@ def run(request: FuseRequest, root: Path) -> RunVersion:
         "mode": mode,
         "multi_scale": request.multi_scale,
     }
-    with RunWriter.open(
+    with lead_run(
         root,
         request.name or "fuse-" + "+".join(names),
-        kind=Kind.FUSION,
-        config=config,
+        Kind.FUSION,
+        config,
         parents=[e.version for e in evaluations],
         device=cpu_label(),
-    ) as writer:
-        announce(writer)
-        save_posteriors(writer, EvaluationRun.posteriors_name(mode), fused)
-        writer.set_result("errors", rows)
+    ) as out:
+        save_posteriors(out.writer, EvaluationRun.posteriors_name(mode), fused)
+        out.writer.set_result("errors", rows)
     print_errors(f"fusion ({mode})", [{**r, "method": r["name"]} for r in rows])
-    return writer.version
+    return out.version
 
 
 Identity = tuple[str, tuple[int, ...]]  # (model version, test scales)

@@ -21,8 +21,8 @@ from vggcli.artifacts import Kind, ModelRun
 from vggcli.classes import IMAGENET, imagenet_classes
 from vggcli.errors import VggError
 from vggcli.files import sha256_file
-from vggcli.runs import RunVersion, RunWriter
-from vggcli.stages.common import announce
+from vggcli.runs import RunVersion
+from vggcli.stages.common import lead_run
 from vggcli.torchvision_weights import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, net_of, to_ours
 
 __all__ = ["ImportRequest", "run"]
@@ -55,18 +55,15 @@ def run(request: ImportRequest, root: Path) -> RunVersion:
         )
     architecture = ARCHITECTURES[net]
     config = _config(request.file, spec.as_dict(), architecture)
-    with RunWriter.open(
-        root, request.name or f"torchvision-{architecture}", kind=Kind.MODEL, config=config,
-        device="cpu",
-    ) as writer:
-        announce(writer)
+    with lead_run(root, request.name or f"torchvision-{architecture}", Kind.MODEL, config) as out:
+        writer = out.writer
         if not writer.has_output(ModelRun.CLASSES):
             writer.write_json(ModelRun.CLASSES, imagenet_classes())
         if not writer.has_output(ModelRun.WEIGHTS):
             payload = {"spec": spec.as_dict(), "state_dict": converted,
                        "stage": f"{net}/torchvision {architecture}"}
             checkpoints.save(writer, ModelRun.WEIGHTS, payload)
-    return writer.version
+    return out.version
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

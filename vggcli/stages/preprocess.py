@@ -27,7 +27,7 @@ from vggcli.errors import VggError, WorkFailed
 from vggcli.processes import die_with_parent
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
-from vggcli.stages.common import announce
+from vggcli.stages.common import lead_run
 
 SPLITS = ("train", "val")
 MISSING = "missing"  # the skip reason of a val image its labels name but the disk lacks
@@ -87,14 +87,10 @@ def run(config: PreprocessConfig, runs_root: Path) -> RunVersion:
     """Write (or resume) the dataset run."""
     layout = discover(config.source, config.subset, config.val_labels, config.synsets)
     name, workers = config.name or config.source.resolve().name, config.workers
-    with RunWriter.open(
-        runs_root,
-        name,
-        kind=Kind.DATASET,
-        config=config.as_manifest(),
-        device=cpu_label(workers),
-    ) as writer:
-        announce(writer)
+    with lead_run(
+        runs_root, name, Kind.DATASET, config.as_manifest(), device=cpu_label(workers)
+    ) as out:
+        writer = out.writer
         if not writer.has_output("classes.json"):
             writer.write_json("classes.json", _classes(layout))
             writer.set_result(
@@ -105,7 +101,7 @@ def run(config: PreprocessConfig, runs_root: Path) -> RunVersion:
             if not writer.has_output(f"{split}.beton"):
                 _write_split(writer, split, kept, config.storage, workers)
         _summarise(writer, layout)
-    return writer.version
+    return out.version
 
 
 def _classes(layout: Layout) -> list[dict]:

@@ -21,8 +21,8 @@ from vggcli.artifacts import (
 from vggcli.metrics import top1_correct
 from vggcli.pipeline import plan as pipelines
 from vggcli.report import Curve, Evaluated, Fused, Scores, write_report
-from vggcli.runs import MANIFEST, RunVersion, RunWriter
-from vggcli.stages.common import announce, load_array
+from vggcli.runs import MANIFEST, RunVersion
+from vggcli.stages.common import lead_run, load_array
 
 __all__ = ["ReportRequest", "run"]
 
@@ -57,30 +57,27 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
         for f, members in fusions
         if all(_trained_here(e, folder) for e in members)
     ]
-    with RunWriter.open(
-        folder, "report", kind=Kind.REPORT, config={"root": str(folder)}, resume=False
-    ) as writer:
-        announce(writer)
+    with lead_run(folder, "report", Kind.REPORT, {"root": str(folder)}, resume=False) as out:
+        writer = out.writer
         text = write_report(folder, curves, tables, fused, writer.path)
         for plot in PLOTS:
             writer.record_output(plot)
         writer.write_text(ReportRun.REPORT, text)
-    return writer.version
+    return out.version
 
 
 def _curve(model: ModelRun) -> Curve:
     lines = model.metrics().read_text().splitlines()
-    config = model.config()
     return Curve(
         model.name,
         [json.loads(line) for line in lines],
-        float(config["net"].get("width", 1.0)),
+        model.width(),
         model.crop(),
-        int(config["recipe"]["epochs"]),
-        bool(config.get("finetune_from")),
+        model.epochs(),
+        model.finetuned_from() is not None,
         model.flips(),
-        config,
-        str(config.get("init_from") or ""),
+        model.config(),  # the whole recipe, for its departures from the paper's
+        model.initialised_from() or "",
     )
 
 
@@ -130,8 +127,7 @@ def _here(model: ModelRun, root: Path) -> bool:
     it started from, found by label under the root; one not found counts as ours)."""
     if model.imported():
         return False
-    config = model.config()
-    ancestors = [config.get("finetune_from"), config.get("init_from")]
+    ancestors = [model.finetuned_from(), model.initialised_from()]
     return all(
         _here(as_kind(RunVersion(root / label), ModelRun), root)
         for label in ancestors
@@ -143,7 +139,7 @@ def _members(fusion: FusionRun, root: Path) -> list[EvaluationRun]:
     """A fusion's members' evaluations (its parents)."""
     return [
         as_kind(parent(fusion.version, i, root), EvaluationRun)
-        for i in range(len(fusion.manifest()["parents"]))
+        for i in range(fusion.member_count())
     ]
 
 

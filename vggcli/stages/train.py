@@ -8,7 +8,6 @@ goes through `execute` too, so `runs/D` always names the most advanced stage of 
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,16 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vggcli import checkpoints, device, distributed
-from vggcli.artifacts import DatasetRun, Kind, ModelRun, latest_of_kind, resolve_as
-from vggcli.data.loader import check_decode
+from vggcli.artifacts import DatasetRun, Kind, ModelRun, as_kind, latest_of_kind, resolve_as
+from vggcli.config import NetSpec, Recipe, Runtime, TrainConfig, check_decode
 from vggcli.distributed import Cluster
 from vggcli.errors import VggError
-from vggcli.models import VGG, NetSpec, check_takes_a_layers, count_parameters
+from vggcli.models import VGG, check_takes_a_layers, count_parameters
 from vggcli.processes import pause_point, sigterm_requests_stop
 from vggcli.progress import console
 from vggcli.runs import FAILED, INTERRUPTED, RUNNING, RunVersion, locate, versions
-from vggcli.stages.common import open_on_lead, read_on_every_rank
-from vggcli.train import Recipe, Runtime, TrainConfig, TrainData, Trainer, build_model, results
+from vggcli.stages.common import lead_run, read_on_every_rank
+from vggcli.train import TrainData, Trainer, build_model, results
 
 if TYPE_CHECKING:
     import torch
@@ -122,11 +121,11 @@ def _train(
 
     model, parents, data = read_on_every_rank(cluster, chosen, read)
     label = device.label(chosen)
-    writer = open_on_lead(
-        cluster, root, name, Kind.MODEL, config.as_manifest(), label, parents,
-        resume_only=resume_only,
-    )
-    with writer or contextlib.nullcontext():
+    with lead_run(
+        root, name, Kind.MODEL, config.as_manifest(), parents=parents, device=label,
+        cluster=cluster, resume_only=resume_only,
+    ) as out:
+        writer = out.writer
         store = checkpoints.LeadCheckpoints(cluster, writer)
         metrics = checkpoints.RunMetrics(writer) if writer else checkpoints.NO_METRICS
         trainer = Trainer(
@@ -144,7 +143,7 @@ def _train(
             metrics.record()
             store.clear()
             writer.set_result("training", summary)
-    return summary, cluster.broadcast(str(writer.path) if writer else None)
+    return summary, str(out.version.path)
 
 
 def _refuse_no_steps(config: TrainConfig, dataset: DatasetRun) -> None:
@@ -208,7 +207,7 @@ def initialisation(
         a_run
         for a_run in latest_of_kind(root, ModelRun)
         if a_run.net() == "A" and a_run.dataset() == dataset.label
-        and a_run.config()["net"]["width"] == net.width and a_run.crop() == net.crop
+        and a_run.width() == net.width and a_run.crop() == net.crop
     ]
     if len(found) > 1:
         names = ", ".join(a_run.label for a_run in found)
@@ -333,6 +332,6 @@ def resume(request: ResumeRequest, root: Path) -> RunVersion:
         )
     if versions(path.parent)[-1] != version:
         raise VggError(f"{version.label} is not the latest version of {version.name}")
-    config = TrainConfig.from_manifest(version.manifest()["config"])
+    config = as_kind(version, ModelRun).train_config()
     pause_point("resume-checked")  # tests hold a resume here to race another writer
     return execute(config, root, version.name, request.runtime, resume_only=version.path)
