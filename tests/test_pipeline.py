@@ -291,10 +291,14 @@ def _three_nets(tmp_path: Path, root: Path, source: Path, bad: str = "") -> Path
     return path
 
 
-def test_jobs_run_ready_steps_at_once_with_the_serial_runs_numbers(vgg, tmp_path) -> None:
+def test_jobs_match_the_serial_run_and_a_changed_step_reruns_every_step_after_it(
+    vgg, tmp_path
+) -> None:
     """--jobs 2 on 2 cores: each step runs on one core; a serial run pinned to one core
     (`taskset -c 0`: CPU results depend on the core count, which sets the loader's workers
-    and, through FFCV, torch's threads) makes every weight the same. A and A2 overlap."""
+    and, through FFCV, torch's threads) makes every weight the same. A and A2 overlap.
+    Then A's command changes: A makes a new version, and B, which matched A's old version,
+    is not taken as done but runs again on the new one (by --jobs too)."""
     from vggcli.pipeline import local
 
     cores = os.sched_getaffinity(0)
@@ -320,6 +324,17 @@ def test_jobs_run_ready_steps_at_once_with_the_serial_runs_numbers(vgg, tmp_path
         assert device == "cpu (1 cores)"  # its share of the machine
     spans = {n: _span(tmp_path / "jobs", n) for n in ("A", "A2")}
     assert spans["A"][0] < spans["A2"][1] and spans["A2"][0] < spans["A"][1]
+
+    root = serial_root  # one pipeline's runs, changed below
+    changed = _three_nets(tmp_path, root, source, bad=" --lr 0.002")
+    plan = pipeline.load(changed, root)
+    assert {n: s for n, (s, _) in pipeline.states(plan).items()} == {
+        "data": "done", "A": "to run", "A2": "done", "B": "waiting for inputs"}
+    again = vgg("pipeline", "run", str(changed), "--jobs", "2", "--runs-root", str(root))
+    assert again.exit_code == 0 and "2 step(s) run" in again.output, again.output
+    assert [len(versions(root / n)) for n in ("data", "A", "A2", "B")] == [1, 2, 1, 2]
+    parents = resolve("B", root).manifest()["parents"]
+    assert next(p for p in parents if p["run"] == "A")["version"] == "v002"
 
 
 def _span(root: Path, name: str) -> tuple[float, float]:
@@ -369,25 +384,6 @@ def test_jobs_split_the_cores_and_the_visible_gpus(monkeypatch) -> None:
         local.slots(3)
     with pytest.raises(VggError, match="8 concurrent steps are more than the 7 cores here"):
         local.slots(8)
-
-
-def test_a_changed_step_reruns_every_step_after_it(vgg, tmp_path) -> None:
-    """A's command changes: A makes a new version, and B, which matched A's old version,
-    is not taken as done but runs again on the new one (by --jobs too)."""
-    source = make_dataset(tmp_path / "tiny", SyntheticSpec(4, 6, 3, seed=2))
-    root = tmp_path / "runs"
-    first = vgg("pipeline", "run", str(_three_nets(tmp_path, root, source)), "--runs-root",
-                str(root))
-    assert first.exit_code == 0, first.output
-    changed = _three_nets(tmp_path, root, source, bad=" --lr 0.002")
-    plan = pipeline.load(changed, root)
-    assert {n: s for n, (s, _) in pipeline.states(plan).items()} == {
-        "data": "done", "A": "to run", "A2": "done", "B": "waiting for inputs"}
-    again = vgg("pipeline", "run", str(changed), "--jobs", "2", "--runs-root", str(root))
-    assert again.exit_code == 0 and "2 step(s) run" in again.output, again.output
-    assert [len(versions(root / n)) for n in ("data", "A", "A2", "B")] == [1, 2, 1, 2]
-    parents = resolve("B", root).manifest()["parents"]
-    assert next(p for p in parents if p["run"] == "A")["version"] == "v002"
 
 
 def test_too_many_jobs_is_one_line_naming_the_option_once(vgg) -> None:

@@ -1,4 +1,4 @@
-"""Table 1 of the paper as data, one builder, and init-from-A.
+"""One builder of the nets of Table 1 (config.CONFIGS: the paper's table as data), and init-from-A.
 
 The model owns its input normalisation: it takes 0-255 RGB and subtracts its `mean` buffer
 (the training set's mean RGB, the paper's only preprocessing) and divides by its `std`
