@@ -4,6 +4,9 @@ of a full decode, and `vgg bench loader` measures every loader on the same image
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -244,3 +247,24 @@ def test_an_unknown_decode_path_is_refused_before_any_plan(vgg, train_root, comm
     result = vgg(*command, "--scale", "64", "--decode", "nvjpeg")
     assert result.exit_code == 2 and "--decode" in result.output
     assert "choose ffcv, torch, gpu" in result.output and "Traceback" not in result.output
+
+
+def test_ffcvs_import_keeps_its_typed_dict_compiles_on_disk(tmp_path) -> None:
+    """vggcli.data.numba_cache: the first process compiles the numba typed-dict code that
+    FFCV's import needs and stores it; the next loads it (about 2 s of every start saved)."""
+    code = (
+        "import vggcli.data.beton; from numba.typed import typeddict; "
+        "stats = typeddict._make_dict.stats; "
+        "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def hits_and_misses() -> list[int]:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        return [int(n) for n in out.stdout.split()]
+
+    assert hits_and_misses() == [0, 1]
+    assert list(tmp_path.rglob("*.nbi"))  # the index of what was stored
+    assert hits_and_misses() == [1, 0]

@@ -84,7 +84,7 @@ def test_verdicts_have_three_outcomes_in_both_directions() -> None:
     assert _verdict(close, other, no_better) == Verdict.NOT_SHOWN
     assert _verdict(better, worse, no_better) == Verdict.FAILS
     assert _verdict(worse, better, no_better) == Verdict.HOLDS  # significantly worse: no better
-    # ... while 10,000 images with 100 vs 100 discordant bound the difference inside 1 point
+    # ... while 10,000 images with 100 vs 100 discordant bound it inside half a point
     same, twin = _scores(9000, 9000, 8900, total=10_000)
     assert _verdict(same, twin, no_better) == Verdict.HOLDS
     # and a real gain smaller than the margin is still a gain: the claim does not hold
@@ -104,11 +104,40 @@ def test_not_shown_says_what_the_images_allow() -> None:
     assert twins.verdict == Verdict.NOT_SHOWN and twins.why == "both get the same images right"
 
 
-def test_the_margin_test_is_one_sided_z_by_hand() -> None:
-    diff = Difference(-0.004, 0.002, 0.05, "x")  # first 0.4 points better, se 0.2
-    # H0: first better by >= 1 point; z = (-0.004 + 0.01) / 0.002 = 3
-    assert diff.p_not_better_by(0.01) == pytest.approx(0.5 * math.erfc(3 / math.sqrt(2)))
-    assert Difference(-0.02, 0.0, 0.0, "x").p_not_better_by(0.01) == 1.0
+def _tail(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def test_the_paired_margin_test_takes_its_variance_at_the_margin() -> None:
+    """Tango's score test against a likelihood maximised by brute force: the rate of images
+    only the first gets right, q, with q - margin for those only the second gets right."""
+    wins, losses, n, margin = 2, 5, 100, 0.01
+    q = np.linspace(margin + 1e-9, (1 + margin) / 2 - 1e-9, 2_000_001)
+    concordant = n - wins - losses
+    likelihood = (
+        losses * np.log(q - margin) + wins * np.log(q) + concordant * np.log(1 - 2 * q + margin)
+    )
+    rate = q[np.argmax(likelihood)]
+    z = ((losses - wins) / n + margin) / math.sqrt((2 * rate - margin - margin**2) / n)
+    diff = Difference((losses - wins) / n, 0.0, 1.0, "x", counts=(wins, losses, n))
+    assert diff.p_not_better_by(margin) == pytest.approx(_tail(z), rel=1e-4)
+    # two nets that agree on all 200 images: z = sqrt(n margin / (1 - margin)), not infinite
+    same = Difference(0.0, 0.0, 1.0, "x", counts=(0, 0, 200))
+    assert same.p_not_better_by(0.005) == pytest.approx(_tail(math.sqrt(200 * 0.005 / 0.995)))
+    assert same.p_not_better_by(0.005) > 0.1  # 200 images cannot show half a point
+    # one image apart shows nothing either (the observed variance would say p < 0.001)
+    assert Difference(0.005, 0.0, 1.0, "x", counts=(0, 1, 200)).p_not_better_by(0.005) > 0.05
+
+
+def test_the_unpaired_margin_test_is_agresti_caffo() -> None:
+    a, b = Score(0.2, 100), Score(0.3, 100)
+    diff = Difference.of(a, b)
+    assert diff is not None
+    first, second = 21 / 102, 31 / 102  # one image right and one wrong added to each
+    spread = math.sqrt(first * (1 - first) / 102 + second * (1 - second) / 102)
+    assert diff.p_not_better_by(0.005) == pytest.approx(_tail((first - second + 0.005) / spread))
+    zero = Difference.of(Score(0.0, 10), Score(0.0, 10))  # no variance observed at all
+    assert zero is not None and 0.3 < zero.p_not_better_by(0.005) < 0.5
 
 
 def test_holm_adjusts_step_down_and_keeps_order() -> None:

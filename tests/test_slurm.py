@@ -167,10 +167,12 @@ def test_preempted_training_requeues_and_ends_with_the_uninterrupted_weights(
         subprocess.run(preempt, check=True)
         _wait_for(lambda: slurm.job_states().get(jobs["A"]) == "PENDING", "the requeue")
         # a requeued job waits two minutes before it may start again; no need in a test once
-        # the old start has exited (its lock is free; it marked its version failed, which the
-        # next start resumes): started while slurmd was still killing the old one, a busy
-        # machine saw "Killing non-startable batch job: Job credential revoked"
+        # the old start is over (its version no longer running: failed, which the next start
+        # resumes; and none of its processes left): started while slurmd was still killing
+        # the old one, a busy machine saw "Killing non-startable batch job: Job credential
+        # revoked"
         _wait_for(lambda: versions(root / "A")[-1].status() != RUNNING, "the old start")
+        _wait_for(lambda: not _processes_of(jobs["A"]), "the old start's processes to end")
         subprocess.run(["scontrol", "update", f"JobId={jobs['A']}", "StartTime=now"], check=True)
     states = _wait_until_idle(pipeline)
     assert states["A"] == states["ref"] == "COMPLETED"
@@ -190,6 +192,18 @@ def _steps_done(root: Path) -> int:
     if not metrics.exists():
         return 0
     return sum(json.loads(line)["kind"] == "step" for line in metrics.read_text().splitlines())
+
+
+def _processes_of(job: str) -> list[int]:
+    """The processes of a Slurm job still alive (their environment names the job)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"SLURM_JOB_ID={job}\0".encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def _wait_for(ready, what: str, timeout: float = 180) -> None:

@@ -34,7 +34,7 @@ CONFIGS: dict[str, list[int | str]] = {
 
 SCHEME = 3  # the augmentation scheme new runs use (see data/loader.py's docstring)
 # where training images are decoded: FFCV's compiled workers (libjpeg-turbo, OpenCV resize),
-# torchvision on the CPU, or nvJPEG on the CUDA device (the last two: torch_loader.py)
+# torchvision on the CPU, or nvJPEG on the CUDA device (the last two: data/torch_loader.py)
 DECODES = ("ffcv", "torch", "gpu")
 INSERTED_INITS = ("random", "identity")
 
@@ -160,7 +160,7 @@ class TrainConfig:
     finetune_from: str | None = None  # label of the run version whose weights we start from
     augmentation: int = SCHEME  # per-image random draws: see data/loader.py
     fc_only: bool = False  # train fc6-fc8 alone, convs frozen (the ILSVRC-submission D)
-    # who decodes the training images (data/loader.py's DECODES): torch and gpu resize a
+    # who decodes the training images (DECODES above): torch and gpu resize a
     # little differently from ffcv, so a run records its choice and resumes with it
     decode: str = "ffcv"
 

@@ -212,6 +212,7 @@ PAPER_RECIPE = (
     ("recipe", "final_drop", 0, "epochs at lr / 10 scheduled at the end"),
     ("recipe", "init", "normal", "random init"),
     ("recipe", "init_std", 1e-2, "init std"),
+    ("recipe", "last_std", 1e-2, "init std of fc8"),  # a config's None: its init std
     ("recipe", "inserted_init", "random", "init of the layers not copied from A"),
     ("recipe", "colour_sigma", 0.1, "colour shift sigma"),
     ("recipe", "max_steps", 0, "steps at most (0: no cap)"),
@@ -220,7 +221,7 @@ PAPER_RECIPE = (
     ("", "precision", "fp32", "training arithmetic"),
 )
 FINETUNE_LR = 1e-3
-INIT_KEYS = ("init", "init_std", "inserted_init")
+INIT_KEYS = ("init", "init_std", "last_std", "inserted_init")
 
 
 def departures(curve: Curve) -> list[tuple[str, str]]:
@@ -234,6 +235,8 @@ def departures(curve: Curve) -> list[tuple[str, str]]:
             continue  # fine-tunes start from weights; B-E's other layers have their own line
         where = curve.config.get(section, {}) if section else curve.config
         ours = where.get(key, paper)
+        if ours is None:
+            continue  # last_std unset: fc8 starts as the other layers do
         if ours != paper and not (isinstance(paper, float) and math.isclose(ours, paper)):
             found.append((what, f"{_value(ours)} (the paper's {_value(paper)})"))
     return found
@@ -644,7 +647,8 @@ def write_report(
         "right (wins vs losses of the first); on different images, by a two-proportion z-test. "
         "A claim that something does *not* help is tested against a margin: the first "
         f"model must be shown to be better by less than {100 * MARGIN:g} point of top-1 error "
-        "(a one-sided z-test, the half of an equivalence test the claim needs), or worse. "
+        "(a one-sided score test, the half of an equivalence test the claim needs), or "
+        "worse; significantly better, it does not hold. "
         f"All p-values are adjusted together by Holm's method; adjusted p < {SIGNIFICANCE} "
         "decides **holds** (significant in the paper's direction, or within the margin) "
         "or **does not hold** (significant the other way). Anything else is *not shown*, "

@@ -8,6 +8,10 @@ line, and reports progress to our rich bar instead of tqdm.
 
 from __future__ import annotations
 
+import vggcli.data.numba_cache  # noqa: F401  (before FFCV: see there)
+
+# isort: split
+
 import ctypes
 import errno
 import os

@@ -25,6 +25,10 @@ its slice of each.
 
 from __future__ import annotations
 
+import vggcli.data.numba_cache  # noqa: F401  (before FFCV: see there)
+
+# isort: split
+
 from collections.abc import Iterable
 
 import numba

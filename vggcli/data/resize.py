@@ -12,6 +12,10 @@ int64 array, so the calls compile with numba like FFCV's own ctypes calls.
 
 from __future__ import annotations
 
+import vggcli.data.numba_cache  # noqa: F401  (before FFCV: see there)
+
+# isort: split
+
 import ctypes
 
 import ffcv._libffcv
