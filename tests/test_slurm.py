@@ -168,11 +168,13 @@ def test_preempted_training_requeues_and_ends_with_the_uninterrupted_weights(
         _wait_for(lambda: slurm.job_states().get(jobs["A"]) == "PENDING", "the requeue")
         # a requeued job waits two minutes before it may start again; no need in a test once
         # the old start is over (its version no longer running: failed, which the next start
-        # resumes; and none of its processes left): started while slurmd was still killing
-        # the old one, a busy machine saw "Killing non-startable batch job: Job credential
-        # revoked"
+        # resumes; none of its processes left) and a new second has begun: slurmd refuses a
+        # start whose credential was made in the second it revoked the old one's (it keeps
+        # whole seconds), and the job then fails ("Killing non-startable batch job: Job
+        # credential revoked", seen twice on a busy machine)
         _wait_for(lambda: versions(root / "A")[-1].status() != RUNNING, "the old start")
         _wait_for(lambda: not _processes_of(jobs["A"]), "the old start's processes to end")
+        time.sleep(2)
         subprocess.run(["scontrol", "update", f"JobId={jobs['A']}", "StartTime=now"], check=True)
     states = _wait_until_idle(pipeline)
     assert states["A"] == states["ref"] == "COMPLETED"
