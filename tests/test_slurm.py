@@ -62,16 +62,17 @@ def _wait_until_idle(pipeline: plan.Pipeline, timeout: float = 240) -> dict[str,
     raise AssertionError(f"jobs still running after {timeout} s: {rows}")
 
 
-DIAMOND = f"""
-[resources]
-time = 10
+# the smallest pipeline with a dependency: the data, then net A trained on it
+DATA_THEN_A = f"""
 [[step]]
 name = "data"
 run = "preprocess {{source}} --max-side 64"
 [[step]]
 name = "A"
 run = "train --net A --scale 40 --epochs 1 --data {{{{data}}}} {NET}"
-[[step]]
+"""
+
+DIAMOND = "\n[resources]\ntime = 10" + DATA_THEN_A + f"""[[step]]
 name = "A2"
 run = "train --net A --scale 48 --epochs 1 --data {{{{data}}}} {NET}"
 [[step]]
@@ -234,14 +235,7 @@ def test_a_job_started_more_often_than_its_requeues_allow_fails_at_once(
 def test_cancel_cancels_queued_and_running_jobs_and_status_shows_them(
     cluster: None, source: Path, tmp_path: Path, vgg
 ) -> None:
-    pipeline = _pipeline(tmp_path, f"""
-        [[step]]
-        name = "data"
-        run = "preprocess {source} --max-side 64"
-        [[step]]
-        name = "A"
-        run = "train --net A --scale 40 --epochs 1 --data {{data}} {NET}"
-    """)
+    pipeline = _pipeline(tmp_path, DATA_THEN_A.format(source=source))
     jobs = slurm.submit(pipeline, report=lambda _: None)
     _wait_for(lambda: slurm.job_states().get(jobs["data"]) == "RUNNING", "data to start")
     cancelled = vgg("pipeline", "cancel", str(pipeline.path))
@@ -331,14 +325,7 @@ def test_only_scaling_commands_may_ask_for_several_nodes(tmp_path: Path) -> None
 def test_a_dry_run_says_what_it_would_submit_and_touches_nothing(
     source: Path, tmp_path: Path, vgg
 ) -> None:
-    pipeline = _pipeline(tmp_path, f"""
-        [[step]]
-        name = "data"
-        run = "preprocess {source} --max-side 64"
-        [[step]]
-        name = "A"
-        run = "train --net A --scale 40 --epochs 1 --data {{data}} {NET}"
-    """)
+    pipeline = _pipeline(tmp_path, DATA_THEN_A.format(source=source))
     said: list[str] = []
     assert slurm.submit(pipeline, said.append, dry_run=True) == {"data": "<data>", "A": "<A>"}
     assert said[1].startswith("[bold]submit[/] A after <data>: vgg train")
