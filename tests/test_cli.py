@@ -122,3 +122,21 @@ def test_scene_demo_data_is_deterministic_and_varied(vgg, tmp_path: Path) -> Non
     assert len(list((out / "train").glob("*/*.JPEG"))) == 10
     bad = vgg("make-demo-data", str(tmp_path / "x"), "--min-object", "0.8", "--max-object", "0.5")
     assert bad.exit_code != 0 and "need 0 < min <= max" in bad.output
+
+
+def test_loader_workers_default_to_omp_num_threads_else_the_cores_per_rank(monkeypatch) -> None:
+    """FFCV's loader sets torch's threads to its worker count: a default above
+    OMP_NUM_THREADS would oversubscribe cores the user (or `--nproc`, or a pipeline's
+    --jobs) gave to this process."""
+    import os
+
+    from vggcli.config import default_workers
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_workers() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_workers() == max(1, cores // 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_workers() == cores

@@ -8,10 +8,11 @@ configs without loading either; the loop (train.py), the models (models.py) and 
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vggcli.device import Precision
+from vggcli.device import Precision, omp_threads
 from vggcli.errors import VggError
 
 # conv3 output channels, "M" = 2x2/2 max-pool, "Ck-n" = k x k conv with n outputs ("C1-512":
@@ -223,3 +224,11 @@ class Runtime:
     checkpoint_minutes: float = 10.0
     checkpoint_steps: int = 0  # also checkpoint every N steps (0 = only by time and epoch)
     device: str = "auto"
+
+
+def default_workers() -> int:
+    """Loader workers when --workers is not given: OMP_NUM_THREADS when set (FFCV's loader
+    sets torch's threads to its worker count, so more workers would oversubscribe the cores
+    the user gave this process), else the node's cores shared among its ranks."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return omp_threads() or max(1, len(os.sched_getaffinity(0)) // ranks_here)

@@ -72,10 +72,10 @@ def use_cores() -> None:
     2 cores; its loaders set their worker count again while they run."""
     import torch
 
-    torch.set_num_threads(_omp_threads() or available_cores())
+    torch.set_num_threads(omp_threads() or available_cores())
 
 
-def _omp_threads() -> int:
+def omp_threads() -> int:
     """OMP_NUM_THREADS's first level ("4" or "4,2"), 0 when unset or unreadable."""
     first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     return int(first) if first.isdigit() else 0

@@ -15,6 +15,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
+from vggcli.config import default_workers
 from vggcli.errors import PREEMPTED, VggError
 
 P = ParamSpec("P")
@@ -135,9 +136,13 @@ def runs_root(value: Path | None) -> Path:
 
 
 def workers(value: int | None) -> int:
-    """Loader workers of this process: the cores shared among the processes on this node."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return value or max(1, len(os.sched_getaffinity(0)) // local)
+    """Loader workers of this process: --workers, else config.default_workers()."""
+    return value or default_workers()
+
+
+def processes(value: int | None) -> int:
+    """Worker processes of a preprocess: --workers, else every core this process may use."""
+    return value or len(os.sched_getaffinity(0))
 
 
 def without_nproc(args: list[str]) -> list[str]:

@@ -14,9 +14,9 @@ from vggcli.commands.common import (
     at_least,
     bounded,
     done,
+    processes,
     runs_root,
     user_errors,
-    workers,
 )
 
 
@@ -45,7 +45,7 @@ def command(
     config = stage.PreprocessConfig(
         source=source,
         name=name or source.resolve().name,
-        workers=workers(jobs),
+        workers=processes(jobs),
         subset=stage.Subset(classes, train_per_class, val_per_class),
         storage=storage,
         val_labels=val_labels,
