@@ -97,7 +97,7 @@ test: setup
     set -euo pipefail
     trap 'echo "just test: $SECONDS s (lint and tests)"' EXIT
     {{bin}}/ruff check vggcli tests
-    {{bin}}/pytest -q -n auto --dist loadfile
+    {{bin}}/pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 # Only the fast tests (skips the end-to-end ones marked slow)
 test-fast: setup

@@ -99,3 +99,21 @@ def metrics_rows(version_path: Path) -> list[dict]:
     """The rows of a training run's metrics.jsonl."""
     lines = (version_path / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+# `just test` (pytest-xdist, --dist loadfile --no-loadscope-reorder) hands each worker whole
+# files in collection order. test_learning.py takes a minute or more on one worker with only
+# two tests; xdist's own order (most tests first) handed it out last, and the other core idled
+# until it ended. So it goes first, then the files with the most tests.
+LONGEST_FILES = ("test_learning.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_in: dict[str, int] = {}
+    for item in items:
+        tests_in[item.path.name] = tests_in.get(item.path.name, 0) + 1
+
+    def rank(item: pytest.Item) -> tuple[bool, int]:
+        return item.path.name not in LONGEST_FILES, -tests_in[item.path.name]
+
+    items.sort(key=rank)
