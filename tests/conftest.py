@@ -33,6 +33,17 @@ def make_dataset(folder: Path, spec: SyntheticSpec = TINY) -> Path:
     return folder
 
 
+def edit_manifest(version: Path, edit: Callable[[dict], None]) -> None:
+    """Change a version's manifest as a process of ours would (killed mid-run, or written by
+    an older version of the tool), re-sealed: a hand edit is caught as damage."""
+    from vggcli.runs import sealed
+
+    path = version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(sealed(manifest)))
+
+
 @pytest.fixture
 def tiny_source(tmp_path: Path) -> Path:
     """A fresh 4-class ILSVRC-layout folder (flat val + LOC_val_solution.csv) per test."""

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import vgg_process
+from tests.conftest import edit_manifest, vgg_process
 from tests.test_train import TINY
-from vggcli.runs import COMPLETE, FAILED, RUNNING, UNREADABLE, RunWriter, versions
+from vggcli.errors import VggError
+from vggcli.runs import COMPLETE, DAMAGED, FAILED, RUNNING, RunWriter, versions
 
 TRAIN = ["train", "--net", "A", "--scale", "40", "--epochs", "1", *TINY]
 
@@ -166,7 +167,7 @@ def test_a_flipped_byte_in_a_beton_jpeg_stops_training(vgg, train_root) -> None:
     _one_line_error(result, 1, "tiny/v001: train.beton does not match its recorded sha256")
     assert not (train_root / "A").exists()
     checked = vgg("verify", "tiny")
-    assert checked.exit_code == 1 and "1 of 5 files damaged" in checked.output
+    assert checked.exit_code == 1 and "1 of 6 files damaged" in checked.output  # manifest included
 
 
 def test_a_damaged_jpeg_header_is_counted_and_fails_training(vgg, train_root) -> None:
@@ -235,10 +236,9 @@ def test_an_object_array_is_never_unpickled(vgg, eval_root) -> None:
 def _rerecord(version: Path, name: str) -> None:
     from vggcli.files import sha256_file
 
-    manifest = json.loads((version / "manifest.json").read_text())
     path = version / name
-    manifest["outputs"][name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-    (version / "manifest.json").write_text(json.dumps(manifest))
+    record = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    edit_manifest(version, lambda m: m["outputs"].update({name: record}))
 
 
 def test_one_model_fused_with_itself_is_refused(vgg, eval_root) -> None:
@@ -304,9 +304,8 @@ def test_resume_never_starts_a_new_version_when_another_writer_takes_it(train_ro
     process = vgg_process(*TRAIN, "--max-steps", "1", runs_root=train_root)
     assert process.wait(timeout=120) == 0
     version = versions(train_root / "A")[0]
-    manifest = json.loads((version.path / "manifest.json").read_text())
-    manifest["status"] = RUNNING  # as a killed run leaves it
-    (version.path / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(version.path, lambda m: m.update(status=RUNNING))  # as a killed run leaves it
+    manifest = version.manifest()
     pause = {"VGG_PAUSE_AT": "resume-checked", "VGG_PAUSE_DIR": str(tmp_path)}
     resume = vgg_process(
         "train", "--resume", "A/v001", runs_root=train_root, extra_env=pause
@@ -329,21 +328,54 @@ def _wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_an_unreadable_manifest_is_listed_and_blocks_nothing(vgg, tmp_path: Path) -> None:
+def test_a_damaged_manifest_is_named_listed_and_blocks_nothing(vgg, tmp_path: Path) -> None:
+    """Garbled, of the wrong shape, deleted, edited by hand: every reader says which
+    manifest is damaged and how (exit 1), `vgg runs` marks it, and the next command for the
+    name makes a new version beside it."""
     root = tmp_path / "runs"
-    with RunWriter.open(root, "X", kind="model", config={"a": 1}):
-        pass
+    with RunWriter.open(root, "X", kind="model", config={"a": 1}) as writer:
+        writer.set_result("mean_rgb", [120.0, 115.0, 100.0])
+    manifest = root / "X" / "v001" / "manifest.json"
+    sealed = manifest.read_text()
+    edited = sealed.replace("120.0", "0.0")  # a statistic changed by hand
     bad_record = '{"status": "complete", "config": {}, "outputs": {"model.pt": 5}}'
-    for garbage in ("{not json", "[1, 2]", '{"status": "complete"}', bad_record):
-        (root / "X" / "v001" / "manifest.json").write_text(garbage)
-        assert versions(root / "X")[0].status() == UNREADABLE
+    damage = {"{not json": "not readable JSON", "[1, 2]": "a JSON list, not an object",
+              '{"status": "complete"}': "'config' missing", bad_record: "not a record of size",
+              edited: "does not match its content_sha256", None: "it is missing"}
+    for garbage, why in damage.items():
+        if garbage is None:
+            manifest.unlink()
+        else:
+            manifest.write_text(garbage)
+        assert versions(root / "X")[0].status() == DAMAGED
         listed = vgg("runs", "--runs-root", str(root))
-        assert listed.exit_code == 0 and "unreadable" in listed.output, listed.output
-        _one_line_error(vgg("evaluate", "X", "--runs-root", str(root)), 2, "no complete version")
+        assert listed.exit_code == 0 and "damaged" in listed.output, listed.output
+        for command in (["evaluate", "X"], ["verify", "X"], ["verify", "X/v001"]):
+            _one_line_error(vgg(*command, "--runs-root", str(root)), 1,
+                            f"manifest of {root / 'X' / 'v001'} is damaged", why)
     with RunWriter.open(root, "X", kind="model", config={"a": 1}) as writer:
         assert writer.path.name == "v002"
-    checked = vgg("verify", "X/v001", "--runs-root", str(root))
-    _one_line_error(checked, 2, "is unreadable, not complete")
+
+
+def test_an_edited_parent_is_caught_in_every_child(vgg, tmp_path: Path) -> None:
+    """A dataset's statistic edited (and re-sealed, as a careful hand would) after a model
+    recorded it: the model's readers refuse the changed parent; `vgg verify` lists it."""
+    from vggcli.artifacts import parent
+
+    root = tmp_path / "runs"
+    with RunWriter.open(root, "data", kind="dataset", config={}) as writer:
+        writer.set_result("mean_rgb", [120.0, 115.0, 100.0])
+    data = versions(root / "data")[0]
+    with RunWriter.open(root, "A", kind="model", config={}, parents=[data]):
+        pass
+    model = versions(root / "A")[0]
+    assert parent(model, 0, root) == data
+    edit_manifest(data.path, lambda m: m["results"].update(mean_rgb=[0, 0, 0]))
+    with pytest.raises(VggError, match="changed since A/v001 recorded it") as caught:
+        parent(model, 0, root)
+    assert caught.value.exit_code == 1
+    checked = vgg("verify", "A", "--runs-root", str(root))
+    assert checked.exit_code == 1 and "changed since A/v001 recorded it" in checked.output
 
 
 def test_a_pipeline_step_passes_over_an_unreadable_version(tmp_path: Path) -> None:

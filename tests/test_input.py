@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import edit_manifest
 from vggcli.data.jpeg_window import decode_window_nogil as decode_window
 from vggcli.data.loader import FAST_EIGHTHS, decode_eighths, make_loader, scaled_edge, scaled_size
 from vggcli.data.resize import mirror, resize_window
@@ -228,10 +229,12 @@ def test_an_interrupted_scheme_2_run_resumes_with_full_size_decoding(vgg, train_
     tiny = ["--width", "0.0625", "--crop", "32", "--batch-size", "16", "--scale", "40"]
     assert vgg("train", "--net", "A", *tiny, "--epochs", "1").exit_code == 0
     manifest_path = resolve("A", train_root).path / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    assert manifest["config"]["augmentation"] == 3
-    manifest["config"]["augmentation"], manifest["status"] = 2, "running"  # killed
-    manifest_path.write_text(json.dumps(manifest))
+    assert json.loads(manifest_path.read_text())["config"]["augmentation"] == 3
+
+    def killed_under_scheme_2(manifest: dict) -> None:
+        manifest["config"]["augmentation"], manifest["status"] = 2, "running"
+
+    edit_manifest(manifest_path.parent, killed_under_scheme_2)
     result = vgg("train", "--net", "A", *tiny, "--epochs", "1")
     assert result.exit_code == 0, result.output
     assert "(resuming)" in result.output

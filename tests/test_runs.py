@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from vggcli.errors import VggError
-from vggcli.runs import COMPLETE, FAILED, INTERRUPTED, RunVersion, RunWriter, resolve, versions
+from vggcli.runs import (
+    COMPLETE,
+    FAILED,
+    INTERRUPTED,
+    RunVersion,
+    RunWriter,
+    content_sha256,
+    resolve,
+    versions,
+)
 
 
 def _finish(root: Path, name: str, config: dict | None = None, **kwargs) -> RunVersion:
@@ -30,7 +39,8 @@ def test_rerun_makes_next_version_and_resolve_picks_latest_complete(tmp_path: Pa
 def test_manifest_records_outputs_with_hashes_and_provenance(tmp_path: Path) -> None:
     version = _finish(tmp_path, "D", config={"net": "D"}, device="cpu")
     manifest = version.manifest()
-    assert manifest["status"] == COMPLETE and manifest["schema_version"] == 1
+    assert manifest["status"] == COMPLETE and manifest["schema_version"] == 2
+    assert manifest["content_sha256"] == content_sha256(manifest)
     assert manifest["config"] == {"net": "D"}
     assert manifest["provenance"]["device"] == "cpu"
     assert manifest["provenance"]["torch"] == "2.14.1"

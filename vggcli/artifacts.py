@@ -21,9 +21,17 @@ from typing import Any, ClassVar, TypeVar
 
 from vggcli import integrity
 from vggcli.config import NetSpec, TrainConfig
-from vggcli.errors import VggError
+from vggcli.errors import VggError, WorkFailed
 from vggcli.eval_settings import default_scales
-from vggcli.runs import COMPLETE, RunVersion, latest_complete, list_runs, resolve, versions
+from vggcli.runs import (
+    COMPLETE,
+    MANIFEST,
+    RunVersion,
+    latest_complete,
+    list_runs,
+    resolve,
+    versions,
+)
 
 
 class Kind(StrEnum):
@@ -365,9 +373,18 @@ def find_evaluation(
     return None
 
 
-def parent(version: RunVersion, index: int, root: Path) -> RunVersion:
+def parent(version: RunVersion, index: int, root: Path, *, checked: bool = True) -> RunVersion:
     """A recorded parent, found by its run/version label under `root` (so a moved runs
-    root still resolves), else by the absolute path recorded when it was written."""
+    root still resolves), else by the absolute path recorded when it was written. `checked`:
+    when its manifest is there, it must be sealed and the one the child recorded (an edit,
+    a re-seal or a replacement is a one-line error, exit 1); `vgg verify` lists instead."""
     record = version.manifest()["parents"][index]
     moved = root / record["run"] / record["version"]
-    return RunVersion(moved if moved.is_dir() else Path(record["path"]))
+    found = RunVersion(moved if moved.is_dir() else Path(record["path"]))
+    if checked and (found.path / MANIFEST).is_file():
+        found.manifest()
+        if found.manifest_sha256() != record["manifest_sha256"]:
+            raise WorkFailed(
+                f"manifest of {found.path} changed since {version.label} recorded it "
+                "(replaced or re-sealed): restore it or re-run the commands that made both")
+    return found

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -29,7 +30,8 @@ from vggcli import integrity
 from vggcli.errors import VggError
 from vggcli.files import atomic_write_json, overwrite_in_place, sha256_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the manifest carries its own content_sha256 (1: written before it)
+SEAL = "content_sha256"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 VERSION_PREFIX = "v"
@@ -42,14 +44,28 @@ class Status(StrEnum):
     RUNNING = "running"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # 'running' in the manifest, but nobody holds the lock
-    UNREADABLE = "unreadable"  # no manifest we can read: never resumed, never resolved
+    DAMAGED = "damaged"  # manifest missing, garbled, of the wrong shape or edited
 
 
-COMPLETE, RUNNING, FAILED, INTERRUPTED, UNREADABLE = Status
+COMPLETE, RUNNING, FAILED, INTERRUPTED, DAMAGED = Status
 
 # The manifest fields every reader relies on, and their JSON types.
 _FIELD_TYPES: dict[str, type] = {"status": str, "config": dict, "outputs": dict}
 _OPTIONAL_FIELD_TYPES: dict[str, type] = {"results": dict, "parents": list, "kind": str}
+
+
+def content_sha256(manifest: dict[str, Any]) -> str:
+    """The sha256 of a manifest's canonical JSON (sorted keys, compact), its seal left out:
+    what the manifest records about itself, so an edit to a statistic, a config or a status
+    is found by every reader."""
+    content = {key: value for key, value in manifest.items() if key != SEAL}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def sealed(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its content_sha256 (re)computed."""
+    return {**manifest, SEAL: content_sha256(manifest)}
 
 
 def _now() -> str:
@@ -93,27 +109,35 @@ class RunVersion:
         return f"{self.name}/{self.path.name}"
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest, checked for the shape every reader relies on."""
+        """The manifest, checked against its own content_sha256 and for the shape every
+        reader relies on; a one-line error, exit 1, saying what is damaged."""
         try:
             manifest = json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise self._damaged("it is missing") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise VggError(f"{self.path}: unreadable {MANIFEST} ({exc})", exit_code=1) from exc
-        if (problem := _shape_problem(manifest)) is not None:
-            raise VggError(f"{self.path}: unreadable {MANIFEST} ({problem})", exit_code=1)
+            raise self._damaged(f"not readable JSON ({exc})") from exc
+        if (problem := _shape_problem(manifest) or _seal_problem(manifest)) is not None:
+            raise self._damaged(problem)
         return manifest
+
+    def _damaged(self, problem: str) -> VggError:
+        return VggError(
+            f"manifest of {self.path} is damaged: {problem}; restore it, or move the version "
+            "aside and re-run its command", exit_code=1)
 
     def manifest_sha256(self) -> str:
         return sha256_file(self.path / MANIFEST)
 
     def status(self) -> Status:
         """complete / failed / running, interrupted when 'running' but nobody holds the lock,
-        unreadable when the manifest is missing, garbled or of the wrong shape."""
+        damaged when the manifest is missing, garbled, of the wrong shape or edited."""
         try:
             status = Status(self.manifest()["status"])
         except (VggError, ValueError):
-            return UNREADABLE
+            return DAMAGED
         if status not in (COMPLETE, FAILED, RUNNING):
-            return UNREADABLE
+            return DAMAGED
         if status != RUNNING:
             return status
         with open(self.path / LOCK, "ab") as fh:
@@ -160,6 +184,17 @@ def _shape_problem(manifest: Any) -> str | None:
     return None
 
 
+def _seal_problem(manifest: dict[str, Any]) -> str | None:
+    """Why a manifest's content does not match its seal, or None (schema 1 had no seal)."""
+    recorded = manifest.get(SEAL)
+    if recorded is None:
+        old = isinstance(manifest.get("schema_version"), int) and manifest["schema_version"] < 2
+        return None if old else f"no {SEAL}"
+    if recorded != content_sha256(manifest):
+        return f"its content does not match its {SEAL} (edited after it was written)"
+    return None
+
+
 def _is_latest(path: Path, existing: list[RunVersion]) -> bool:
     return bool(existing) and existing[-1].path.resolve() == path.resolve()
 
@@ -171,7 +206,7 @@ def _not_resumable(version: RunVersion, existing: list[RunVersion]) -> str:
     status = version.status()
     if status == RUNNING:
         return f"{version.label} is being written by another process"
-    if status in (COMPLETE, UNREADABLE):
+    if status in (COMPLETE, DAMAGED):
         return f"{version.label} is {status}"
     return f"{version.label} was started with another config"
 
@@ -221,14 +256,20 @@ def resolve(ref: str | Path, root: Path | None = None) -> RunVersion:
     version; ``runs/D/v002`` pins one, which must be complete.
     """
     path = locate(ref, root)
-    if _version_number(path) is not None and (path / MANIFEST).exists():
+    if _version_number(path) is not None and path.is_dir() and not versions(path):
         version = RunVersion(path)
-        if (status := version.status()) != COMPLETE:
+        if (status := version.status()) == DAMAGED:
+            version.manifest()  # raises, saying what is damaged
+        if status != COMPLETE:
             raise VggError(f"{path} is {status}, not complete; re-run its command to finish it")
         return version
-    if (latest := latest_complete(path)) is None:
-        raise VggError(f"{path} has no complete version; re-run its command to finish it")
-    return latest
+    for version in reversed(versions(path)):
+        status = version.status()
+        if status == COMPLETE:
+            return version
+        if status == DAMAGED:  # never passed over for an older version: say what is wrong
+            version.manifest()
+    raise VggError(f"{path} has no complete version; re-run its command to finish it")
 
 
 def _git_commit() -> str | None:
@@ -397,6 +438,7 @@ class RunWriter:
         return self._manifest.get("attempts", 1) > 1
 
     def _save(self) -> None:
+        self._manifest = sealed(self._manifest)
         atomic_write_json(self.path / MANIFEST, self._manifest)
         self._saved = json.dumps(self._manifest)
 
@@ -467,6 +509,7 @@ class RunWriter:
             last = json.loads(self._saved)  # not the change that failed to land
             last.update({key: self._manifest[key] for key in ("status", "ended")})
             last["error"] = self._manifest["error"][:200]
+            last = sealed(last)
             compact = json.dumps(last, separators=(",", ":")) + "\n"
             overwrite_in_place(self.path / MANIFEST, compact.encode())
 

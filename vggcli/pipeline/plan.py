@@ -31,7 +31,7 @@ from pathlib import Path
 from vggcli.errors import VggError
 from vggcli.pipeline import resources
 from vggcli.pipeline.resources import Resources
-from vggcli.runs import COMPLETE, RUNNING, UNREADABLE, RunVersion, latest_complete, versions
+from vggcli.runs import COMPLETE, DAMAGED, RUNNING, RunVersion, latest_complete, versions
 
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
 SCALES_OUT = ("train", "finetune-scale", "evaluate")  # the steps `--nproc` applies to
@@ -160,7 +160,7 @@ def state(pipeline: Pipeline, step: Step) -> tuple[str, RunVersion | None]:
     if args is None:
         return "waiting for inputs", None
     for version in reversed(versions(pipeline.runs_root / step.name)):
-        if version.status() == UNREADABLE:
+        if version.status() == DAMAGED:
             continue  # listed by `vgg runs`; the step makes a new version beside it
         command = version.manifest().get("command", [])[1:]
         if command == args:

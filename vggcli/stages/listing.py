@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vggcli.artifacts import kind_of
-from vggcli.runs import UNREADABLE, RunVersion, list_runs, versions
+from vggcli.runs import DAMAGED, RunVersion, list_runs, versions
 
 __all__ = ["VersionRow", "rows"]
 
@@ -26,9 +26,9 @@ def rows(root: Path) -> list[VersionRow]:
 
 
 def _row(version: RunVersion) -> VersionRow:
-    """One version; an unreadable manifest is a row that says so, not an abort."""
+    """One version; a damaged manifest is a row that says so, not an abort."""
     status = version.status()
-    if status == UNREADABLE:
+    if status == DAMAGED:
         return VersionRow(version.name, version.path.name, "", str(status), "", "")
     manifest = version.manifest()
     parents = ", ".join(f"{p['run']}/{p['version']}" for p in manifest.get("parents", []))
