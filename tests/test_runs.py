@@ -119,3 +119,25 @@ def test_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
         resolve("nope", tmp_path)
     with pytest.raises(VggError, match="invalid run name"):
         RunWriter.open(tmp_path, "../x", kind="model", config={})
+
+
+def test_a_run_name_holds_one_kind(tmp_path: Path) -> None:
+    """`--name d` for a model when `d` holds a dataset is refused before a version is made,
+    naming the option; the same kind still gets its next version."""
+    with RunWriter.open(tmp_path, "d", kind="dataset", config={}):
+        pass
+    with pytest.raises(VggError, match="run 'd' holds dataset versions") as refused:
+        RunWriter.open(tmp_path, "d", kind="model", config={})
+    assert refused.value.field == "name" and refused.value.exit_code == 2
+    assert [v.path.name for v in versions(tmp_path / "d")] == ["v001"]
+    with RunWriter.open(tmp_path, "d", kind="dataset", config={"other": 1}) as writer:
+        assert writer.path.name == "v002"
+
+
+def test_a_command_refuses_a_name_of_another_kind(vgg, tiny_source: Path, runs_root) -> None:
+    with RunWriter.open(runs_root, "base", kind="model", config={}):
+        pass
+    refused = vgg("preprocess", str(tiny_source), "--name", "base")
+    assert refused.exit_code == 2, refused.output
+    assert "--name: run 'base' holds model versions" in refused.output
+    assert [v.path.name for v in versions(runs_root / "base")] == ["v001"]

@@ -195,6 +195,20 @@ def _seal_problem(manifest: dict[str, Any]) -> str | None:
     return None
 
 
+def _refuse_other_kinds(name: str, kind: str, existing: list[RunVersion]) -> None:
+    """One kind per run name: `--name d` for a model when `d` holds a dataset would leave a
+    run that every later command misreads. (Damaged versions and those from before `kind`
+    was recorded say nothing.)"""
+    for version in existing:
+        try:
+            other = version.manifest().get("kind")
+        except VggError:
+            continue
+        if other is not None and other != str(kind):
+            raise VggError(f"run '{name}' holds {other} versions, so it cannot hold a {kind}; "
+                           "choose another name", field="name")
+
+
 def _is_latest(path: Path, existing: list[RunVersion]) -> bool:
     return bool(existing) and existing[-1].path.resolve() == path.resolve()
 
@@ -353,6 +367,7 @@ class RunWriter:
         with open(run_dir / LOCK, "ab") as run_lock:
             fcntl.flock(run_lock, fcntl.LOCK_EX)  # serialise version choice per run name
             existing = versions(run_dir)
+            _refuse_other_kinds(name, kind, existing)
             if resume and (resume_only is None or _is_latest(resume_only, existing)):
                 found = cls._resumable(run_dir, config, execution)
                 if found is not None:
