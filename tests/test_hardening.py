@@ -60,7 +60,7 @@ def _bad_values(param: typing.Any) -> list[str]:
         values.append(str(high if open_high else high + 1))
     annotation = param.type_descriptor.annotation
     if float in (typing.get_args(annotation) or (annotation,)):
-        values += ["nan", "inf"]
+        values += ["nan", "inf", "1e300"]
     return values
 
 
@@ -68,9 +68,14 @@ NUMERIC = _numeric_options()
 
 
 def test_every_numeric_option_declares_its_range() -> None:
+    """Both ends: with no upper bound, `--lr 1e300` overflowed inside the optimizer (a
+    traceback), `--workers 100000` hung and `--train-per-class 10000000000000` began
+    filling the disk."""
     assert len(NUMERIC) > 30
     for path, param in NUMERIC:
         assert hasattr(param.callback, "bounds"), (path, param.opts)
+        low, high, _, _ = param.callback.bounds
+        assert low is not None and high is not None, (path, param.opts)
 
 
 @pytest.mark.parametrize(

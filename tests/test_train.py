@@ -172,6 +172,7 @@ def test_init_from_a_is_recorded_as_a_parent(vgg, train_root: Path) -> None:
         (["--net", "A", "--scale", "512-256"], "--scale must be"),
         (["--net", "A", "--data", "nothing"], "no run 'nothing'"),
         (["--net", "A", "--batch-size", "16", "--micro-batch", "5"], "--micro-batch: 5 images"),
+        (["--net", "A", "--batch-size", "16", "--micro-batch", "32"], "more than the batch of 16"),
         (["--net", "A", "--device", "garbage"], "unknown device 'garbage'"),
         (["--net", "A", "--device", "cuda:7"], "CUDA device(s)"),
         (["--net", "A", "--precision", "fp8"], "unknown precision 'fp8'"),

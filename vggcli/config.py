@@ -112,6 +112,10 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.plateau_patience < 1:
             raise VggError("the plateau patience is at least one epoch")
+        if self.micro_batch > self.batch_size:
+            raise VggError(
+                f"{self.micro_batch} images per pass are more than the batch of "
+                f"{self.batch_size}", field="micro_batch")
         if not 0 <= self.final_drop < max(self.epochs, 1):
             raise VggError(
                 f"the final lr drop must leave at least one epoch at the full lr: "

@@ -7,6 +7,9 @@ from typing import Annotated
 import typer
 
 from vggcli.commands.common import (
+    MAX_BATCH,
+    MAX_IMAGES,
+    MAX_REPEATS,
     MAX_SCALE,
     NoVerify,
     NProc,
@@ -29,8 +32,8 @@ app = typer.Typer(help="Benchmarks: ours against a reference on the same cores, 
 @app.command("train")
 @user_errors
 def train_command(
-    batch: Annotated[int, typer.Option(callback=at_least(1), help="Images per SGD step.")] = 8,
-    repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed steps per model and precision (median taken).")] = 3,
+    batch: Annotated[int, typer.Option(callback=at_least(1, MAX_BATCH), help="Images per SGD step.")] = 8,
+    repeats: Annotated[int, typer.Option(callback=at_least(1, MAX_REPEATS), help="Timed steps per model and precision (median taken).")] = 3,
     nproc: NProc = 1,
     width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width of net D in the --nproc scaling measurement (1 = full size).")] = 1.0,
     compile: Annotated[bool, typer.Option(help="Also time our D under torch.compile beside eager (compiling takes minutes on a CPU).")] = False,
@@ -58,7 +61,7 @@ def train_command(
 @user_errors
 def evaluate_command(
     q: Annotated[int, typer.Option("--q", callback=bounded(256, MAX_SCALE - 32), help="Test scale Q (smallest image side); the cost is also measured over Q-32, Q, Q+32.")] = 256,
-    repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed repetitions (median taken).")] = 2,
+    repeats: Annotated[int, typer.Option(callback=at_least(1, MAX_REPEATS), help="Timed repetitions (median taken).")] = 2,
     net: Annotated[str, typer.Option(help="Table 1 configuration of the end-to-end measurement (the dense-vs-crop cost is always net D's).")] = "A",
     width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width of both nets (1 = full size).")] = 1.0,
     images: Annotated[int, typer.Option(callback=bounded(1, 256), help="ImageNet-sized JPEGs (500x375 or 375x500) evaluated densely end to end (batches of up to 16 of one size).")] = 48,
@@ -87,11 +90,11 @@ def loader_command(
     data: Annotated[str | None, typer.Option(help="A dataset run whose training images to read (default: 1,200 ImageNet-sized JPEGs drawn for the bench).")] = None,
     scale: Annotated[str, typer.Option(help="Training scale S: 256, or a range such as 256-512 for scale jitter.")] = "256",
     workers: Annotated[int, typer.Option(callback=bounded(1, 256), help="Our loader's threads = torchvision's worker processes = decode-only threads.")] = 2,
-    batch: Annotated[int, typer.Option(callback=at_least(1), help="Images per batch.")] = 64,
+    batch: Annotated[int, typer.Option(callback=at_least(1, MAX_BATCH), help="Images per batch.")] = 64,
     crop: Annotated[int, typer.Option(callback=bounded(16, MAX_SCALE), help="Crop size.")] = 224,
-    images: Annotated[int, typer.Option(callback=at_least(1), help="Training images in the bench's sample (a seeded draw).")] = 1200,
-    repeats: Annotated[int, typer.Option(callback=at_least(1), help="Timed passes per loader (median taken).")] = 3,
-    pass_images: Annotated[int, typer.Option(callback=at_least(1), help="Images per timed pass: the sample is read as often as it takes (an epoch's start then weighs little).")] = 3000,
+    images: Annotated[int, typer.Option(callback=at_least(1, MAX_IMAGES), help="Training images in the bench's sample (a seeded draw).")] = 1200,
+    repeats: Annotated[int, typer.Option(callback=at_least(1, MAX_REPEATS), help="Timed passes per loader (median taken).")] = 3,
+    pass_images: Annotated[int, typer.Option(callback=at_least(1, MAX_IMAGES), help="Images per timed pass: the sample is read as often as it takes (an epoch's start then weighs little).")] = 3000,
     no_verify: NoVerify = False,
     root: RunsRoot = None,
 ) -> None:

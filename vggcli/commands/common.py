@@ -22,6 +22,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 N = TypeVar("N", int, float)
 
+# Upper bounds of count options: far above any real use, low enough that a typo (a run of
+# extra digits) is refused at once instead of hanging, filling memory or the disk.
+MAX_BATCH = 65536  # images per step or pass
+MAX_EPOCHS = 10_000  # also: patience, lr drops
+MAX_STEPS = 10**9
+MAX_PROCESSES = 1024  # --nproc, --workers
+MAX_IMAGES = 10**8  # images or classes in a dataset, a sample or a count per class
+MAX_REPEATS = 1000
+MAX_MINUTES = 7 * 24 * 60.0  # a week
 MAX_SCALE = 2048  # the largest smallest-side S or Q we rescale to (the paper's largest: 512)
 
 
@@ -71,8 +80,9 @@ def one_of(*choices: str) -> Callable[[str | None], str | None]:
     return check
 
 
-def at_least(low: int) -> Callable[[N | None], N | None]:
-    return bounded(low)
+def at_least(low: int, high: int) -> Callable[[N | None], N | None]:
+    """A count option: at least `low`, at most `high`, one of the limits below."""
+    return bounded(low, high)
 
 
 def positive() -> Callable[[N | None], N | None]:
@@ -91,7 +101,7 @@ RunsRoot = Annotated[
 Workers = Annotated[
     int | None,
     typer.Option(
-        "--workers", callback=at_least(1), help="Processes for decoding and writing (default: all cores)."
+        "--workers", callback=at_least(1, MAX_PROCESSES), help="Processes for decoding and writing (default: all cores)."
     ),
 ]
 
@@ -107,7 +117,7 @@ NProc = Annotated[
     int,
     typer.Option(
         "--nproc",
-        callback=at_least(1),
+        callback=at_least(1, MAX_PROCESSES),
         help="Processes on this machine, one per GPU (or a share of the CPU cores): re-runs the command under torchrun --standalone; the results do not depend on it.",
     ),
 ]

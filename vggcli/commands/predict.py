@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from vggcli.commands.common import (
+    MAX_IMAGES,
     Device,
     Precision,
     RunsRoot,
@@ -24,7 +25,7 @@ def command(
     images: Annotated[list[Path], typer.Argument(help="JPEG or PNG files (any mode; EXIF orientation applied), or folders searched for them.", show_default=False)],
     mode: Annotated[str, typer.Option(help="dense (fully convolutional over the whole image), crop (5x5 grid of crops), or dense+crop (both, averaged).")] = "dense",
     scales: Annotated[str | None, typer.Option(help="Test scales Q, e.g. 256,384,512; default: the model's multi-scale Q ({S-32, S, S+32}, or {Smin, middle, Smax} for jittered S), posteriors averaged over them.")] = None,
-    top: Annotated[int, typer.Option(callback=at_least(1), help="How many classes to list per image.")] = 5,
+    top: Annotated[int, typer.Option(callback=at_least(1, MAX_IMAGES), help="How many classes to list per image.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (a list of {image, top: [{rank, wnid, name, probability}]}) instead of tables.")] = False,
     precision: Precision = "auto",
     device: Device = "auto",

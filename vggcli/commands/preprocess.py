@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from vggcli.commands.common import (
+    MAX_IMAGES,
     MAX_SCALE,
     RunsRoot,
     Workers,
@@ -24,9 +25,9 @@ from vggcli.commands.common import (
 def command(
     source: Annotated[Path, typer.Argument(help="ILSVRC-layout folder: train/<wnid>/*.JPEG and val/.")],
     name: Annotated[str | None, typer.Option(help="Run name (default: the folder's name).")] = None,
-    classes: Annotated[int | None, typer.Option(callback=at_least(1), help="Keep only this many classes, evenly spaced over the sorted wnids (smoke tests on real ImageNet).")] = None,
-    train_per_class: Annotated[int | None, typer.Option(callback=at_least(1), help="Keep the first N training images of each class.")] = None,
-    val_per_class: Annotated[int | None, typer.Option(callback=at_least(1), help="Keep the first N validation images of each class.")] = None,
+    classes: Annotated[int | None, typer.Option(callback=at_least(1, MAX_IMAGES), help="Keep only this many classes, evenly spaced over the sorted wnids (smoke tests on real ImageNet).")] = None,
+    train_per_class: Annotated[int | None, typer.Option(callback=at_least(1, MAX_IMAGES), help="Keep the first N training images of each class.")] = None,
+    val_per_class: Annotated[int | None, typer.Option(callback=at_least(1, MAX_IMAGES), help="Keep the first N validation images of each class.")] = None,
     val_labels: Annotated[Path | None, typer.Option(help="Labels of a flat val/ folder: LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt (found automatically in the usual places).")] = None,
     synsets: Annotated[Path | None, typer.Option(help="Synset order for the devkit ground truth: meta.mat, or one wnid per line in ILSVRC2012_ID order.")] = None,
     max_side: Annotated[int, typer.Option(callback=bounded(0, 4 * MAX_SCALE), help="Store images with their longer side at most this many pixels; 683 keeps a 4:3 image's smallest side at 512, the largest training scale S. 0 = keep full size.")] = 683,

@@ -7,7 +7,11 @@ from typing import Annotated
 import typer
 
 from vggcli.commands.common import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_MINUTES,
     MAX_SCALE,
+    MAX_STEPS,
     Device,
     NoVerify,
     NProc,
@@ -19,7 +23,6 @@ from vggcli.commands.common import (
     done,
     one_of,
     parse_scale,
-    positive,
     print_plan,
     relaunch,
     runs_root,
@@ -29,9 +32,12 @@ from vggcli.commands.common import (
 from vggcli.config import DECODES
 from vggcli.errors import VggError
 
-CheckpointMinutes = Annotated[float, typer.Option(callback=positive(), help="Also checkpoint every this many minutes (always at each epoch's end).")]
-CheckpointSteps = Annotated[int, typer.Option(callback=at_least(0), help="Also checkpoint every N optimizer steps (0 = off).")]
+CheckpointMinutes = Annotated[float, typer.Option(callback=bounded(0, MAX_MINUTES, open_low=True), help="Also checkpoint every this many minutes (always at each epoch's end).")]
+CheckpointSteps = Annotated[int, typer.Option(callback=at_least(0, MAX_STEPS), help="Also checkpoint every N optimizer steps (0 = off).")]
 Name = Annotated[str | None, typer.Option(help="Run name to write (default: the net letter, e.g. runs/D).")]
+# SGD's step is lr x gradient: far above 1 it only diverges, and near 1e300 torch's optimizer
+# overflows converting it to float32 (a traceback, not our one-line divergence error)
+MAX_LR = 10.0
 DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (nvJPEG on the CUDA device, crops resized there: for GPUs the CPU cannot feed) or torch (the same path on the CPU); validation crops are always FFCV's. torch and gpu resize a little differently (about 1 grey level); recorded in the run's config when not ffcv, and a resume keeps it."
 
 
@@ -50,25 +56,25 @@ def train_command(
     init_from: Annotated[str | None, typer.Option(help="A trained net-A run: copy its first four conv layers and three FC layers (the paper's init for B-E).")] = None,
     width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width multiplier on every conv and FC layer (1 = the paper's).")] = 1.0,
     crop: Annotated[int, typer.Option(callback=bounded(32, MAX_SCALE), help="Training crop size, a multiple of 32 (224 = the paper's); fc6 kernel = crop/32.")] = 224,
-    epochs: Annotated[int, typer.Option(callback=at_least(1), help="Epoch budget (the paper stopped after 74).")] = 74,
-    batch_size: Annotated[int, typer.Option(callback=at_least(1), help="Images per SGD step (the paper's 256).")] = 256,
-    micro_batch: Annotated[int, typer.Option(callback=at_least(0), help="Images per forward pass; gradients are accumulated to --batch-size (0 = whole batch).")] = 0,
-    lr: Annotated[float, typer.Option(callback=positive(), help="Initial learning rate (the paper's 1e-2), divided by 10 when val accuracy stops improving.")] = 1e-2,
+    epochs: Annotated[int, typer.Option(callback=at_least(1, MAX_EPOCHS), help="Epoch budget (the paper stopped after 74).")] = 74,
+    batch_size: Annotated[int, typer.Option(callback=at_least(1, MAX_BATCH), help="Images per SGD step (the paper's 256).")] = 256,
+    micro_batch: Annotated[int, typer.Option(callback=at_least(0, MAX_BATCH), help="Images per forward pass; gradients are accumulated to --batch-size (0 = whole batch).")] = 0,
+    lr: Annotated[float, typer.Option(callback=bounded(0, MAX_LR, open_low=True), help="Initial learning rate (the paper's 1e-2), divided by 10 when val accuracy stops improving.")] = 1e-2,
     momentum: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(callback=bounded(0), help="L2 weight decay on weights.")] = 5e-4,
-    patience: Annotated[int, typer.Option(callback=at_least(1), help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
-    final_drop: Annotated[int, typer.Option(callback=at_least(0), help="Divide the lr by 10 once more for the last N epochs (one of the --max-lr-drops, if any are left): a plateau scheduled in advance, for budgets too short for the plateau rule to fire; 0 = the paper's rule alone.")] = 0,
-    max_lr_drops: Annotated[int, typer.Option(callback=at_least(0), help="How many times the lr may be divided (the paper: 3).")] = 3,
+    weight_decay: Annotated[float, typer.Option(callback=bounded(0, 1), help="L2 weight decay on weights.")] = 5e-4,
+    patience: Annotated[int, typer.Option(callback=at_least(1, MAX_EPOCHS), help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
+    final_drop: Annotated[int, typer.Option(callback=at_least(0, MAX_EPOCHS), help="Divide the lr by 10 once more for the last N epochs (one of the --max-lr-drops, if any are left): a plateau scheduled in advance, for budgets too short for the plateau rule to fire; 0 = the paper's rule alone.")] = 0,
+    max_lr_drops: Annotated[int, typer.Option(callback=at_least(0, MAX_EPOCHS), help="How many times the lr may be divided (the paper: 3).")] = 3,
     init: Annotated[str | None, typer.Option(help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A, A-LRN and B-5x5 from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
     inserted_init: Annotated[str, typer.Option(help="How a net started from A (--init-from) starts its convs not copied from A: random (the paper's: as --init says) or identity (the square ones as Dirac kernels, so the net begins close to A's function; the smoke recipe's).")] = "random",
-    init_std: Annotated[float, typer.Option(callback=positive(), help="Std of the normal init.")] = 1e-2,
-    last_std: Annotated[float | None, typer.Option(callback=positive(), help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
+    init_std: Annotated[float, typer.Option(callback=bounded(0, 10, open_low=True), help="Std of the normal init.")] = 1e-2,
+    last_std: Annotated[float | None, typer.Option(callback=bounded(0, 10, open_low=True), help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
     dropout: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="Dropout on fc6 and fc7.")] = 0.5,
-    input_scale: Annotated[float, typer.Option(callback=positive(), help="Multiply the mean-subtracted 0-255 input by this (1 = the paper's; ~1/64 suits --init kaiming on small data).")] = 1.0,
+    input_scale: Annotated[float, typer.Option(callback=bounded(0, 1000, open_low=True), help="Multiply the mean-subtracted 0-255 input by this (1 = the paper's; ~1/64 suits --init kaiming on small data).")] = 1.0,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror half the training crops at random (the paper's); --no-flip for classes that change under mirroring (digits, letters). Evaluation follows the model's setting.")] = True,
-    colour_sigma: Annotated[float, typer.Option(callback=bounded(0), help="Std of the AlexNet PCA colour shift (0 = off).")] = 0.1,
+    colour_sigma: Annotated[float, typer.Option(callback=bounded(0, 10), help="Std of the AlexNet PCA colour shift (0 = off).")] = 0.1,
     seed: Annotated[int, typer.Option(callback=bounded(0, 2**32 - 1), help="Seeds init, sample order, crops, flips, colour shifts, dropout.")] = 0,
-    max_steps: Annotated[int, typer.Option(callback=at_least(0), help="Stop after this many SGD steps (0 = the whole budget).")] = 0,
+    max_steps: Annotated[int, typer.Option(callback=at_least(0, MAX_STEPS), help="Stop after this many SGD steps (0 = the whole budget).")] = 0,
     precision: Precision = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
     decode: Annotated[str, typer.Option(callback=one_of(*DECODES), help=DECODE_HELP)] = "ffcv",
@@ -115,13 +121,13 @@ def train_command(
 def finetune_command(
     run: Annotated[str, typer.Argument(help="The trained run to start from, e.g. runs/D (its latest complete version) or runs/D/v001.")],
     scale: Annotated[str, typer.Option(help="New training scale: 384, or a jitter range such as 256-512.")],
-    lr: Annotated[float | None, typer.Option(callback=positive(), help="Initial learning rate (default: the base lr of the run at the chain's root / 10: the paper's 1e-2 -> 1e-3).", show_default=False)] = None,
-    epochs: Annotated[int | None, typer.Option(callback=at_least(1), help="Epoch budget (default: the parent's).")] = None,
+    lr: Annotated[float | None, typer.Option(callback=bounded(0, MAX_LR, open_low=True), help="Initial learning rate (default: the base lr of the run at the chain's root / 10: the paper's 1e-2 -> 1e-3).", show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(callback=at_least(1, MAX_EPOCHS), help="Epoch budget (default: the parent's).")] = None,
     name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
     fc_only: Annotated[bool, typer.Option("--fc-only", help="Train only fc6, fc7 and fc8; the conv layers keep the parent's weights (the ILSVRC-submission multi-scale D, Sect. 4.4).")] = False,
     data: Annotated[str | None, typer.Option(help="Dataset run to fine-tune on (default: the parent's; needed for imported weights). fc8 keeps the dataset's classes, matched by wnid.")] = None,
-    batch_size: Annotated[int | None, typer.Option(callback=at_least(1), help="Images per SGD step (default: the parent's; the paper's 256 for imported weights).", show_default=False)] = None,
-    micro_batch: Annotated[int | None, typer.Option(callback=at_least(0), help="Images per forward pass, gradients accumulated to the batch (default: the parent's; 0 = the whole batch).", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(callback=at_least(1, MAX_BATCH), help="Images per SGD step (default: the parent's; the paper's 256 for imported weights).", show_default=False)] = None,
+    micro_batch: Annotated[int | None, typer.Option(callback=at_least(0, MAX_BATCH), help="Images per forward pass, gradients accumulated to the batch (default: the parent's; 0 = the whole batch).", show_default=False)] = None,
     precision: Precision = "auto",
     decode: Annotated[str | None, typer.Option(callback=one_of(*DECODES), help=DECODE_HELP + " Default: the parent's.", show_default=False)] = None,
     checkpoint_minutes: CheckpointMinutes = 10.0,
