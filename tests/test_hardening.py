@@ -121,6 +121,31 @@ def test_bad_option_text_is_one_line(vgg, train_root, args, needle) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
+        (["runs", "--runs-root", ""], "--runs-root' (env var: 'VGG_RUNS'): is empty"),
+        (["runs", "--runs-root", "{file}"], "--runs-root' (env var: 'VGG_RUNS'): {file} is a file"),
+        (["runs", "--runs-root", "{tmp}/missing"], "--runs-root: no runs root"),
+        (["report", "--runs-root", "{tmp}/missing"], "--runs-root: no runs root"),
+        (["make-demo-data", "{file}"], "'out': {file} is a file, not a folder"),
+        (["make-demo-data", ""], "'out': is empty"),
+        (["features", "x", "--out", "{file}/x.npy"], "'--out': {file} is a file, not a folder"),
+        (["features", "x", "--out", "{tmp}"], "'--out': '{tmp}' is not a file name"),
+        (["preprocess", "{tmp}", "--synsets", "{tmp}/none.txt"], "'--synsets': no file"),
+        (["preprocess", "{tmp}", "--val-labels", "{tmp}"], "'--val-labels': {tmp} is a folder"),
+    ],
+)
+def test_paths_of_the_wrong_kind_are_usage_errors(vgg, tmp_path: Path, args, needle) -> None:
+    """Before: `--runs-root ''` meant the current folder (a preprocess wrote its run into the
+    source dataset's folder), a file where a folder belongs was a raw OS error with exit 1,
+    a missing --synsets was ignored and `vgg runs` on a missing root said nothing wrong."""
+    (tmp_path / "file").write_text("x")
+    where = {"file": str(tmp_path / "file"), "tmp": str(tmp_path)}
+    result = vgg(*(a.format(**where) for a in args))
+    _one_line_error(result, 2, needle.format(**where))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
         (["evaluate", "A", "--mode", "bogus"], "unknown mode 'bogus'"),
         (["evaluate", "A", "--precision", "fp8"], "unknown precision 'fp8'"),
         (["evaluate", "A", "--device", "garbage"], "unknown device 'garbage'"),

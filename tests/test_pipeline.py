@@ -40,6 +40,8 @@ def _write(tmp_path: Path, body: str) -> Path:
             "depend on each other in a cycle",
         ),
         ("[[step]]\nname = 'a'\nrun = 'train --data {a}'\n", "cannot use its own run"),
+        ("[[step]]\nname = 'a'\nrun = 'train --runs-root /x'\n", "--runs-root is the pipeline's"),
+        ("[[step]]\nname = 'a'\nrun = 'train --name=b'\n", "step a: --name is the pipeline's"),
         ("[vars]\nx = '1'\n", "no [[step]] tables"),
         ("step = 'notalist'\n", "`step` must be [[step]] tables"),
         ("step = [1, 2]\n", "`step` must be [[step]] tables"),

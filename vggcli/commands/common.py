@@ -88,10 +88,42 @@ def at_least(low: int, high: int) -> Callable[[N | None], N | None]:
 def positive() -> Callable[[N | None], N | None]:
     return bounded(0, open_low=True)
 
+def folder_path(text: str) -> Path:
+    """A folder option's value: refused when empty (it would mean the current folder: a
+    preprocess once wrote its run into the source dataset) or naming a file."""
+    if not text.strip():
+        raise typer.BadParameter("is empty; name a folder")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise typer.BadParameter(f"{text} is a file, not a folder")
+    return path
+
+
+def existing_file(text: str) -> Path:
+    """An input file option's value: it must be there (a missing --synsets was ignored)."""
+    path = Path(text)
+    if not text.strip() or not path.exists():
+        raise typer.BadParameter(f"no file '{text}'")
+    if path.is_dir():
+        raise typer.BadParameter(f"{text} is a folder, not a file")
+    return path
+
+
+def new_file_path(text: str) -> Path:
+    """An output file option's value: not empty, not a folder, in a folder (not a file)."""
+    path = Path(text)
+    if not text.strip() or path.is_dir():
+        raise typer.BadParameter(f"'{text}' is not a file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise typer.BadParameter(f"{path.parent} is a file, not a folder")
+    return path
+
+
 RunsRoot = Annotated[
     Path | None,
     typer.Option(
         "--runs-root",
+        parser=folder_path,
         envvar="VGG_RUNS",
         help="Folder holding the run directories (default ./runs; env VGG_RUNS).",
         show_default=False,

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import at_least, bounded, done, user_errors
+from vggcli.commands.common import at_least, bounded, done, folder_path, user_errors
 
 MAX_DEMO_PER_CLASS = 100_000  # generated images are written to disk: 10^13 would fill it
 
 
 @user_errors
 def command(
-    out: Annotated[Path, typer.Argument(help="Folder to create (must be new or empty).")],
+    out: Annotated[Path, typer.Argument(parser=folder_path, help="Folder to create (must be new or empty).")],
     classes: Annotated[int, typer.Option(callback=bounded(2, 10), help="Number of classes (at most 10 shapes).")] = 10,
     train_per_class: Annotated[int, typer.Option(callback=at_least(1, MAX_DEMO_PER_CLASS), help="Training images per class.")] = 100,
     val_per_class: Annotated[int, typer.Option(callback=at_least(1, MAX_DEMO_PER_CLASS), help="Validation images per class.")] = 20,

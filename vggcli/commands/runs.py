@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vggcli.commands.common import RunsRoot, runs_root, user_errors
+from vggcli.errors import VggError
 
 
 @user_errors
@@ -15,6 +16,8 @@ def command(root: RunsRoot = None) -> None:
     from vggcli.stages.listing import rows
 
     folder = runs_root(root)
+    if not folder.is_dir():
+        raise VggError(f"no runs root {folder}", field="runs_root")
     found = rows(folder)
     if not found:
         typer.echo(f"no runs under {folder}")

@@ -107,6 +107,10 @@ def _parse_step(
             f"{path}: step {name}: unknown command '{command.split()[0]}' "
             f"(one of {', '.join(COMMANDS)})"
         )
+    owned = [a for a in command.split() for o in ("--runs-root", "--name") if a.split("=")[0] == o]
+    if owned:
+        raise VggError(f"{path}: step {name}: {owned[0].split('=')[0]} is the pipeline's "
+                       "(its runs_root, the step's name); take it out of `run`")
     inputs = []
     for ref in PLACEHOLDER.findall(command):
         if ref in names:

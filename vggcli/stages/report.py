@@ -18,6 +18,7 @@ from vggcli.artifacts import (
     latest_of_kind,
     parent,
 )
+from vggcli.errors import VggError
 from vggcli.metrics import top1_correct
 from vggcli.pipeline import plan as pipelines
 from vggcli.report import Curve, Evaluated, Fused, Scores, write_report
@@ -41,6 +42,8 @@ def run(request: ReportRequest, root: Path) -> RunVersion:
     folder = request.runs_root or root
     if request.pipeline is not None:
         folder = pipelines.load(request.pipeline, request.runs_root).runs_root
+    if not folder.is_dir():
+        raise VggError(f"no runs root {folder}: nothing to report on", field="runs_root")
     curves = [_curve(m) for m in latest_of_kind(folder, ModelRun) if _here(m, folder)]
     read: dict[Path, Evaluated] = {}  # each evaluation's posteriors read once
 
