@@ -167,7 +167,7 @@ def test_a_run_that_would_make_no_step_is_refused_before_it_starts(vgg, train_ro
 def test_a_diverging_loss_fails_the_version_and_keeps_finite_checkpoints(vgg, train_root):
     import torch
 
-    result = vgg(*TRAIN, "--lr", "1e12", "--checkpoint-steps", "1")
+    result = vgg(*TRAIN, "--lr", "10", "--checkpoint-steps", "1")
     assert result.exit_code == 1 and "training diverged" in result.output, result.output
     (version,) = versions(train_root / "A")
     assert version.status() == FAILED and "diverged" in version.manifest()["error"]

@@ -87,11 +87,16 @@ def test_unlocked_running_version_reads_as_interrupted_and_resumes_with_same_con
     assert _finish(tmp_path, "D", config={"lr": 0.1}).path.name == "v002"
 
 
-def test_running_version_is_not_resumed_by_a_second_writer(tmp_path: Path) -> None:
+def test_a_running_version_is_never_resumed_nor_duplicated_by_a_second_writer(tmp_path) -> None:
+    """The same command twice at once: the second is refused while the first writes (two
+    identical versions ran to completion before); another config gets its own version."""
     with RunWriter.open(tmp_path, "D", kind="model", config={}) as first:
         assert first.version.status() == "running"
-        with RunWriter.open(tmp_path, "D", kind="model", config={}) as second:
-            assert second.path != first.path
+        with pytest.raises(VggError, match="another process is writing D/v001 with the same"):
+            RunWriter.open(tmp_path, "D", kind="model", config={})
+        with RunWriter.open(tmp_path, "D", kind="model", config={"other": 1}) as second:
+            assert second.path.name == "v002"
+    assert [v.status() for v in versions(tmp_path / "D")] == [COMPLETE, COMPLETE]
 
 
 def _open_and_finish(args: tuple[str, int]) -> str:

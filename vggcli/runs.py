@@ -209,6 +209,17 @@ def _refuse_other_kinds(name: str, kind: str, existing: list[RunVersion]) -> Non
                            "choose another name", field="name")
 
 
+def _refuse_a_twin(existing: list[RunVersion], config: dict[str, Any]) -> None:
+    """Two identical commands at once would each train the same thing as its own version:
+    the second is refused while the first writes (its version locked, same config)."""
+    if not existing or existing[-1].status() != RUNNING:
+        return
+    if existing[-1].manifest()["config"] == json.loads(json.dumps(config)):
+        raise VggError(
+            f"another process is writing {existing[-1].label} with the same config; wait for "
+            "it to finish (or stop it and re-run this command to resume it)", exit_code=1)
+
+
 def _is_latest(path: Path, existing: list[RunVersion]) -> bool:
     return bool(existing) and existing[-1].path.resolve() == path.resolve()
 
@@ -368,6 +379,8 @@ class RunWriter:
             fcntl.flock(run_lock, fcntl.LOCK_EX)  # serialise version choice per run name
             existing = versions(run_dir)
             _refuse_other_kinds(name, kind, existing)
+            if resume_only is None:
+                _refuse_a_twin(existing, config)
             if resume and (resume_only is None or _is_latest(resume_only, existing)):
                 found = cls._resumable(run_dir, config, execution)
                 if found is not None:
