@@ -52,8 +52,9 @@ def _numeric_options() -> list[tuple[tuple[str, ...], typing.Any]]:
 
 
 def _bad_values(param: typing.Any) -> list[str]:
+    """Wrong type, path-shaped, below and above its range (negative, zero, huge), NaN/inf."""
     low, high, open_low, open_high = param.callback.bounds
-    values = []
+    values = ["abc", "../x"]
     if low is not None:
         values.append(str(low if open_low else low - 1))
     if high is not None:
@@ -236,6 +237,46 @@ def evaluated(tmp_path_factory, dataset_runs) -> Path:
 def eval_root(evaluated: Path, runs_root: Path) -> Path:
     shutil.copytree(evaluated, runs_root)
     return runs_root
+
+
+def _damages(path: Path) -> dict[str, typing.Callable[[], None]]:
+    data = path.read_bytes()
+    middle = len(data) // 2
+    flipped = data[:middle] + bytes([data[middle] ^ 0x20]) + data[middle + 1 :]
+    return {"flipped": lambda: path.write_bytes(flipped),
+            "truncated": lambda: path.write_bytes(data[:middle]),
+            "deleted": path.unlink}
+
+
+def test_every_recorded_file_damaged_any_way_is_named_by_verify(vgg, eval_root) -> None:
+    """The corruption test: every file every version recorded (its outputs and its
+    manifest), flipped, truncated or deleted, and every manifest field edited: `vgg verify`
+    of the version exits 1 naming the file, with no traceback."""
+    cases = 0
+    for run in ("tiny", "A", "A-eval"):
+        version = eval_root / run / "v001"
+        written = (version / "manifest.json").read_bytes()
+        manifest = json.loads(written)
+        for name in [*manifest["outputs"], "manifest.json"]:
+            path = version / name
+            original = path.read_bytes()
+            for how, damage in _damages(path).items():
+                damage()
+                result = vgg("verify", f"{run}/v001")
+                assert "Traceback" not in result.output, (name, how)
+                assert result.exit_code == 1, (name, how, result.output)
+                named = "manifest of" if name == "manifest.json" else name
+                assert named in result.output.splitlines()[-1], (name, how, result.output)
+                path.write_bytes(original)
+                cases += 1
+        for field in manifest:
+            edited = {**manifest, field: "edited" if manifest[field] != "edited" else "x"}
+            (version / "manifest.json").write_text(json.dumps(edited))
+            _one_line_error(vgg("verify", f"{run}/v001"), 1, "manifest of", "is damaged")
+            cases += 1
+        (version / "manifest.json").write_bytes(written)
+    assert vgg("verify", "A-eval").exit_code == 0  # all restored
+    assert cases > 60
 
 
 def test_a_damaged_model_is_not_evaluated_nor_are_its_stored_posteriors_fused(
