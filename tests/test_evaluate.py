@@ -69,6 +69,9 @@ def test_rescale_keeps_aspect_and_puts_q_on_the_smallest_side() -> None:
     assert default_scales(256, 512, False) == (384,)
     assert default_scales(256, 512, True) == (256, 384, 512)
     assert default_scales(96, 96, True, crop=64) == (87, 96, 105)
+    # trained at S = crop: S-9 would be below the crop (predict's and fuse's multi-scale
+    # default refused every such model: "Q=55 is smaller than the crop")
+    assert default_scales(64, 64, True, crop=64) == (64, 73)
 
 
 def test_topk_errors_on_hand_made_cases_with_ties() -> None:

@@ -57,12 +57,14 @@ def default_scales(s_min: int, s_max: int, multi_scale: bool, crop: int = 224) -
     """Q = S (or the jitter middle); multi-scale {S-32, S, S+32} or {Smin, middle, Smax}.
 
     For nets trained on smaller crops the 32 shrinks in proportion (32 * crop / 224), so
-    that the test scales stay as close to S, relative to the crop, as in the paper.
+    that the test scales stay as close to S, relative to the crop, as in the paper. A Q
+    below the crop (S-32 for a net trained at S = crop) is raised to the crop, once: dense
+    evaluation needs the crop's size at least (the paper's S-32 = 224 is exactly it).
     """
     middle = (s_min + s_max) // 2
     if not multi_scale:
         return (middle,)
     if s_min == s_max:
         delta = round(32 * crop / 224)
-        return (s_min - delta, s_min, s_min + delta)
+        return tuple(dict.fromkeys(max(q, crop) for q in (s_min - delta, s_min, s_min + delta)))
     return (s_min, middle, s_max)
