@@ -20,6 +20,7 @@ from vggcli.config import NetSpec
 from vggcli.distributed import Cluster, lead_does
 from vggcli.errors import VggError, WorkFailed
 from vggcli.models import VGG, keep_classes, with_normalisation
+from vggcli.progress import console
 from vggcli.runs import RunWriter
 
 MODEL_FILE = ModelRun.WEIGHTS
@@ -118,18 +119,22 @@ class RunCheckpoints:
             self.run.remove_output(name)
 
     def latest(self) -> dict[str, Any] | None:
-        """The newest recorded checkpoint, verified against its sha256; None if there is none."""
-        recorded = self.recorded()
-        if not recorded:
-            return None
-        name = recorded[-1]
-        if not self.run.has_output(name):
-            raise VggError(
-                f"{self.run.path / name} does not match its recorded sha256 (corrupted); "
-                "restore it, or train a new version with different options",
-                exit_code=1,
-            )
-        return load(self.run.path / name)
+        """The newest recorded checkpoint that matches its sha256 and loads; None if there
+        is none. A damaged one is set aside (NAME.damaged) with a line saying so, and the one
+        before it is tried: a damaged checkpoint must not leave a run that the same command
+        can never finish."""
+        for name in reversed(self.recorded()):
+            try:
+                if not self.run.has_output(name):
+                    raise VggError("it does not match its recorded sha256")
+                return load(self.run.path / name)
+            except VggError as exc:
+                aside = self.run.set_aside(name)
+                left = self.recorded()
+                then = "trying the one before" if left else "training starts over"
+                console.print(f"[yellow]{name} is damaged ({exc}): set aside as {aside.name}; "
+                              f"{then}[/]")
+        return None
 
     def clear(self) -> None:
         for name in self.recorded():

@@ -518,6 +518,16 @@ class RunWriter:
         self._save()
         (self.path / name).unlink(missing_ok=True)
 
+    def set_aside(self, name: str) -> Path:
+        """Take a damaged output out of the record, its file kept beside as NAME.damaged
+        (for a look, never read again)."""
+        aside = self.path / f"{name}.damaged"
+        if (self.path / name).exists():
+            os.replace(self.path / name, aside)
+        self._manifest["outputs"].pop(name, None)
+        self._save()
+        return aside
+
     def set_result(self, key: str, value: Any) -> None:
         """Store a small result (statistics, metrics summary) in the manifest."""
         self._manifest["results"][key] = value
