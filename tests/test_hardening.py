@@ -147,6 +147,21 @@ def test_paths_of_the_wrong_kind_are_usage_errors(vgg, tmp_path: Path, args, nee
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
+        (["preprocess", "{source}", "--classes", "99"], "--classes: 99 classes asked for, but"),
+        (["preprocess", "{source}", "--name", "x" * 300], "--name: invalid run name 'xxx"),
+        (["evaluate", "A", "--multi-scale", "--scales", "40"], "--scales: give --scales or"),
+    ],
+)
+def test_silently_accepted_options_are_refused(vgg, tiny_source, runs_root, args, needle):
+    """Each was accepted before: 99 classes kept from 4, a 300-character name that failed
+    as a raw OS error, --scales beside --multi-scale (one of them ignored)."""
+    _one_line_error(vgg(*(a.format(source=tiny_source) for a in args)), 2, needle)
+    assert not runs_root.exists() or not any(runs_root.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
         (["evaluate", "A", "--mode", "bogus"], "unknown mode 'bogus'"),
         (["evaluate", "A", "--precision", "fp8"], "unknown precision 'fp8'"),
         (["evaluate", "A", "--device", "garbage"], "unknown device 'garbage'"),

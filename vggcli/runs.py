@@ -32,6 +32,7 @@ from vggcli.files import atomic_write_json, overwrite_in_place, sha256_file
 
 SCHEMA_VERSION = 2  # 2: the manifest carries its own content_sha256 (1: written before it)
 SEAL = "content_sha256"
+MAX_NAME = 100  # a run name is a folder name (255 bytes at most on most filesystems)
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 VERSION_PREFIX = "v"
@@ -371,8 +372,10 @@ class RunWriter:
         `execution` (world size, backend, nodes: runtime facts, not config) is recorded for
         every attempt, since a resumed run may run on other machines."""
         execution = {"device": device, **(execution or {})}
-        if not name or "/" in name or name.startswith("."):
-            raise VggError(f"invalid run name '{name}'")
+        if not name or "/" in name or name.startswith(".") or len(name) > MAX_NAME:
+            raise VggError(f"invalid run name '{name[:40]}{'...' if len(name) > 40 else ''}': "
+                           f"up to {MAX_NAME} characters, no '/', not starting with '.'",
+                           field="name")
         run_dir = root / name
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / LOCK, "ab") as run_lock:

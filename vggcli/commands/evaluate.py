@@ -18,6 +18,7 @@ from vggcli.commands.common import (
     runs_root,
     user_errors,
 )
+from vggcli.errors import VggError
 
 
 @user_errors
@@ -39,6 +40,9 @@ def evaluate_command(
     from vggcli.stages import evaluate as stage
 
     test_scales = parse_scales(scales)  # a bad value is said once, before the ranks start
+    if multi_scale and test_scales is not None:
+        raise VggError("give --scales or --multi-scale, not both (--scales lists every Q)",
+                       field="scales")
     relaunch(nproc)
     request = stage.EvaluateRequest(
         run, mode, multi_scale, test_scales, precision, device, name, flip, data

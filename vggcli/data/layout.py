@@ -94,10 +94,13 @@ def _files(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def _pick_classes(all_wnids: list[str], count: int | None) -> list[str]:
     """Evenly spaced over the sorted wnids, so a small subset spans ImageNet's hierarchy."""
-    if count is None or count >= len(all_wnids):
+    if count is None or count == len(all_wnids):
         return all_wnids
     if count < 1:
         raise VggError("keep at least one class", field="classes")
+    if count > len(all_wnids):
+        raise VggError(f"{count} classes asked for, but the source has {len(all_wnids)}",
+                       field="classes")
     step = len(all_wnids) / count
     return [all_wnids[int(i * step)] for i in range(count)]
 
