@@ -146,3 +146,12 @@ def test_a_command_refuses_a_name_of_another_kind(vgg, tiny_source: Path, runs_r
     assert refused.exit_code == 2, refused.output
     assert "--name: run 'base' holds model versions" in refused.output
     assert [v.path.name for v in versions(runs_root / "base")] == ["v001"]
+
+
+def test_the_seal_is_what_a_reader_of_the_file_computes(tmp_path: Path) -> None:
+    """Written from memory (int keys, tuples), checked from the file (string keys, lists):
+    the same seal, so nothing written by us ever reads as damaged."""
+    with RunWriter.open(tmp_path, "E", kind="evaluation", config={"scales": (256, 384)}) as run:
+        run.set_result("by_scale", {9: 0.25, 10: 0.5})
+    manifest = versions(tmp_path / "E")[0].manifest()
+    assert manifest["results"]["by_scale"] == {"9": 0.25, "10": 0.5}

@@ -60,7 +60,8 @@ def content_sha256(manifest: dict[str, Any]) -> str:
     what the manifest records about itself, so an edit to a statistic, a config or a status
     is found by every reader."""
     content = {key: value for key, value in manifest.items() if key != SEAL}
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    as_read = json.loads(json.dumps(content))  # as a reader sees it: int keys become strings
+    canonical = json.dumps(as_read, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
