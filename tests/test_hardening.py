@@ -294,6 +294,12 @@ def test_every_recorded_file_damaged_any_way_is_named_by_verify(vgg, eval_root) 
     assert cases > 60
 
 
+def test_a_dataset_replaced_after_training_is_refused_by_evaluate(vgg, eval_root) -> None:
+    """Re-sealed (so its own seal holds), but not the manifest model A recorded."""
+    edit_manifest(eval_root / "tiny" / "v001", lambda m: m["results"].update(replaced=True))
+    _one_line_error(vgg("evaluate", "A"), 1, "tiny/v001 changed since A/v001 recorded it")
+
+
 def test_a_damaged_model_is_not_evaluated_nor_are_its_stored_posteriors_fused(
     vgg, eval_root
 ) -> None:

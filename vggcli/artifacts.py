@@ -175,11 +175,21 @@ class ModelRun(Artifact):
             return tuple(self.config()["test_scales"]["multi" if multi_scale else "single"])
         return default_scales(*scales, multi_scale, self.crop())
 
+    def dataset_run(self, root: Path) -> DatasetRun:
+        """The dataset it was trained on, through its parent record when it has one, so the
+        dataset's manifest must be the one it recorded (a replaced or re-sealed dataset is
+        refused); by label for runs from before."""
+        label = self.dataset()
+        for index, record in enumerate(self.manifest().get("parents", [])):
+            if f"{record['run']}/{record['version']}" == label:
+                return as_kind(parent(self.version, index, root), DatasetRun)
+        return resolve_as(label, root, DatasetRun)
+
     def classes(self, root: Path) -> list[dict[str, Any]]:
         """Its outputs' classes in order: the dataset's it was trained on, or its own."""
         if self.imported():
             return _read_json(self.file(self.CLASSES))
-        return resolve_as(self.dataset(), root, DatasetRun).classes()
+        return self.dataset_run(root).classes()
 
     def metrics(self) -> Path:
         return self.file(self.METRICS)
