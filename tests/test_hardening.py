@@ -257,6 +257,8 @@ def eval_root(evaluated: Path, runs_root: Path) -> Path:
 def _damages(path: Path) -> dict[str, typing.Callable[[], None]]:
     data = path.read_bytes()
     middle = len(data) // 2
+    # 0x20 (not _flip's 0xFF): a letter changes case, so a flipped manifest stays JSON and
+    # only its seal can tell
     flipped = data[:middle] + bytes([data[middle] ^ 0x20]) + data[middle + 1 :]
     return {"flipped": lambda: path.write_bytes(flipped),
             "truncated": lambda: path.write_bytes(data[:middle]),

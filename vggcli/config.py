@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vggcli.device import Precision, omp_threads
+from vggcli.device import Precision, available_cores, omp_threads
 from vggcli.errors import VggError
 
 # conv3 output channels, "M" = 2x2/2 max-pool, "Ck-n" = k x k conv with n outputs ("C1-512":
@@ -235,4 +235,4 @@ def default_workers() -> int:
     sets torch's threads to its worker count, so more workers would oversubscribe the cores
     the user gave this process), else the node's cores shared among its ranks."""
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return omp_threads() or max(1, len(os.sched_getaffinity(0)) // ranks_here)
+    return omp_threads() or max(1, available_cores() // ranks_here)

@@ -211,12 +211,17 @@ def _refuse_other_kinds(name: str, kind: str, existing: list[RunVersion]) -> Non
                            "choose another name", field="name")
 
 
+def _same_config(manifest: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a version was started with `config`, compared as its manifest stores it."""
+    return manifest.get("config") == json.loads(json.dumps(config))
+
+
 def _refuse_a_twin(existing: list[RunVersion], config: dict[str, Any]) -> None:
     """Two identical commands at once would each train the same thing as its own version:
     the second is refused while the first writes (its version locked, same config)."""
     if not existing or existing[-1].status() != RUNNING:
         return
-    if existing[-1].manifest()["config"] == json.loads(json.dumps(config)):
+    if _same_config(existing[-1].manifest(), config):
         raise VggError(
             f"another process is writing {existing[-1].label} with the same config; wait for "
             "it to finish (or stop it and re-run this command to resume it)", exit_code=1)
@@ -403,7 +408,7 @@ class RunWriter:
             return None
         latest = existing[-1]
         manifest = latest.manifest()
-        if manifest.get("config") != json.loads(json.dumps(config)):
+        if not _same_config(manifest, config):
             return None
         lock = open(latest.path / LOCK, "ab")  # noqa: SIM115 - held for the writer's life
         if not _try_lock(lock):

@@ -85,9 +85,6 @@ def at_least(low: int, high: int) -> Callable[[N | None], N | None]:
     return bounded(low, high)
 
 
-def positive() -> Callable[[N | None], N | None]:
-    return bounded(0, open_low=True)
-
 def folder_path(text: str) -> Path:
     """A folder option's value: refused when empty (it would mean the current folder: a
     preprocess once wrote its run into the source dataset) or naming a file."""

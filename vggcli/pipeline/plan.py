@@ -34,6 +34,7 @@ from vggcli.pipeline.resources import Resources
 from vggcli.runs import COMPLETE, DAMAGED, RUNNING, RunVersion, latest_complete, versions
 
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
+PIPELINE_OPTIONS = ("--runs-root", "--name")  # set by the pipeline for every step
 SCALES_OUT = ("train", "finetune-scale", "evaluate")  # the steps `--nproc` applies to
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_+-]+)\}")
 
@@ -107,9 +108,9 @@ def _parse_step(
             f"{path}: step {name}: unknown command '{command.split()[0]}' "
             f"(one of {', '.join(COMMANDS)})"
         )
-    owned = [a for a in command.split() for o in ("--runs-root", "--name") if a.split("=")[0] == o]
+    owned = [a.split("=")[0] for a in command.split() if a.split("=")[0] in PIPELINE_OPTIONS]
     if owned:
-        raise VggError(f"{path}: step {name}: {owned[0].split('=')[0]} is the pipeline's "
+        raise VggError(f"{path}: step {name}: {owned[0]} is the pipeline's "
                        "(its runs_root, the step's name); take it out of `run`")
     inputs = []
     for ref in PLACEHOLDER.findall(command):
