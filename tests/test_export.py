@@ -169,7 +169,8 @@ def test_export_errors_are_one_line(vgg, runs_root: Path, monkeypatch) -> None:
     result = vgg("export", "A", "--format", "tflite")
     assert result.exit_code == 2
     assert result.output.strip() == (
-        "error: --format: unknown format 'tflite': choose onnx or torchscript"
+        "error: Invalid value for '--format': choose onnx, torchscript, not 'tflite' "
+        "(see 'vgg export --help')"
     )
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
     result = vgg("export", "A")

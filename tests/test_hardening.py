@@ -4,7 +4,9 @@ complete. Races are made deterministic with the VGG_PAUSE_AT test hook."""
 
 from __future__ import annotations
 
+import enum
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer.main
+import typer.testing
 
 from tests.conftest import edit_manifest, vgg_process
 from tests.test_train import TINY
+from vggcli.cli import app
 from vggcli.errors import VggError
 from vggcli.runs import COMPLETE, DAMAGED, FAILED, RUNNING, RunWriter, versions
 
@@ -32,8 +37,9 @@ def _one_line_error(result, exit_code: int, *needles: str) -> None:
         assert needle in lines[0], result.output
 
 
-# -- every numeric option of every command, out of range ---------------------------------
-def _numeric_options() -> list[tuple[tuple[str, ...], typing.Any]]:
+# -- every option of every command, given wrong values of its kind ------------------------
+def _parameters() -> list[tuple[tuple[str, ...], typing.Any]]:
+    """Every parameter (option or argument) of every command, read from the typer app."""
     import typer.main
 
     from vggcli.cli import app
@@ -43,76 +49,141 @@ def _numeric_options() -> list[tuple[tuple[str, ...], typing.Any]]:
         path, command = pending.pop()
         for name, sub in getattr(command, "commands", {}).items():
             pending.append(((*path, name), sub))
-        for param in command.params:
-            annotation = getattr(param, "type_descriptor", None)
-            kinds = typing.get_args(annotation.annotation) or (annotation.annotation,)
-            if param.opts[0].startswith("--") and {int, float} & set(kinds):
-                found.append((path, param))
-    return found
+        found += [(path, param) for param in command.params if param.name != "help"]
+    return sorted(found, key=lambda item: item[0])  # each command's in their order
+
+
+def _kind(param: typing.Any) -> str | None:
+    """What a parameter's check says it checks (commands/common.py tags each check), 'flag'
+    for a flag, 'choice' for an Enum; None for a parameter nobody checks."""
+    if getattr(param, "is_flag", False):
+        return "flag"
+    annotation = param.type_descriptor.annotation
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "choice"  # click's own Choice
+    check = param.callback or param.type_descriptor.parameter_info.parser
+    return getattr(check, "kind", None)
+
+
+LONG = "x" * 5000  # longer than any file name may be (ENAMETOOLONG)
+BAD_VALUES = {  # {tmp}: an empty folder, {file}: a file in it
+    "choice": ["bogus", "", "../x", "-1", "1e300", "nan"],
+    "device": ["bogus", "", "cuda:x", "cuda:-1", "1e300"],
+    "scale": ["", "0", "-1", "nan", "1e300", "512-256", "99999", "../x"],
+    "scales": ["", "0", "a,b", "nan", "1e300", "99999", "256,,384"],
+    "name": ["", "../x", "a/b", ".hidden", "x" * 300],
+    "reference": ["", "{tmp}/missing", "{file}", LONG],
+    "folder": ["", "{file}", "{file}/x", LONG],
+    "existing folder": ["", "{tmp}/missing", "{file}", LONG],
+    "existing file": ["", "{tmp}/missing", "{tmp}", LONG],
+    "existing path": ["", "{tmp}/missing", LONG],
+    "new file": ["", "{tmp}", "{file}/x.npy", LONG],
+}
+PARAMETERS = _parameters()
+COMMAND = typer.main.get_command(app)
 
 
 def _bad_values(param: typing.Any) -> list[str]:
-    """Wrong type, path-shaped, below and above its range (negative, zero, huge), NaN/inf."""
+    """Wrong type, path-shaped, below and above its range (negative, zero, huge), NaN/inf;
+    for any other kind, its row of BAD_VALUES."""
+    kind = _kind(param)
+    if kind != "range":
+        return BAD_VALUES[kind]
     low, high, open_low, open_high = param.callback.bounds
-    values = ["abc", "../x"]
-    if low is not None:
-        values.append(str(low if open_low else low - 1))
-    if high is not None:
-        values.append(str(high if open_high else high + 1))
+    values = ["abc", "", "../x", str(low if open_low else low - 1)]
+    values.append(str(high if open_high else high + 1))
     annotation = param.type_descriptor.annotation
     if float in (typing.get_args(annotation) or (annotation,)):
         values += ["nan", "inf", "1e300"]
     return values
 
 
-NUMERIC = _numeric_options()
+def test_every_option_is_checked_before_the_command_runs() -> None:
+    """Each parameter has a check of a kind the fuzz below knows, and numbers have both
+    ends: with no upper bound, `--lr 1e300` overflowed inside the optimizer (a traceback),
+    `--workers 100000` hung and `--train-per-class 10000000000000` began filling the disk."""
+    assert len(PARAMETERS) > 150
+    for path, param in PARAMETERS:
+        kind = _kind(param)
+        assert kind == "flag" or kind == "range" or kind in BAD_VALUES, (path, param.opts)
+        if kind == "range":
+            low, high, _, _ = param.callback.bounds
+            assert low is not None and high is not None, (path, param.opts)
 
 
-def test_every_numeric_option_declares_its_range() -> None:
-    """Both ends: with no upper bound, `--lr 1e300` overflowed inside the optimizer (a
-    traceback), `--workers 100000` hung and `--train-per-class 10000000000000` began
-    filling the disk."""
-    assert len(NUMERIC) > 30
-    for path, param in NUMERIC:
-        assert hasattr(param.callback, "bounds"), (path, param.opts)
-        low, high, _, _ = param.callback.bounds
-        assert low is not None and high is not None, (path, param.opts)
-
-
-@pytest.mark.parametrize(
-    ("path", "param"), NUMERIC, ids=[f"{' '.join(p)} {o.opts[0]}" for p, o in NUMERIC]
-)
-def test_out_of_range_values_are_one_line_usage_errors(vgg, tmp_path, path, param) -> None:
-    arguments = [str(tmp_path) for p in _arguments(path) if p.required]
-    for value in _bad_values(param):
-        result = vgg(*path, param.opts[0], value, *arguments)
-        _one_line_error(result, 2, param.opts[0])
+def _fuzz_cases(folder: Path, path: tuple[str, ...], param: typing.Any) -> list[list[str]]:
+    """The command lines giving `param` each of its wrong values. The value comes first:
+    click checks what was given in the order given, so its error comes before any about a
+    missing argument; a later argument follows a valid first one (the run `tiny`)."""
+    (folder / "file").write_text("x")
+    where = {"tmp": str(folder), "file": str(folder / "file")}
+    if _kind(param) == "flag":
+        return [[*path, f"{param.opts[0]}=abc"]]
+    if param.param_type_name == "option":
+        return [[*path, param.opts[0], value.format(**where)] for value in _bad_values(param)]
+    before = ["tiny"] * _arguments(path).index(param)
+    return [[*path, *before, value.format(**where)] for value in _bad_values(param)]
 
 
 def _arguments(path: tuple[str, ...]) -> list[typing.Any]:
-    import typer.main
+    return [p for where, p in PARAMETERS if where == path and p.param_type_name == "argument"]
 
-    from vggcli.cli import app
 
-    command = typer.main.get_command(app)
-    for name in path:
-        command = command.commands[name]
-    return [p for p in command.params if not p.opts[0].startswith("--")]
+@pytest.mark.parametrize(
+    ("path", "param"), PARAMETERS, ids=[f"{' '.join(p)} {o.opts[0]}" for p, o in PARAMETERS]
+)
+def test_wrong_values_of_every_option_are_one_line_usage_errors(
+    dataset_runs, monkeypatch, tmp_path, path, param
+) -> None:
+    """Wrong type, negative, zero, huge, NaN/inf, empty and path-shaped values, for every
+    parameter of every command (a new option is covered by being there): exit 2, the option
+    named, one line, and nothing written."""
+    monkeypatch.setenv("VGG_RUNS", str(dataset_runs))
+    monkeypatch.setattr(typer.testing, "_get_command", lambda _: COMMAND)  # built once: 30 ms
+    before = sorted(p.name for p in dataset_runs.iterdir())
+    for args in _fuzz_cases(tmp_path, path, param):
+        env = {"COLUMNS": "200", "VGG_NO_VERIFY": None}
+        result = typer.testing.CliRunner().invoke(app, args, env=env)
+        _one_line_error(result, 2, f"'{param.opts[0]}'")
+    assert sorted(p.name for p in dataset_runs.iterdir()) == before
+
+
+def test_usage_errors_are_found_before_torch_is_imported(tmp_path: Path) -> None:
+    """Within a second or so, whatever the command: the checks run as the options are
+    parsed, before any command imports torch or FFCV (seconds each). One wrong value of
+    each parameter, all in one fresh interpreter."""
+    cases = [_fuzz_cases(tmp_path, path, param)[0] for path, param in PARAMETERS]
+    script = (
+        "import json, sys\n"
+        "import typer.testing\n"
+        "from vggcli.cli import app\n"
+        "command = typer.main.get_command(app)\n"
+        "typer.testing._get_command = lambda _: command\n"
+        "run = typer.testing.CliRunner().invoke\n"
+        "codes = [run(app, args).exit_code for args in json.load(sys.stdin)]\n"
+        "heavy = sorted({'torch', 'ffcv', 'numba'} & set(sys.modules))\n"
+        "print(json.dumps({'codes': sorted(set(codes)), 'heavy': heavy}))\n"
+    )
+    env = {**os.environ, "VGG_RUNS": str(tmp_path / "runs")}
+    out = subprocess.run([sys.executable, "-c", script], input=json.dumps(cases), env=env,
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(out.stdout.splitlines()[-1]) == {"codes": [2], "heavy": []}, out.stderr
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["evaluate", "x", "--scales", "100000"], "--scales 100000"),
+        (["evaluate", "x", "--scales", "100000"], "'--scales': 100000: each Q"),
         (["evaluate", "x", "--scales", "a,b"], "comma-separated"),
         (["train", "--net", "A", "--scale", "5000"], "above 2048"),
         (["train", "--net", "A", "--bogus"], "No such option: --bogus"),
-        (["train", "--net", "Z"], "unknown net 'Z'"),
-        (["train", "--net", "A", "--init", "bogus", "--batch-size", "16"], "unknown init"),
-        (["finetune-scale", "x", "--scale", "1-x"], "--scale must be"),
-        (["preprocess", "x", "--write-mode", "bogus"], "--write-mode: unknown write mode"),
-        (["make-demo-data", "x", "--val-layout", "bogus"], "--val-layout: unknown"),
+        (["train", "--net", "Z"], "'--net': choose A, A-LRN, B"),
+        (["train", "--net", "A", "--init", "bogus"], "'--init': choose normal, glorot"),
+        (["finetune-scale", "x", "--scale", "1-x"], "'--scale': must be S (e.g. 256)"),
+        (["preprocess", "x", "--write-mode", "bogus"], "'--write-mode': choose jpg, raw"),
+        (["make-demo-data", "x", "--val-layout", "bogus"], "'--val-layout': choose folders"),
         (["verify", "nothing"], "no run 'nothing'"),
+        (["evaluate", "tiny", "--multi-scale", "--scales", "40"], "--scales: give --scales or"),
     ],
 )
 def test_bad_option_text_is_one_line(vgg, train_root, args, needle) -> None:
@@ -148,13 +219,12 @@ def test_paths_of_the_wrong_kind_are_usage_errors(vgg, tmp_path: Path, args, nee
     ("args", "needle"),
     [
         (["preprocess", "{source}", "--classes", "99"], "--classes: 99 classes asked for, but"),
-        (["preprocess", "{source}", "--name", "x" * 300], "--name: invalid run name 'xxx"),
-        (["evaluate", "A", "--multi-scale", "--scales", "40"], "--scales: give --scales or"),
+        (["preprocess", "{source}", "--name", "x" * 300], "'--name': invalid run name 'xxx"),
     ],
 )
 def test_silently_accepted_options_are_refused(vgg, tiny_source, runs_root, args, needle):
     """Each was accepted before: 99 classes kept from 4, a 300-character name that failed
-    as a raw OS error, --scales beside --multi-scale (one of them ignored)."""
+    as a raw OS error (and --scales beside --multi-scale, one of them ignored: above)."""
     _one_line_error(vgg(*(a.format(source=tiny_source) for a in args)), 2, needle)
     assert not runs_root.exists() or not any(runs_root.iterdir())
 
@@ -162,10 +232,10 @@ def test_silently_accepted_options_are_refused(vgg, tiny_source, runs_root, args
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["evaluate", "A", "--mode", "bogus"], "unknown mode 'bogus'"),
-        (["evaluate", "A", "--precision", "fp8"], "unknown precision 'fp8'"),
-        (["evaluate", "A", "--device", "garbage"], "unknown device 'garbage'"),
-        (["fuse", "A", "A2", "--mode", "bogus"], "unknown fusion mode 'bogus'"),
+        (["evaluate", "A", "--mode", "bogus"], "'--mode': choose dense, crop"),
+        (["evaluate", "A", "--precision", "fp8"], "'--precision': choose auto, bf16"),
+        (["evaluate", "A", "--device", "garbage"], "'--device': choose auto, cpu"),
+        (["fuse", "A", "A2", "--mode", "bogus"], "'--mode': choose dense, crop, dense+crop, not"),
     ],
 )
 def test_bad_evaluation_option_text_is_one_line(vgg, eval_root, args, needle) -> None:
@@ -233,14 +303,10 @@ def test_a_damaged_jpeg_header_is_counted_and_fails_training(vgg, train_root) ->
 def evaluated(tmp_path_factory, dataset_runs) -> Path:
     """Two tiny A models and their dense multi-scale evaluations (what fuse reads), made
     once for this module."""
-    from typer.testing import CliRunner
-
-    from vggcli.cli import app
-
     root = tmp_path_factory.mktemp("evaluated") / "runs"
     shutil.copytree(dataset_runs, root)
     env = {"VGG_RUNS": str(root), "COLUMNS": "200"}
-    runner = CliRunner()
+    runner = typer.testing.CliRunner()
     for name, seed in (("A", "0"), ("A2", "1")):
         args = [*TRAIN, "--name", name, "--seed", seed]
         assert runner.invoke(app, args, env=env).exit_code == 0
@@ -433,9 +499,11 @@ def test_a_damaged_manifest_is_named_listed_and_blocks_nothing(vgg, tmp_path: Pa
     sealed = manifest.read_text()
     edited = sealed.replace("120.0", "0.0")  # a statistic changed by hand
     bad_record = '{"status": "complete", "config": {}, "outputs": {"model.pt": 5}}'
+    unsealed = '{"schema_version": 1, "status": "done", "config": {}, "outputs": {}}'  # no seal
     damage = {"{not json": "not readable JSON", "[1, 2]": "a JSON list, not an object",
               '{"status": "complete"}': "'config' missing", bad_record: "not a record of size",
-              edited: "does not match its content_sha256", None: "it is missing"}
+              edited: "does not match its content_sha256", None: "it is missing",
+              unsealed: "status 'done' is not complete, failed or running"}
     for garbage, why in damage.items():
         if garbage is None:
             manifest.unlink()

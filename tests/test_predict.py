@@ -165,7 +165,7 @@ def test_a_bad_file_fails_in_one_line_before_any_compute(root, pictures, tmp_pat
         (line,) = result.stderr.strip().splitlines()  # the error alone, no bar left over
         assert line.startswith("error:") and str(bad) in line and message in line, line
     result = _vgg(root, "predict", "A", str(pictures["gray.png"]), "--mode", "centre")
-    assert result.exit_code == 2 and "unknown mode" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--mode'" in result.output
 
 
 def _hand_descriptor(model, image: np.ndarray, scales: tuple[int, ...]) -> list[np.ndarray]:

@@ -1,5 +1,6 @@
 """What a training run is, as data: the nets (Table 1's configurations), the paper's recipe
-and the training config a run records in its manifest and resumes with.
+and the training config a run records in its manifest and resumes with; and the closed sets
+of values other commands' options take (storage modes, export formats, demo styles).
 
 Torch-free and FFCV-free, so that commands, pipelines and reports can build, check and read
 configs without loading either; the loop (train.py), the models (models.py) and the loaders
@@ -38,6 +39,13 @@ SCHEME = 3  # the augmentation scheme new runs use (see data/loader.py's docstri
 # torchvision on the CPU, or nvJPEG on the CUDA device (the last two: data/torch_loader.py)
 DECODES = ("ffcv", "torch", "gpu")
 INSERTED_INITS = ("random", "identity")
+INITS = ("normal", "glorot", "kaiming")
+TORCHVISION_ARCHITECTURES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
+# the other commands' choices, here so that the CLI checks them before importing torch or FFCV
+WRITE_MODES = ("jpg", "raw", "proportion", "smart")  # FFCV's RGBImageField storage
+EXPORT_FORMATS = ("onnx", "torchscript")
+DEMO_STYLES = ("scenes", "shapes")
+VAL_LAYOUTS = ("folders", "loc", "devkit")  # how a demo dataset lays out val/
 
 
 def check_decode(decode: str, device: str | None = None) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from vggcli.config import EXPORT_FORMATS
 from vggcli.errors import VggError
 from vggcli.models import VGG
 
-FORMATS = ("onnx", "torchscript")
 INPUT, OUTPUT = "image", "posteriors"
 OPSET = 20  # torch 2.14's default, pinned so that a torch upgrade does not change the files
 
@@ -72,7 +72,7 @@ def classifiers(model: VGG) -> dict[str, CropClassifier | DenseClassifier]:
 
 def check_format(fmt: str) -> str:
     """A known format whose exporter is installed, or one line saying what to do."""
-    if fmt not in FORMATS:
+    if fmt not in EXPORT_FORMATS:
         raise VggError(f"unknown format '{fmt}': choose onnx or torchscript", field="format")
     if fmt == "onnx":
         try:
@@ -89,7 +89,7 @@ def check_format(fmt: str) -> str:
 
 
 def save(classifier: CropClassifier | DenseClassifier, fmt: str, path: Path) -> None:
-    """Write `classifier` to `path` in `fmt` (one of FORMATS)."""
+    """Write `classifier` to `path` in `fmt` (one of EXPORT_FORMATS)."""
     if fmt == "onnx":
         _save_onnx(classifier, path)
     else:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vggcli.config import CONFIGS, NetSpec
+from vggcli.config import CONFIGS, INITS, NetSpec
 from vggcli.errors import VggError
 
 FC_WIDTH = 4096
@@ -235,7 +235,7 @@ def initialise(model: VGG, scheme: str, std: float = 0.01, last_std: float | Non
         elif scheme == "kaiming":
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
         else:
-            raise VggError(f"unknown init '{scheme}': choose normal, glorot or kaiming")
+            raise VggError(f"unknown init '{scheme}': choose {', '.join(INITS)}")
         nn.init.zeros_(layer.bias)
     if last_std is not None:
         nn.init.normal_(model.head.fc8.weight, 0.0, last_std)

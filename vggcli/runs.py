@@ -136,9 +136,7 @@ class RunVersion:
         damaged when the manifest is missing, garbled, of the wrong shape or edited."""
         try:
             status = Status(self.manifest()["status"])
-        except (VggError, ValueError):
-            return DAMAGED
-        if status not in (COMPLETE, FAILED, RUNNING):
+        except VggError:
             return DAMAGED
         if status != RUNNING:
             return status
@@ -177,6 +175,8 @@ def _shape_problem(manifest: Any) -> str | None:
     for field, kind in _OPTIONAL_FIELD_TYPES.items():
         if field in manifest and not isinstance(manifest[field], kind):
             return f"'{field}' is not a JSON {kind.__name__}"
+    if manifest["status"] not in (COMPLETE, FAILED, RUNNING):  # what a writer stores
+        return f"status '{manifest['status'][:20]}' is not complete, failed or running"
     for name, record in manifest["outputs"].items():
         if not _is_record(record, {"size": int, "sha256": str}):
             return f"output '{name}' is not a record of size and sha256"
@@ -245,6 +245,15 @@ def _not_resumable(version: RunVersion, existing: list[RunVersion]) -> str:
 
 def _is_record(value: Any, fields: dict[str, type]) -> bool:
     return isinstance(value, dict) and all(isinstance(value.get(k), t) for k, t in fields.items())
+
+
+def check_name(name: str) -> None:
+    """A run name is one folder inside the runs root: no path, nothing hidden, short enough
+    for any filesystem (a 300-character name was a raw OS error)."""
+    if not name or "/" in name or name.startswith(".") or len(name) > MAX_NAME:
+        raise VggError(f"invalid run name '{name[:40]}{'...' if len(name) > 40 else ''}': "
+                       f"up to {MAX_NAME} characters, no '/', not starting with '.'",
+                       field="name")
 
 
 def versions(run_dir: Path) -> list[RunVersion]:
@@ -378,10 +387,7 @@ class RunWriter:
         `execution` (world size, backend, nodes: runtime facts, not config) is recorded for
         every attempt, since a resumed run may run on other machines."""
         execution = {"device": device, **(execution or {})}
-        if not name or "/" in name or name.startswith(".") or len(name) > MAX_NAME:
-            raise VggError(f"invalid run name '{name[:40]}{'...' if len(name) > 40 else ''}': "
-                           f"up to {MAX_NAME} characters, no '/', not starting with '.'",
-                           field="name")
+        check_name(name)
         run_dir = root / name
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / LOCK, "ab") as run_lock:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from vggcli.config import CONFIGS, NetSpec
+from vggcli.config import CONFIGS, TORCHVISION_ARCHITECTURES, NetSpec
 from vggcli.errors import VggError
 from vggcli.models import VGG
 
 # torchvision's ImageNet preprocessing (transforms.Normalize in its weights' transforms)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ARCHITECTURES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 CLASSIFIER = {"classifier.0": "head.fc6", "classifier.3": "head.fc7", "classifier.6": "head.fc8"}
 
 
@@ -32,7 +31,7 @@ def net_of(state: dict[str, torch.Tensor]) -> str:
             "normalisation layers; import vgg11, vgg13, vgg16 or vgg19 weights"
         )
     convs = sum(1 for k, v in state.items() if k.startswith("features.") and v.ndim == 4)
-    for net in ARCHITECTURES:
+    for net in TORCHVISION_ARCHITECTURES:
         if convs == sum(1 for item in CONFIGS[net] if isinstance(item, int)):
             return net
     raise VggError(
@@ -52,11 +51,12 @@ def to_ours(state: dict[str, torch.Tensor], net: str) -> tuple[dict[str, torch.T
         expected = VGG(spec).state_dict()
     if set(converted) != set(expected):
         odd = sorted(set(converted) ^ set(expected))
-        raise VggError(f"the weights do not fit {ARCHITECTURES[net]} ({', '.join(odd[:3])})")
+        architecture = TORCHVISION_ARCHITECTURES[net]
+        raise VggError(f"the weights do not fit {architecture} ({', '.join(odd[:3])})")
     for key, value in converted.items():
         if value.shape != expected[key].shape:
             raise VggError(
-                f"{key} has shape {tuple(value.shape)}, {ARCHITECTURES[net]} needs "
+                f"{key} has shape {tuple(value.shape)}, {TORCHVISION_ARCHITECTURES[net]} needs "
                 f"{tuple(expected[key].shape)}"
             )
     return converted, spec

@@ -20,9 +20,12 @@ from vggcli.commands.common import (
     one_of,
     parse_scale,
     relaunch,
+    run_reference,
     runs_root,
+    scale_text,
     user_errors,
 )
+from vggcli.config import CONFIGS
 from vggcli.errors import VggError
 
 app = typer.Typer(help="Benchmarks: ours against a reference on the same cores, in one run.",
@@ -62,7 +65,7 @@ def train_command(
 def evaluate_command(
     q: Annotated[int, typer.Option("--q", callback=bounded(256, MAX_SCALE - 32), help="Test scale Q (smallest image side); the cost is also measured over Q-32, Q, Q+32.")] = 256,
     repeats: Annotated[int, typer.Option(callback=at_least(1, MAX_REPEATS), help="Timed repetitions (median taken).")] = 2,
-    net: Annotated[str, typer.Option(help="Table 1 configuration of the end-to-end measurement (the dense-vs-crop cost is always net D's).")] = "A",
+    net: Annotated[str, typer.Option(callback=one_of(*CONFIGS), help="Table 1 configuration of the end-to-end measurement (the dense-vs-crop cost is always net D's).")] = "A",
     width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width of both nets (1 = full size).")] = 1.0,
     images: Annotated[int, typer.Option(callback=bounded(1, 256), help="ImageNet-sized JPEGs (500x375 or 375x500) evaluated densely end to end (batches of up to 16 of one size).")] = 48,
     crop_images: Annotated[int, typer.Option(callback=bounded(1, 64), help="Images evaluated with 50 crops end to end (batches of 4).")] = 12,
@@ -87,8 +90,8 @@ def evaluate_command(
 @app.command("loader")
 @user_errors
 def loader_command(
-    data: Annotated[str | None, typer.Option(help="A dataset run whose training images to read (default: 1,200 ImageNet-sized JPEGs drawn for the bench).")] = None,
-    scale: Annotated[str, typer.Option(help="Training scale S: 256, or a range such as 256-512 for scale jitter.")] = "256",
+    data: Annotated[str | None, typer.Option(callback=run_reference, help="A dataset run whose training images to read (default: 1,200 ImageNet-sized JPEGs drawn for the bench).")] = None,
+    scale: Annotated[str, typer.Option(callback=scale_text, help="Training scale S: 256, or a range such as 256-512 for scale jitter.")] = "256",
     workers: Annotated[int, typer.Option(callback=bounded(1, 256), help="Our loader's threads = torchvision's worker processes = decode-only threads.")] = 2,
     batch: Annotated[int, typer.Option(callback=at_least(1, MAX_BATCH), help="Images per batch.")] = 64,
     crop: Annotated[int, typer.Option(callback=bounded(16, MAX_SCALE), help="Crop size.")] = 224,

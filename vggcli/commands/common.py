@@ -6,6 +6,7 @@ import errno
 import functools
 import math
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from rich.console import Console
 
 from vggcli.config import default_workers
 from vggcli.errors import PREEMPTED, VggError
+from vggcli.stages.arguments import PRECISIONS, check_name, check_reference
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,6 +34,29 @@ MAX_IMAGES = 10**8  # images or classes in a dataset, a sample or a count per cl
 MAX_REPEATS = 1000
 MAX_MINUTES = 7 * 24 * 60.0  # a week
 MAX_SCALE = 2048  # the largest smallest-side S or Q we rescale to (the paper's largest: 512)
+
+
+def _checks(kind: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Tag an option's check with the kind of value it checks: the fuzz test in
+    tests/test_hardening.py finds every option's check through the typer app and gives it
+    that kind's wrong values, so a new option is covered (and one without a check fails)."""
+
+    def tag(check: Callable[..., R]) -> Callable[..., R]:
+        check.kind = kind  # type: ignore[attr-defined]
+        return check
+
+    return tag
+
+
+def _usage(check: Callable[..., object], *args: object) -> None:
+    """Run a check that raises our VggError (or an OSError, e.g. a name too long for the
+    filesystem) as a typer usage error: `Invalid value for '--opt': ...`, exit code 2."""
+    try:
+        check(*args)
+    except VggError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    except OSError as exc:
+        raise typer.BadParameter(exc.strerror or str(exc)) from None
 
 
 def bounded(
@@ -56,7 +81,7 @@ def bounded(
         return value
 
     check.bounds = (low, high, open_low, open_high)  # type: ignore[attr-defined]
-    return check
+    return _checks("range")(check)
 
 
 def _interval(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:
@@ -77,7 +102,7 @@ def one_of(*choices: str) -> Callable[[str | None], str | None]:
             raise typer.BadParameter(f"choose {', '.join(choices)}, not '{value}'")
         return value
 
-    return check
+    return _checks("choice")(check)
 
 
 def at_least(low: int, high: int) -> Callable[[N | None], N | None]:
@@ -85,33 +110,105 @@ def at_least(low: int, high: int) -> Callable[[N | None], N | None]:
     return bounded(low, high)
 
 
+@_checks("device")
+def device_name(value: str | None) -> str | None:
+    """--device: its shape only; whether this machine has that CUDA device is asked later."""
+    if value is not None and not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", value):
+        raise typer.BadParameter(f"choose auto, cpu, cuda or cuda:N, not '{value}'")
+    return value
+
+
+@_checks("scale")
+def scale_text(value: str | None) -> str | None:
+    """--scale: S or Smin-Smax (parse_scale), checked before the command starts."""
+    if value is not None:
+        _usage(parse_scale, value)
+    return value
+
+
+@_checks("scales")
+def scales_text(value: str | None) -> str | None:
+    """--scales: Q1,Q2,... (parse_scales), checked before the command starts."""
+    _usage(parse_scales, value)
+    return value
+
+
+@_checks("name")
+def run_name(value: str | None) -> str | None:
+    """--name: a run name (runs.check_name), refused before any run is opened."""
+    if value is not None:
+        _usage(check_name, value)
+    return value
+
+
+@_checks("reference")
+def run_reference(ctx: typer.Context, value: str | list[str] | None) -> str | list[str] | None:
+    """The runs a command reads must be there (check_reference), under --runs-root: an eager
+    option, so parsed before this one."""
+    refs = [] if value is None else [value] if isinstance(value, str) else value
+    for ref in refs:
+        _usage(check_reference, ref, runs_root(ctx.params.get("root")))
+    return value
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # e.g. a name too long for the filesystem
+        raise typer.BadParameter(f"{exc.strerror}: {str(path)[:40]}...") from None
+
+
+@_checks("folder")
 def folder_path(text: str) -> Path:
-    """A folder option's value: refused when empty (it would mean the current folder: a
+    """A folder to write in: refused when empty (it would mean the current folder: a
     preprocess once wrote its run into the source dataset) or naming a file."""
     if not text.strip():
         raise typer.BadParameter("is empty; name a folder")
     path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise typer.BadParameter(f"{text} is a file, not a folder")
+    for folder in (path, *path.parents):  # the first that exists must be a folder
+        if _exists(folder):
+            if not folder.is_dir():
+                raise typer.BadParameter(f"{folder} is a file, not a folder")
+            break
     return path
 
 
+@_checks("existing folder")
+def existing_folder(text: str) -> Path:
+    """A folder to read: it must be there."""
+    path = folder_path(text)
+    if not path.exists():
+        raise typer.BadParameter(f"folder {text} does not exist")
+    return path
+
+
+@_checks("existing file")
 def existing_file(text: str) -> Path:
     """An input file option's value: it must be there (a missing --synsets was ignored)."""
     path = Path(text)
-    if not text.strip() or not path.exists():
+    if not text.strip() or not _exists(path):
         raise typer.BadParameter(f"no file '{text}'")
     if path.is_dir():
         raise typer.BadParameter(f"{text} is a folder, not a file")
     return path
 
 
+@_checks("existing path")
+def existing_path(text: str) -> Path:
+    """An image or a folder of images to read: it must be there."""
+    path = Path(text)
+    if not text.strip() or not _exists(path):
+        raise typer.BadParameter(f"no such file or folder '{text}'")
+    return path
+
+
+@_checks("new file")
 def new_file_path(text: str) -> Path:
     """An output file option's value: not empty, not a folder, in a folder (not a file)."""
     path = Path(text)
-    if not text.strip() or path.is_dir():
+    if not text.strip() or (_exists(path) and path.is_dir()):
         raise typer.BadParameter(f"'{text}' is not a file name")
-    if path.parent.exists() and not path.parent.is_dir():
+    if _exists(path.parent) and not path.parent.is_dir():
         raise typer.BadParameter(f"{path.parent} is a file, not a folder")
     return path
 
@@ -122,6 +219,7 @@ RunsRoot = Annotated[
         "--runs-root",
         parser=folder_path,
         envvar="VGG_RUNS",
+        is_eager=True,  # before the options naming runs in it (run_reference)
         help="Folder holding the run directories (default ./runs; env VGG_RUNS).",
         show_default=False,
     ),
@@ -137,9 +235,9 @@ Workers = Annotated[
 
 Precision = Annotated[
     str,
-    typer.Option(help="auto (bf16 autocast where the CPU/GPU supports it natively), bf16 or fp32."),
+    typer.Option(callback=one_of(*PRECISIONS), help="auto (bf16 autocast where the CPU/GPU supports it natively), bf16 or fp32."),
 ]
-Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N].")]
+Device = Annotated[str, typer.Option(callback=device_name, help="auto (CUDA when present), cpu or cuda[:N].")]
 
 
 NProc = Annotated[
@@ -238,9 +336,10 @@ def parse_scale(text: str) -> tuple[int, int]:
     except ValueError:
         parts = []
     if len(parts) not in (1, 2) or parts[0] > parts[-1] or parts[0] <= 0:
-        raise VggError(f"--scale must be S (e.g. 256) or Smin-Smax (e.g. 256-512), not '{text}'")
+        raise VggError(f"must be S (e.g. 256) or Smin-Smax (e.g. 256-512), not '{text}'",
+                       field="scale")
     if parts[-1] > MAX_SCALE:
-        raise VggError(f"--scale {text}: S above {MAX_SCALE} is not supported")
+        raise VggError(f"{text}: S above {MAX_SCALE} is not supported", field="scale")
     return parts[0], parts[-1]
 
 
@@ -252,9 +351,9 @@ def parse_scales(text: str | None) -> tuple[int, ...] | None:
     try:
         scales = tuple(int(q) for q in text.split(","))
     except ValueError:
-        raise VggError(f"--scales must be comma-separated integers, not '{text}'") from None
+        raise VggError(f"must be comma-separated integers, not '{text}'", field="scales") from None
     if not all(0 < q <= MAX_SCALE for q in scales):
-        raise VggError(f"--scales {text}: each Q must be in [1, {MAX_SCALE}]")
+        raise VggError(f"{text}: each Q must be in [1, {MAX_SCALE}]", field="scales")
     return scales
 
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import at_least, bounded, done, folder_path, user_errors
+from vggcli.commands.common import at_least, bounded, done, folder_path, one_of, user_errors
+from vggcli.config import DEMO_STYLES, VAL_LAYOUTS
 
 MAX_DEMO_PER_CLASS = 100_000  # generated images are written to disk: 10^13 would fill it
 
@@ -21,8 +22,8 @@ def command(
     seed: Annotated[int, typer.Option(callback=bounded(0, 2**32 - 1), help="Everything follows from this seed.")] = 0,
     min_side: Annotated[int, typer.Option(callback=bounded(32, 4096), help="Smallest image side, in pixels, of the shortest images.")] = 96,
     max_side: Annotated[int, typer.Option(callback=bounded(32, 4096), help="Longest image side, in pixels.")] = 400,
-    val_layout: Annotated[str, typer.Option(help="folders (val/<wnid>/), loc (flat + LOC_val_solution.csv) or devkit (flat + ILSVRC2012 devkit ground truth and meta.mat).")] = "loc",
-    style: Annotated[str, typer.Option(help="shapes (flat shapes and textures: the demo's) or scenes (textured objects in cluttered scenes: harder; the smoke recipe does not learn them yet).")] = "shapes",
+    val_layout: Annotated[str, typer.Option(callback=one_of(*VAL_LAYOUTS), help="folders (val/<wnid>/), loc (flat + LOC_val_solution.csv) or devkit (flat + ILSVRC2012 devkit ground truth and meta.mat).")] = "loc",
+    style: Annotated[str, typer.Option(callback=one_of(*DEMO_STYLES), help="shapes (flat shapes and textures: the demo's) or scenes (textured objects in cluttered scenes: harder; the smoke recipe does not learn them yet).")] = "shapes",
     clutter: Annotated[int, typer.Option(callback=bounded(0, 40), help="scenes: distractor patches per image, on average.")] = 6,
     min_object: Annotated[float, typer.Option(callback=bounded(0.05, 1.0), help="scenes: smallest object, as a share of the shorter side.")] = 0.3,
     max_object: Annotated[float, typer.Option(callback=bounded(0.05, 1.0), help="scenes: largest object, as a share of the shorter side.")] = 0.7,

@@ -9,12 +9,12 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import NoVerify, NProc, RunsRoot, bounded, user_errors
+from vggcli.commands.common import NoVerify, NProc, RunsRoot, bounded, existing_file, user_errors
 from vggcli.errors import WorkFailed
 
 app = typer.Typer(help="Run a pipelines/*.toml file step by step, skipping finished steps.",
                   no_args_is_help=True)
-File = Annotated[Path, typer.Argument(help="A pipeline file, e.g. pipelines/smoke.toml.")]
+File = Annotated[Path, typer.Argument(parser=existing_file, help="A pipeline file, e.g. pipelines/smoke.toml.")]
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="--no-flip adds --no-flip to every train step (mirror-sensitive classes: no training flips, and evaluations and fusions follow the models); finished steps made with flips are not reused.")]
 
 

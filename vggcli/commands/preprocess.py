@@ -16,23 +16,27 @@ from vggcli.commands.common import (
     bounded,
     done,
     existing_file,
+    existing_folder,
+    one_of,
     processes,
+    run_name,
     runs_root,
     user_errors,
 )
+from vggcli.config import WRITE_MODES
 
 
 @user_errors
 def command(
-    source: Annotated[Path, typer.Argument(help="ILSVRC-layout folder: train/<wnid>/*.JPEG and val/.")],
-    name: Annotated[str | None, typer.Option(help="Run name (default: the folder's name).")] = None,
+    source: Annotated[Path, typer.Argument(parser=existing_folder, help="ILSVRC-layout folder: train/<wnid>/*.JPEG and val/.")],
+    name: Annotated[str | None, typer.Option(callback=run_name, help="Run name (default: the folder's name).")] = None,
     classes: Annotated[int | None, typer.Option(callback=at_least(1, MAX_IMAGES), help="Keep only this many classes, evenly spaced over the sorted wnids (smoke tests on real ImageNet).")] = None,
     train_per_class: Annotated[int | None, typer.Option(callback=at_least(1, MAX_IMAGES), help="Keep the first N training images of each class.")] = None,
     val_per_class: Annotated[int | None, typer.Option(callback=at_least(1, MAX_IMAGES), help="Keep the first N validation images of each class.")] = None,
     val_labels: Annotated[Path | None, typer.Option(parser=existing_file, help="Labels of a flat val/ folder: LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt (found automatically in the usual places).")] = None,
     synsets: Annotated[Path | None, typer.Option(parser=existing_file, help="Synset order for the devkit ground truth: meta.mat, or one wnid per line in ILSVRC2012_ID order.")] = None,
     max_side: Annotated[int, typer.Option(callback=bounded(0, 4 * MAX_SCALE), help="Store images with their longer side at most this many pixels; 683 keeps a 4:3 image's smallest side at 512, the largest training scale S. 0 = keep full size.")] = 683,
-    write_mode: Annotated[str, typer.Option(help="FFCV storage: jpg, raw, proportion (a random share as JPEG) or smart.")] = "jpg",
+    write_mode: Annotated[str, typer.Option(callback=one_of(*WRITE_MODES), help="FFCV storage: jpg, raw, proportion (a random share as JPEG) or smart.")] = "jpg",
     jpeg_quality: Annotated[int, typer.Option(callback=bounded(1, 100), help="JPEG quality of stored images.")] = 90,
     compress_probability: Annotated[float, typer.Option(callback=bounded(0, 1), help="Share stored as JPEG when --write-mode proportion.")] = 0.5,
     max_skipped_fraction: Annotated[float, typer.Option(callback=bounded(0, 1), help="Fail if more than this share of a split is missing or cannot be decoded.")] = 0.01,

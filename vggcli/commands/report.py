@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, runs_root, user_errors
+from vggcli.commands.common import RunsRoot, existing_file, runs_root, user_errors
 
 
 @user_errors
 def command(
-    pipeline: Annotated[Path | None, typer.Option(help="Report on this pipeline's runs root (e.g. pipelines/smoke.toml).")] = None,
+    pipeline: Annotated[Path | None, typer.Option(parser=existing_file, help="Report on this pipeline's runs root (e.g. pipelines/smoke.toml).")] = None,
     root: RunsRoot = None,
 ) -> None:
     """Write report.md (Tables 3-6 beside the paper's, every claim of Sect. 4 checked with a paired test, plots of training curves and error against test scale) as a new version of the run `report`."""

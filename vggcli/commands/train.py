@@ -25,16 +25,19 @@ from vggcli.commands.common import (
     parse_scale,
     print_plan,
     relaunch,
+    run_name,
+    run_reference,
     runs_root,
+    scale_text,
     user_errors,
     workers,
 )
-from vggcli.config import DECODES
+from vggcli.config import CONFIGS, DECODES, INITS, INSERTED_INITS
 from vggcli.errors import VggError
 
 CheckpointMinutes = Annotated[float, typer.Option(callback=bounded(0, MAX_MINUTES, open_low=True), help="Also checkpoint every this many minutes (always at each epoch's end).")]
 CheckpointSteps = Annotated[int, typer.Option(callback=at_least(0, MAX_STEPS), help="Also checkpoint every N optimizer steps (0 = off).")]
-Name = Annotated[str | None, typer.Option(help="Run name to write (default: the net letter, e.g. runs/D).")]
+Name = Annotated[str | None, typer.Option(callback=run_name, help="Run name to write (default: the net letter, e.g. runs/D).")]
 # SGD's step is lr x gradient: far above 1 it only diverges, and near 1e300 torch's optimizer
 # overflows converting it to float32 (a traceback, not our one-line divergence error)
 MAX_LR = 10.0
@@ -49,11 +52,11 @@ def _runtime(jobs: int | None, checkpoint_minutes: float, checkpoint_steps: int,
 
 @user_errors
 def train_command(
-    net: Annotated[str, typer.Option(help="Table 1 configuration: A, A-LRN, B, C, D or E; or B-5x5, B with each pair of 3x3 convs one 5x5 conv (Sect. 4.1), initialised like A.")] = "",
-    scale: Annotated[str, typer.Option(help="Training scale S (smallest image side before the crop), e.g. 256, or a jitter range Smin-Smax, e.g. 256-512.")] = "256",
-    data: Annotated[str | None, typer.Option(help="Dataset run (default: the only one under the runs root).")] = None,
+    net: Annotated[str | None, typer.Option(callback=one_of(*CONFIGS), help="Table 1 configuration: A, A-LRN, B, C, D or E; or B-5x5, B with each pair of 3x3 convs one 5x5 conv (Sect. 4.1), initialised like A.", show_default=False)] = None,
+    scale: Annotated[str, typer.Option(callback=scale_text, help="Training scale S (smallest image side before the crop), e.g. 256, or a jitter range Smin-Smax, e.g. 256-512.")] = "256",
+    data: Annotated[str | None, typer.Option(callback=run_reference, help="Dataset run (default: the only one under the runs root).")] = None,
     name: Name = None,
-    init_from: Annotated[str | None, typer.Option(help="A trained net-A run: copy its first four conv layers and three FC layers (the paper's init for B-E).")] = None,
+    init_from: Annotated[str | None, typer.Option(callback=run_reference, help="A trained net-A run: copy its first four conv layers and three FC layers (the paper's init for B-E).")] = None,
     width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width multiplier on every conv and FC layer (1 = the paper's).")] = 1.0,
     crop: Annotated[int, typer.Option(callback=bounded(32, MAX_SCALE), help="Training crop size, a multiple of 32 (224 = the paper's); fc6 kernel = crop/32.")] = 224,
     epochs: Annotated[int, typer.Option(callback=at_least(1, MAX_EPOCHS), help="Epoch budget (the paper stopped after 74).")] = 74,
@@ -65,8 +68,8 @@ def train_command(
     patience: Annotated[int, typer.Option(callback=at_least(1, MAX_EPOCHS), help="Epochs without a better val accuracy before the lr is divided by 10.")] = 2,
     final_drop: Annotated[int, typer.Option(callback=at_least(0, MAX_EPOCHS), help="Divide the lr by 10 once more for the last N epochs (one of the --max-lr-drops, if any are left): a plateau scheduled in advance, for budgets too short for the plateau rule to fire; 0 = the paper's rule alone.")] = 0,
     max_lr_drops: Annotated[int, typer.Option(callback=at_least(0, MAX_EPOCHS), help="How many times the lr may be divided (the paper: 3).")] = 3,
-    init: Annotated[str | None, typer.Option(help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A, A-LRN and B-5x5 from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
-    inserted_init: Annotated[str, typer.Option(help="How a net started from A (--init-from) starts its convs not copied from A: random (the paper's: as --init says) or identity (the square ones as Dirac kernels, so the net begins close to A's function; the smoke recipe's).")] = "random",
+    init: Annotated[str | None, typer.Option(callback=one_of(*INITS), help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A, A-LRN and B-5x5 from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
+    inserted_init: Annotated[str, typer.Option(callback=one_of(*INSERTED_INITS), help="How a net started from A (--init-from) starts its convs not copied from A: random (the paper's: as --init says) or identity (the square ones as Dirac kernels, so the net begins close to A's function; the smoke recipe's).")] = "random",
     init_std: Annotated[float, typer.Option(callback=bounded(0, 10, open_low=True), help="Std of the normal init.")] = 1e-2,
     last_std: Annotated[float | None, typer.Option(callback=bounded(0, 10, open_low=True), help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
     dropout: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="Dropout on fc6 and fc7.")] = 0.5,
@@ -81,7 +84,7 @@ def train_command(
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
     device: Device = "auto",
-    resume: Annotated[str | None, typer.Option(help="Finish an interrupted version, e.g. runs/D/v003, with its recorded config (re-running the same command does this too).")] = None,
+    resume: Annotated[str | None, typer.Option(callback=run_reference, help="Finish an interrupted version, e.g. runs/D/v003, with its recorded config (re-running the same command does this too).")] = None,
     nproc: NProc = 1,
     dry_run: Annotated[bool, typer.Option(help="Print what the run will do (images and steps, world size and per-process batch, checkpoint size, disk needed) and stop.")] = False,
     no_verify: NoVerify = False,
@@ -119,13 +122,13 @@ def train_command(
 
 @user_errors
 def finetune_command(
-    run: Annotated[str, typer.Argument(help="The trained run to start from, e.g. runs/D (its latest complete version) or runs/D/v001.")],
-    scale: Annotated[str, typer.Option(help="New training scale: 384, or a jitter range such as 256-512.")],
+    run: Annotated[str, typer.Argument(callback=run_reference, help="The trained run to start from, e.g. runs/D (its latest complete version) or runs/D/v001.")],
+    scale: Annotated[str, typer.Option(callback=scale_text, help="New training scale: 384, or a jitter range such as 256-512.")],
     lr: Annotated[float | None, typer.Option(callback=bounded(0, MAX_LR, open_low=True), help="Initial learning rate (default: the base lr of the run at the chain's root / 10: the paper's 1e-2 -> 1e-3).", show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(callback=at_least(1, MAX_EPOCHS), help="Epoch budget (default: the parent's).")] = None,
-    name: Annotated[str | None, typer.Option(help="Run to write (default: the next version of the same run).")] = None,
+    name: Annotated[str | None, typer.Option(callback=run_name, help="Run to write (default: the next version of the same run).")] = None,
     fc_only: Annotated[bool, typer.Option("--fc-only", help="Train only fc6, fc7 and fc8; the conv layers keep the parent's weights (the ILSVRC-submission multi-scale D, Sect. 4.4).")] = False,
-    data: Annotated[str | None, typer.Option(help="Dataset run to fine-tune on (default: the parent's; needed for imported weights). fc8 keeps the dataset's classes, matched by wnid.")] = None,
+    data: Annotated[str | None, typer.Option(callback=run_reference, help="Dataset run to fine-tune on (default: the parent's; needed for imported weights). fc8 keeps the dataset's classes, matched by wnid.")] = None,
     batch_size: Annotated[int | None, typer.Option(callback=at_least(1, MAX_BATCH), help="Images per SGD step (default: the parent's; the paper's 256 for imported weights).", show_default=False)] = None,
     micro_batch: Annotated[int | None, typer.Option(callback=at_least(0, MAX_BATCH), help="Images per forward pass, gradients accumulated to the batch (default: the parent's; 0 = the whole batch).", show_default=False)] = None,
     precision: Precision = "auto",

@@ -6,13 +6,13 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import RunsRoot, runs_root, user_errors
+from vggcli.commands.common import RunsRoot, run_reference, runs_root, user_errors
 from vggcli.errors import WorkFailed
 
 
 @user_errors
 def command(
-    run: Annotated[str, typer.Argument(help="A run (its latest complete version) or a version, e.g. runs/D or runs/D/v002.")],
+    run: Annotated[str, typer.Argument(callback=run_reference, help="A run (its latest complete version) or a version, e.g. runs/D or runs/D/v002.")],
     root: RunsRoot = None,
 ) -> None:
     """Hash every file of a run version and of its parents (dataset, init and fine-tune parents, evaluated models) against the size and sha256 recorded when they were written; exit 1 if any differs."""

@@ -27,12 +27,12 @@ from ffcv.fields import IntField, RGBImageField
 from ffcv.memory_allocator import MemoryAllocator
 from ffcv.writer import DatasetWriter, worker_job_indexed_dataset
 
+from vggcli.config import WRITE_MODES
 from vggcli.data.images import load_rgb
 from vggcli.errors import VggError, WorkFailed
 from vggcli.processes import die_with_parent
 
 MIN_PAGE = 8 << 20
-WRITE_MODES = ("jpg", "raw", "proportion", "smart")
 MAX_DECODE_FAILURES = 0.001  # share of a split's images that may fail to decode at read time
 
 

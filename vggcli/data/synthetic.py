@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vggcli.config import DEMO_STYLES, VAL_LAYOUTS
 from vggcli.data.scenes import CLASS_NAMES, SceneSettings, render_scene
 from vggcli.errors import VggError
 from vggcli.files import atomic_write_bytes
 
 Box = tuple[float, float, float, float]
-VAL_LAYOUTS = ("folders", "loc", "devkit")
-STYLES = ("scenes", "shapes")
 IMAGENET_SIDES = (375, 500)  # the most common ILSVRC image size
 IMAGENET_QUALITY = 90
 GRAIN = 14.0  # grey levels per octave of detail: files of about 100 kB at quality 90
@@ -127,8 +126,8 @@ class SyntheticSpec:
     imagenet_sized: bool = False  # 500x375 q90 with fine detail; min_side, max_side unused
 
     def __post_init__(self) -> None:
-        if self.style not in STYLES:
-            raise VggError(f"unknown style: choose {', '.join(STYLES)}", field="style")
+        if self.style not in DEMO_STYLES:
+            raise VggError(f"unknown style: choose {', '.join(DEMO_STYLES)}", field="style")
         if not 1 <= self.classes <= len(SHAPES):
             raise VggError(f"there are 1 to {len(SHAPES)} classes", field="classes")
         if self.val_layout not in VAL_LAYOUTS:

@@ -19,11 +19,12 @@ import torch
 from vggcli import checkpoints
 from vggcli.artifacts import Kind, ModelRun
 from vggcli.classes import IMAGENET, imagenet_classes
+from vggcli.config import TORCHVISION_ARCHITECTURES
 from vggcli.errors import VggError
 from vggcli.files import sha256_file
 from vggcli.runs import RunVersion
 from vggcli.stages.common import lead_run
-from vggcli.torchvision_weights import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, net_of, to_ours
+from vggcli.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, net_of, to_ours
 
 __all__ = ["ImportRequest", "run"]
 
@@ -44,8 +45,9 @@ def run(request: ImportRequest, root: Path) -> RunVersion:
     net = net_of(state)
     if request.net is not None and request.net != net:
         raise VggError(
-            f"{request.file} holds {ARCHITECTURES[net]} weights (config {net}), "
-            f"not config {request.net}'s ({ARCHITECTURES.get(request.net, 'no torchvision net')})"
+            f"{request.file} holds {TORCHVISION_ARCHITECTURES[net]} weights (config {net}), "
+            f"not config {request.net}'s "
+            f"({TORCHVISION_ARCHITECTURES.get(request.net, 'no torchvision net')})"
         )
     converted, spec = to_ours(state, net)
     if spec.num_classes != len(imagenet_classes()):
@@ -53,7 +55,7 @@ def run(request: ImportRequest, root: Path) -> RunVersion:
             f"{request.file} has {spec.num_classes} outputs, not ImageNet-1k's 1000: "
             "the classes of a re-headed net are unknown"
         )
-    architecture = ARCHITECTURES[net]
+    architecture = TORCHVISION_ARCHITECTURES[net]
     config = _config(request.file, spec.as_dict(), architecture)
     with lead_run(root, request.name or f"torchvision-{architecture}", Kind.MODEL, config) as out:
         writer = out.writer
