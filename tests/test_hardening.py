@@ -243,6 +243,19 @@ def test_bad_evaluation_option_text_is_one_line(vgg, eval_root, args, needle) ->
     assert [v.path.name for v in versions(eval_root / "A-eval")] == ["v001"]
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--net", "B", "--scale", "40", "--init-from", "tiny"], "--init-from: tiny/v001"),
+        (["evaluate", "A", "--data", "A"], "--data: A/v001 is a trained model run, not a dataset"),
+        (["finetune-scale", "A", "--scale", "48", "--data", "A"], "--data: A/v001 is a trained"),
+    ],
+)
+def test_a_run_of_the_wrong_kind_is_named_with_its_option(vgg, runs_root, args, needle) -> None:
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs-v0", runs_root)
+    _one_line_error(vgg(*args), 2, needle)
+
+
 # -- degenerate runs ----------------------------------------------------------------------
 def test_a_run_that_would_make_no_step_is_refused_before_it_starts(vgg, train_root) -> None:
     result = vgg(*TRAIN, "--batch-size", "1000")

@@ -347,9 +347,15 @@ def as_kind(version: RunVersion, cls: type[A]) -> A:
     return cls(version)
 
 
-def resolve_as(ref: str | Path, root: Path, cls: type[A]) -> A:
-    """What the user typed (`runs/D`, `D`, `runs/D/v002`) as a complete `cls` run."""
-    return as_kind(resolve(ref, root), cls)
+def resolve_as(ref: str | Path, root: Path, cls: type[A], field: str | None = None) -> A:
+    """What the user typed (`runs/D`, `D`, `runs/D/v002`) as a complete `cls` run; `field`
+    is the option it came from (`data`), named in a usage error."""
+    try:
+        return as_kind(resolve(ref, root), cls)
+    except VggError as exc:
+        if exc.exit_code != 2 or exc.field is not None or field is None:
+            raise
+        raise VggError(str(exc), field=field) from None
 
 
 def latest_of_kind(root: Path, cls: type[A]) -> list[A]:

@@ -71,7 +71,7 @@ def loader(bench: LoaderBench, data: str | None, root: Path) -> RunVersion:
             beton = _imagenet_sized_beton(Path(scratch), bench.images, bench.workers)
             label = "drawn: imagenet-sized"
         else:
-            dataset = resolve_as(data, root, DatasetRun)
+            dataset = resolve_as(data, root, DatasetRun, field="data")
             beton, label = dataset.beton("train"), dataset.label
         encoded = sample(beton, bench.images)
         if len(encoded.ids) == 0:

@@ -105,7 +105,7 @@ def _dataset(model_run: ModelRun, data: str | None, root: Path) -> DatasetRun:
             f"{model_run.label} was imported and has no dataset of its own: name the dataset "
             "run to evaluate it on with --data (its classes are matched by wnid)"
         )
-    return resolve_as(data, root, DatasetRun) if data else model_run.dataset_run(root)
+    return resolve_as(data, root, DatasetRun, "data") if data else model_run.dataset_run(root)
 
 
 def _posteriors(

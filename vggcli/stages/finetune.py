@@ -59,7 +59,7 @@ def starting_config(parent: ModelRun, data: str | None, root: Path) -> TrainConf
         previous = parent.train_config()
     if data is None:
         return previous
-    dataset = resolve_as(data, root, DatasetRun)
+    dataset = resolve_as(data, root, DatasetRun, field="data")
     net = replace(previous.net, num_classes=dataset.num_classes())
     return replace(previous, net=net, dataset=dataset.label)
 

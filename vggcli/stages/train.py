@@ -65,7 +65,7 @@ class ResumeRequest:
 def find_dataset(root: Path, data: str | None) -> DatasetRun:
     """The dataset run named, else the only one under the runs root."""
     if data is not None:
-        return resolve_as(data, root, DatasetRun)
+        return resolve_as(data, root, DatasetRun, field="data")
     found = latest_of_kind(root, DatasetRun)
     if not found:
         raise VggError(f"no complete dataset run under {root}: run `vgg preprocess DIR` first")
@@ -199,7 +199,7 @@ def initialisation(
         )
     if request.init_from is not None:
         check_takes_a_layers(net.net)
-        a_run = resolve_as(request.init_from, root, ModelRun)
+        a_run = resolve_as(request.init_from, root, ModelRun, field="init_from")
         return recipe, a_run.label, f"first layers from {a_run.label}"
     if not request.paper_init or net.net in RANDOM_INIT:
         return _no_inserted(recipe), None, f"{recipe.init} random init"
