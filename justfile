@@ -90,13 +90,18 @@ demo: setup
 wheelhouse *pythons="3.11 3.12": setup
     scripts/wheelhouse.sh {{pythons}}
 
+# The whole real path on this machine's GPU, measured (--device cpu: the same steps at toy
+# sizes): gpu-check/<device>-<time>/gpu-check.md and .json; nothing fetched (docs/install.md)
+gpu-check *args:
+    scripts/gpu-check.sh {{args}}
+
 # Lint and the whole test suite: a pytest worker per core (pytest-xdist; a test module stays on
 # one worker, so its fixtures are made once), then the time it all took
 test: setup
     #!/usr/bin/env bash
     set -euo pipefail
     trap 'echo "just test: $SECONDS s (lint and tests)"' EXIT
-    {{bin}}/ruff check vggcli tests
+    {{bin}}/ruff check vggcli tests scripts
     {{bin}}/pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 # Only the fast tests (skips the end-to-end ones marked slow)

@@ -182,7 +182,7 @@ def test_the_training_loop_steps_sgd_with_momentum_and_decay_on_weights_only(
         grads = {n: torch.randn(p.shape, generator=generator) for n, p in named.items()}
         for n, p in named.items():
             p.grad = grads[n].clone()
-        trainer._step([1.0, 0.0, 0.0, 16.0], 1.0, 0.0)
+        trainer._step([1.0, 0.0, 0.0, 16.0], 1.0, 0.0, 0.0)
         step_lr = lr if step < 2 else lr / 10
         assert trainer.metrics.rows[-1]["lr"] == pytest.approx(step_lr)
         for n, p in named.items():

@@ -47,9 +47,9 @@ def test_train_writes_weights_metrics_and_lineage(vgg, train_root: Path) -> None
     steps = [r for r in rows if r["kind"] == "step"]
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert len(steps) == 2 * (200 // 16) and len(epochs) == 2
-    assert {"loss", "lr", "train_top1_err", "train_top5_err", "img_per_s", "wall_s"} <= set(
-        steps[0]
-    )
+    logged = {"loss", "lr", "train_top1_err", "train_top5_err", "img_per_s", "wall_s"}
+    assert logged | {"step_s", "input_wait_s"} <= set(steps[0])
+    assert all(0 <= r["input_wait_s"] <= r["step_s"] for r in steps)  # the input stall
     assert epochs[-1]["val_scale"] == 40  # the middle of the jitter range
     assert 0 <= epochs[-1]["val_top1_err"] <= 1
     manifest = version.manifest()
@@ -264,7 +264,7 @@ def test_killed_training_resumes_bit_identical(train_root: Path) -> None:
     got, _ = load_model(ModelRun(version))
     for (name, a), b in zip(expected.state_dict().items(), got.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    timing = ("img_per_s", "wall_s")
+    timing = ("img_per_s", "step_s", "input_wait_s", "wall_s")
     rows = [
         [{k: v for k, v in r.items() if k not in timing} for r in metrics_rows(v.path)]
         for v in (version, resolve("reference", train_root))

@@ -1,6 +1,7 @@
 """The wheelhouse (`just wheelhouse`): ffcv and vgg wheels that carry their C libraries,
 installed with `--no-index` into a fresh venv whose torch comes from elsewhere (as a cluster
-module provides it), where a tiny preprocess -> train -> evaluate runs; and `just setup`'s
+module provides it), where the gpu check runs every step on the CPU (data, preprocess,
+training with both decode paths, torchrun, evaluation, ONNX export); and `just setup`'s
 one line when Debian packages are missing and there is no root."""
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from vggcli.runs import COMPLETE, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_MB = 40  # ffcv + vgg, per Python version
@@ -108,7 +107,7 @@ def test_wheelhouse_installs_offline_beside_a_provided_torch_and_runs(
         # --no-compile: bytecode is written on first import anyway; compiling every installed
         # file up front was a third of this test's time
         [venv / "bin" / "pip", "install", "-q", "--no-compile", "--no-index", "--find-links",
-         wheelhouse, "vgg"],
+         wheelhouse, "vgg[export]"],
         capture_output=True, text=True, env=env, cwd=tmp_path,
     )
     assert install.returncode == 0, install.stdout + install.stderr
@@ -121,19 +120,15 @@ def test_wheelhouse_installs_offline_beside_a_provided_torch_and_runs(
     assert where[0].startswith(str(site)) and where[1].startswith(str(site)), where
     assert where[2].startswith(str(provided)), where  # torch was not installed again
 
-    def vgg(*args: str) -> str:
-        done = subprocess.run([venv / "bin" / "vgg", *args], capture_output=True, text=True,
-                              env={**env, "VGG_RUNS": str(tmp_path / "runs")}, cwd=tmp_path)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    vgg("make-demo-data", "tiny", "--classes", "3", "--train-per-class", "8",
-        "--val-per-class", "3")
-    vgg("preprocess", "tiny", "--name", "data", "--max-side", "64")
-    vgg("train", "--net", "A", "--scale", "40", "--data", "data", "--epochs", "1",
-        "--width", "0.0625", "--crop", "32", "--batch-size", "8", "--name", "A")
-    vgg("evaluate", "A", "--name", "eval-A")
-    assert resolve("eval-A", tmp_path / "runs").status() == COMPLETE
+    # the whole real path (`just gpu-check --device cpu`), as a GPU node runs it from here
+    check = subprocess.run(
+        [venv / "bin" / "python", ROOT / "scripts" / "gpu_check.py", "--device", "cpu",
+         "--out", tmp_path / "check"], capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    steps = json.loads((tmp_path / "check" / "gpu-check.json").read_text())["steps"]
+    assert [s["result"] for s in steps] == ["ok"] * 8, steps
+    assert "| torchrun equality | ok |" in (tmp_path / "check" / "gpu-check.md").read_text()
 
 
 def test_setup_without_root_names_the_packages_in_one_line() -> None:

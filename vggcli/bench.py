@@ -43,6 +43,7 @@ class TrainBench:
     precisions: tuple[str, ...] = ("fp32", "bf16")
     width: float = 1.0  # of net D in the scaling measurement (the comparison is full size)
     compile: bool = False  # also time our D under torch.compile beside eager
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (each rank its own GPU when scaling)
 
 
 @dataclass(frozen=True)
@@ -112,16 +113,21 @@ def gemm_peak(device: torch.device, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times[1:])
 
 
-def train_step_throughput(bench: TrainBench, report: Callable[[str], None] = print) -> dict:
+def train_step_throughput(
+    bench: TrainBench, device: torch.device, report: Callable[[str], None] = print
+) -> dict:
     """img/s of an SGD step (forward, backward, update) of full-size D at 224, ours vs
     torchvision's vgg16, fp32 (contiguous) and bf16 autocast + channels_last; with
     `compile`, ours under torch.compile too. Each as a share of a bf16 GEMM's FLOP rate
     measured in the same run."""
     torch.manual_seed(0)
-    peak = gemm_peak(torch.device("cpu"))
+    peak = gemm_peak(device)
     flops = training_flops(_ours(), bench.size)
     report(f"bf16 GEMM: {peak / 1e12:.2f} TFLOP/s; {flops / 1e9:.1f} GFLOP per training image")
-    rows = [_precision_row(bench, precision, flops, peak, report) for precision in bench.precisions]
+    rows = [
+        _precision_row(bench, device, precision, flops, peak, report)
+        for precision in bench.precisions
+    ]
     return {"gemm_bf16_tflop_s": peak / 1e12, "gflop_per_image": flops / 1e9, "rows": rows}
 
 
@@ -145,17 +151,25 @@ def step_rates(
 
 
 def _precision_row(
-    bench: TrainBench, precision: str, flops: int, peak: float, report: Callable[[str], None]
+    bench: TrainBench,
+    device: torch.device,
+    precision: str,
+    flops: int,
+    peak: float,
+    report: Callable[[str], None],
 ) -> dict:
     bf16 = precision == "bf16"
     layout = torch.channels_last if bf16 else torch.contiguous_format
-    x = torch.randn(bench.batch, 3, bench.size, bench.size).to(memory_format=layout)
-    y = torch.randint(0, 1000, (bench.batch,))
+    x = torch.randn(bench.batch, 3, bench.size, bench.size, device=device)
+    x = x.contiguous(memory_format=layout)
+    y = torch.randint(0, 1000, (bench.batch,), device=device)
     models = {"ours": _ours(), "torchvision": _torchvision()}
     for model in models.values():
-        model.to(memory_format=layout).train()
+        model.to(device, memory_format=layout).train()
     if bench.compile:
-        models["ours_compiled"] = torch.compile(_ours().to(memory_format=layout).train())
+        models["ours_compiled"] = torch.compile(
+            _ours().to(device, memory_format=layout).train()
+        )
     rate = step_rates(models, x, y, bf16, bench.repeats)
     row = {
         "precision": "bf16 + channels_last" if bf16 else "fp32",

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -160,6 +160,35 @@ class Preempted(VggError):
             "stopped by SIGTERM after writing a checkpoint; re-run the command to resume",
             exit_code=PREEMPTED,
         )
+
+
+T = TypeVar("T")
+
+
+class InputWait:
+    """Seconds the loop spent waiting for the loader to hand over the next batch: the input
+    stall. Each step's share of it goes into its metrics row (`input_wait_s` of `step_s`).
+    The micro-batch before read its logits back after its backward pass (in stream order),
+    so this is time the device sat idle, but for an optimizer update still in flight."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def timing(self, batches: Iterable[T]) -> Iterator[T]:
+        iterator = iter(batches)
+        while True:
+            asked = time.monotonic()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.seconds += time.monotonic() - asked
+            yield batch
+
+    def take(self) -> float:
+        """The wait since the last take."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
 
 
 def _seed_for(*parts: int) -> int:
@@ -325,11 +354,12 @@ class Trainer:
         micro = recipe.micro(self.cluster.world_size)
         self.model.train()
         totals, tick = [0.0, 0.0, 0.0, 0.0], time.monotonic()  # loss, top-1, top-5, seen
+        waited = InputWait()
         with progress_bar(status=True) as bar:
             task = bar.add_task(
                 f"epoch {pos.epoch + 1}/{recipe.epochs}", total=global_remaining, status=""
             )
-            for micro_step, (images, labels) in enumerate(self.train_loader):
+            for micro_step, (images, labels) in enumerate(waited.timing(self.train_loader)):
                 within = micro_step % accumulation
                 if within == 0 and self.config.augmentation >= 2:
                     torch.manual_seed(_seed_for(recipe.seed, pos.step, self.cluster.rank))
@@ -341,7 +371,8 @@ class Trainer:
                 bar.update(task, advance=len(labels) * self.cluster.world_size)
                 if not last:
                     continue
-                loss, stop, due = self._step(totals, time.monotonic() - tick, started)
+                seconds = time.monotonic() - tick
+                loss, stop, due = self._step(totals, seconds, waited.take(), started)
                 bar.update(task, status=f"loss {loss:.3f}")
                 totals, tick = [0.0, 0.0, 0.0, 0.0], time.monotonic()
                 if stop:
@@ -354,7 +385,7 @@ class Trainer:
         return True
 
     def _step(
-        self, totals: list[float], seconds: float, started: float
+        self, totals: list[float], seconds: float, waited: float, started: float
     ) -> tuple[float, bool, bool]:
         """The optimizer step that ends a batch, and its metrics row. The batch's loss and
         counts, the SIGTERM flag and the checkpoint clock are summed over ranks in one
@@ -389,6 +420,8 @@ class Trainer:
                 "train_top1_err": 1 - top1 / seen,
                 "train_top5_err": 1 - top5 / seen,
                 "img_per_s": seen / max(seconds, 1e-9),
+                "step_s": seconds,
+                "input_wait_s": waited,
                 "wall_s": time.monotonic() - started,
             }
         )

@@ -11,6 +11,7 @@ from vggcli.commands.common import (
     MAX_IMAGES,
     MAX_REPEATS,
     MAX_SCALE,
+    Device,
     NoVerify,
     NProc,
     RunsRoot,
@@ -41,6 +42,7 @@ def train_command(
     width: Annotated[float, typer.Option(callback=bounded(0, 1, open_low=True), help="Width of net D in the --nproc scaling measurement (1 = full size).")] = 1.0,
     compile: Annotated[bool, typer.Option(help="Also time our D under torch.compile beside eager (compiling takes minutes on a CPU).")] = False,
     precision: Annotated[str, typer.Option(callback=one_of("fp32", "bf16", "both"), help="fp32, bf16 (autocast + channels_last) or both (with --nproc: the last).")] = "both",
+    device: Device = "auto",
     root: RunsRoot = None,
 ) -> None:
     """img/s of a training step of full-size net D at 224 (fp32, and bf16 + channels_last) beside torchvision's vgg16 under identical settings, and as a share of a bf16 GEMM's FLOP rate measured in the same run; with --compile, under torch.compile too; with --nproc N, img/s per rank of N DDP processes beside one process alone, and the scaling efficiency."""
@@ -56,6 +58,7 @@ def train_command(
         precisions=precisions[precision],
         width=width,
         compile=compile,
+        device=device,
     )
     done(stage.train(bench, runs_root(root)).path)
 

@@ -35,12 +35,11 @@ __all__ = ["EvaluateBench", "LoaderBench", "TrainBench", "evaluate", "loader", "
 def train(bench: TrainBench, root: Path) -> RunVersion:
     """One process: a training step of full-size D beside torchvision's vgg16. Under torchrun
     (`--nproc N`): DDP throughput per rank beside one process alone."""
-    several = distributed.from_environment().world_size > 1
-    with distributed.joined("auto" if several else "cpu") as (cluster, chosen):
+    with distributed.joined(bench.device) as (cluster, chosen):
         if cluster.distributed:
             measure = functools.partial(scaling_throughput, bench, cluster, chosen, console.print)
         else:
-            measure = functools.partial(train_step_throughput, bench, console.print)
+            measure = functools.partial(train_step_throughput, bench, chosen, console.print)
         config = asdict(bench)
         return _measure(root, "bench-train", config, measure, cluster, device.label(chosen))
 
