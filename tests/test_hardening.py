@@ -79,6 +79,8 @@ BAD_VALUES = {  # {tmp}: an empty folder, {file}: a file in it
     "existing path": ["", "{tmp}/missing", LONG],
     "new file": ["", "{tmp}", "{file}/x.npy", LONG],
 }
+GOOD_VALUES = {"reference": "tiny", "existing file": "{file}", "existing path": "{file}",
+               "existing folder": "{tmp}", "folder": "{tmp}/new"}  # before a later argument
 PARAMETERS = _parameters()
 COMMAND = typer.main.get_command(app)
 
@@ -114,14 +116,15 @@ def test_every_option_is_checked_before_the_command_runs() -> None:
 def _fuzz_cases(folder: Path, path: tuple[str, ...], param: typing.Any) -> list[list[str]]:
     """The command lines giving `param` each of its wrong values. The value comes first:
     click checks what was given in the order given, so its error comes before any about a
-    missing argument; a later argument follows a valid first one (the run `tiny`)."""
+    missing argument; a later argument follows valid ones (the run `tiny`, a file)."""
     (folder / "file").write_text("x")
     where = {"tmp": str(folder), "file": str(folder / "file")}
     if _kind(param) == "flag":
         return [[*path, f"{param.opts[0]}=abc"]]
     if param.param_type_name == "option":
         return [[*path, param.opts[0], value.format(**where)] for value in _bad_values(param)]
-    before = ["tiny"] * _arguments(path).index(param)
+    before = [GOOD_VALUES[_kind(p)].format(**where) for p in _arguments(path)]
+    before = before[: _arguments(path).index(param)]
     return [[*path, *before, value.format(**where)] for value in _bad_values(param)]
 
 

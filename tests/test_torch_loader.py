@@ -147,7 +147,7 @@ def test_a_corrupt_jpeg_is_counted_and_comes_out_black(dataset_runs, tmp_path, b
     source = resolve("tiny", dataset_runs).output("val.beton")
     beton = tmp_path / "val.beton"
     shutil.copyfile(source, beton)
-    start = BetonImages(beton)._meta[3]["f0"]["data_ptr"]
+    start = BetonImages(beton)._meta[3]["data_ptr"]
     data = bytearray(beton.read_bytes())
     data[int(start) + 2 : int(start) + 40] = bytes(38)  # the JPEG header: refused
     beton.write_bytes(bytes(data))
@@ -177,8 +177,9 @@ def test_raw_samples_decode_beside_jpegs(tmp_path: Path, batched: bool) -> None:
     storage = StorageSettings(max_side=96, write_mode="proportion", compress_probability=0.5)
     beton = tmp_path / "mixed.beton"
     write_beton(beton, "mixed.beton", samples, storage, 1, lambda _: None)
-    modes = {int(m["f0"]["mode"]) for m in BetonImages(beton)._meta}
-    assert modes == {0, 1}  # both kinds in the file
+    images = BetonImages(beton)
+    modes = {images.is_jpeg(i) for i in range(len(images))}
+    assert modes == {True, False}  # both kinds in the file
     spec = LoaderSpec(beton, 6, 32, 40, 48, 0, True, 1)
     loader, order = make_loader(replace(spec, decode="torch"))
     loader.batched = batched

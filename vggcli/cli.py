@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from vggcli.commands import (
+    adopt,
     bench,
     demo_data,
     evaluate,
@@ -72,6 +73,7 @@ app = typer.Typer(
 )
 app.command("make-demo-data")(demo_data.command)
 app.command("preprocess")(preprocess.command)
+app.command("adopt")(adopt.command)
 app.command("train")(train.train_command)
 app.command("finetune-scale")(train.finetune_command)
 app.command("import-weights")(import_weights.command)

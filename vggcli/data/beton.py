@@ -240,21 +240,22 @@ class BetonImages:
                 reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist(), strict=True
             )
         )
-        self._meta = reader.metadata
+        image, label = (f"f{reader.field_names.index(name)}" for name in ("image", "label"))
+        self._meta = reader.metadata[image]  # by name: an adopted file may order them otherwise
         self._data = np.memmap(path, dtype=np.uint8, mode="r")
-        self.labels = np.array([int(m["f1"]) for m in self._meta], dtype=np.int64)
-        self.shapes = [(int(m["f0"]["height"]), int(m["f0"]["width"])) for m in self._meta]
+        self.labels = np.asarray(reader.metadata[label], dtype=np.int64).reshape(-1)
+        self.shapes = [(int(m["height"]), int(m["width"])) for m in self._meta]
         self.failed: set[int] = set()  # images whose JPEG data no longer decodes
 
     def __len__(self) -> int:
         return len(self._meta)
 
     def is_jpeg(self, index: int) -> bool:
-        return int(self._meta[index]["f0"]["mode"]) == 0  # FFCV: 0 = JPEG, 1 = raw
+        return int(self._meta[index]["mode"]) == 0  # FFCV: 0 = JPEG, 1 = raw
 
     def encoded(self, index: int) -> np.ndarray:
         """The stored bytes of an image: a JPEG file, or raw height x width x 3 RGB."""
-        ptr = int(self._meta[index]["f0"]["data_ptr"])
+        ptr = int(self._meta[index]["data_ptr"])
         return np.array(self._data[ptr : ptr + self._sizes[ptr]])
 
     def __getitem__(self, index: int) -> np.ndarray:
