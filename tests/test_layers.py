@@ -130,7 +130,8 @@ def test_every_stage_opens_its_run_through_lead_run() -> None:
         if "lead_run(" in text:
             writers.add(module.rsplit(".", 1)[1])
     assert writers == {
-        "preprocess", "train", "evaluate", "fuse", "export", "import_weights", "bench", "report"
+        "preprocess", "adopt", "train", "evaluate", "fuse", "export", "import_weights", "bench",
+        "report",
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shlex
 import signal
@@ -23,7 +24,7 @@ from vggcli.data.sampling import LoaderSpec, crop_window
 from vggcli.distributed import SINGLE
 from vggcli.errors import VggError
 from vggcli.models import VGG, NetSpec, count_parameters, initialise
-from vggcli.runs import COMPLETE, INTERRUPTED, resolve, versions
+from vggcli.runs import COMPLETE, INTERRUPTED, RunVersion, resolve, versions
 from vggcli.train import PlateauSchedule, build_model
 
 # A net small enough to train in seconds: width 1/16, 32 px crops, 16-image batches.
@@ -270,6 +271,24 @@ def test_killed_training_resumes_bit_identical(train_root: Path) -> None:
         for v in (version, resolve("reference", train_root))
     ]
     assert rows[0] == rows[1]  # the metrics continue exactly too
+    _assert_one_curve_per_field(version.path)
+
+
+def _assert_one_curve_per_field(version: Path) -> None:
+    """TensorBoard's own reader (purging what a killed attempt logged past the restored
+    step) sees each field of metrics.jsonl once per step, with the rows' values; the event
+    files are recorded outputs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(version / "tensorboard"))
+    board.Reload()
+    for kind, field in (("step", "loss"), ("step", "lr"), ("epoch", "val_top1_err")):
+        rows = [r for r in metrics_rows(version) if r["kind"] == kind]
+        curve = [(e.step, e.value) for e in board.Scalars(f"{kind}/{field}")]
+        assert [step for step, _ in curve] == [r["step"] for r in rows], (kind, field)
+        assert [v for _, v in curve] == pytest.approx([r[field] for r in rows], rel=1e-6)
+    outputs = RunVersion(version).manifest()["outputs"]
+    assert any(name.startswith("tensorboard/events.out.tfevents") for name in outputs)
 
 
 def test_a_corrupted_checkpoint_is_set_aside_and_training_starts_over(train_root: Path) -> None:
@@ -461,3 +480,36 @@ def test_deeper_nets_start_from_the_one_matching_net_a_else_glorot(vgg, train_ro
     assert vgg("train", "--net", "A", *base, "--name", "A-again").exit_code == 0
     ambiguous = vgg("train", "--net", "C", *base)
     assert ambiguous.exit_code == 2 and "several trained net-A runs" in ambiguous.output
+
+
+def test_vgg_tensorboard_serves_the_runs_curves(tmp_path: Path) -> None:
+    """`vgg tensorboard ROOT` starts TensorBoard on the runs root: its HTTP API lists the
+    run's curves as our Board wrote them; `--print` only says the command."""
+    import socket
+    import urllib.request
+
+    from vggcli.checkpoints import Board
+
+    board = Board(tmp_path / "A" / "v001" / "tensorboard", [])
+    board.add({"kind": "step", "epoch": 1, "step": 1, "loss": 2.5, "lr": 0.01})
+    board.close()
+    printed = vgg_process("tensorboard", str(tmp_path), "--print", runs_root=tmp_path)
+    assert printed.wait(timeout=60) == 0
+    assert f"--logdir {tmp_path}" in printed.stdout.read()
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    server = vgg_process("tensorboard", str(tmp_path), "--port", str(port), runs_root=tmp_path)
+    try:
+        deadline, tags = time.time() + 60, {}
+        while time.time() < deadline and "A/v001/tensorboard" not in tags:
+            time.sleep(0.5)
+            try:
+                url = f"http://localhost:{port}/data/plugin/scalars/tags"
+                tags = json.loads(urllib.request.urlopen(url, timeout=5).read())
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+        assert set(tags["A/v001/tensorboard"]) == {"step/loss", "step/lr"}
+    finally:
+        server.kill()
+        server.wait()

@@ -141,6 +141,7 @@ class ModelRun(Artifact):
     kind = Kind.MODEL
     WEIGHTS = "model.pt"
     METRICS = "metrics.jsonl"
+    BOARD = "tensorboard"  # the same rows as TensorBoard event files
     CLASSES = "classes.json"  # imported runs only; trained runs use their dataset's
 
     def weights(self) -> Path:

@@ -9,6 +9,7 @@ rewritten, so their recorded sha256 stays true.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from vggcli.runs import RunWriter
 
 MODEL_FILE = ModelRun.WEIGHTS
 METRICS_FILE = ModelRun.METRICS
+BOARD_FOLDER = ModelRun.BOARD
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -167,21 +169,59 @@ class LeadCheckpoints:
 
 class RunMetrics:
     """metrics.jsonl of a run version being written: one JSON object per line, cut back to
-    what the restored checkpoint had seen when a run resumes."""
+    what the restored checkpoint had seen when a run resumes; and the same rows as
+    TensorBoard event files in tensorboard/ (`Board`). `truncate` starts both."""
 
     def __init__(self, run: RunWriter) -> None:
         self.run, self.path = run, run.path / METRICS_FILE
+        self.board: Board | None = None
 
     def truncate(self, lines: int) -> None:
         kept = self.path.read_text().splitlines(keepends=True)[:lines] if lines else []
         self.path.write_text("".join(kept))
+        self.board = Board(self.run.path / BOARD_FOLDER, [json.loads(row) for row in kept])
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            self.board.add(row)
 
     def record(self) -> None:
         self.run.record_output(METRICS_FILE)
+        if self.board is not None:
+            self.board.close()
+            for events in sorted((self.run.path / BOARD_FOLDER).iterdir()):
+                self.run.record_output(f"{BOARD_FOLDER}/{events.name}")
+
+
+class Board:
+    """A run's curves for TensorBoard: each numeric field of a metrics row is a scalar
+    `KIND/FIELD` (train loss is `step/loss`, validation error `epoch/val_top1_err`) at its
+    optimizer step, flushed with the row, so the event files hold every row the JSON lines
+    do. Resumed at step K (the last row kept), a purge marker hides what a killed attempt
+    logged from K on and the kept rows of step K are logged again: one continuous curve."""
+
+    def __init__(self, folder: Path, kept: list[dict[str, Any]]) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # the tensorboard package's writer
+
+        last = kept[-1]["step"] if kept else None
+        if last is None and folder.exists():  # started over: no earlier row is kept
+            shutil.rmtree(folder)
+        self.writer = SummaryWriter(str(folder), purge_step=last)
+        for row in kept:
+            if row["step"] == last:
+                self.add(row)
+
+    def add(self, row: dict[str, Any]) -> None:
+        for field, value in row.items():
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if numeric and field not in ("kind", "epoch", "step"):
+                self.writer.add_scalar(f"{row['kind']}/{field}", value, row["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class _NoMetrics:

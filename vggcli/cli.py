@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from vggcli.commands import (
     adopt,
     bench,
+    board,
     demo_data,
     evaluate,
     export,
@@ -85,6 +86,7 @@ app.command("features")(features.command)
 app.command("report")(report.command)
 app.command("runs")(runs.command)
 app.command("verify")(verify.command)
+app.command("tensorboard")(board.command)
 app.add_typer(bench.app, name="bench")
 app.add_typer(pipeline.app, name="pipeline")
 
