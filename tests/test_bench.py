@@ -1,4 +1,4 @@
-"""`vgg bench train` and `vgg bench evaluate`: what they count is right, and they write
+"""`vgg bench train`, `evaluate` and `preprocess`: what they count is right, and they write
 well-formed results (no timing is asserted: benchmarks measure, tests check)."""
 
 from __future__ import annotations
@@ -76,3 +76,40 @@ def test_bench_train_refuses_compile_with_several_processes_before_starting_them
     result = vgg("bench", "train", "--compile", "--nproc", "2")
     assert result.exit_code != 0 and "--compile" in result.output
     assert "Traceback" not in result.output
+
+
+def test_bench_preprocess_writes_each_pass_beside_its_ceiling_and_the_projection(
+    vgg, runs_root
+) -> None:
+    result = vgg("bench", "preprocess", "--images", "6", "--repeats", "1")
+    assert result.exit_code == 0, result.output
+    figures = json.loads((resolve("bench-preprocess", runs_root).path / "results.json").read_text())
+    assert (figures["images"], figures["workers"]) == (6, 1)
+    for name in ("ceiling", "scan", "write"):
+        assert figures[f"{name}_img_s"] == figures[f"{name}_img_s_per_core"] > 0
+    assert figures["write_vs_ceiling"] == pytest.approx(
+        figures["write_img_s"] / figures["ceiling_img_s"])
+    sixteen, sixty_four = figures["projection"]["16_cores"], figures["projection"]["64_cores"]
+    assert sixteen["hours"] == pytest.approx(4 * sixty_four["hours"])
+    per_image = 1 / figures["scan_img_s"] + 1 / figures["write_img_s"]
+    assert sixteen["hours"] == pytest.approx(1_331_167 * per_image / 16 / 3600)
+
+
+def test_the_ceiling_encodes_what_preprocess_stores(tmp_path) -> None:
+    """The ceiling's unit of work is the stored image's encode: shrunk as FFCV's field
+    shrinks it (longer side to max_side), at the storage quality."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from vggcli.data.images import fit_longer_side
+    from vggcli.preprocess_bench import encode_once
+
+    pixels = np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"  # lossless, so the decoded pixels are these
+    Image.fromarray(pixels).save(path)
+    stored = fit_longer_side(pixels, 256)
+    assert stored.shape == (192, 256, 3)
+    _, expected = cv2.imencode(".jpg", stored[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert encode_once((str(path), 256, 90)) == len(expected)
+    assert encode_once((str(path), None, 90)) > len(expected)

@@ -27,6 +27,7 @@ CORE = (
     "vggcli.metrics",
     "vggcli.bench",
     "vggcli.loader_bench",
+    "vggcli.preprocess_bench",
     "vggcli.report",
     "vggcli.claims",
     "vggcli.classes",

@@ -9,6 +9,7 @@ import typer
 from vggcli.commands.common import (
     MAX_BATCH,
     MAX_IMAGES,
+    MAX_PROCESSES,
     MAX_REPEATS,
     MAX_SCALE,
     Device,
@@ -110,3 +111,18 @@ def loader_command(
     s_min, s_max = parse_scale(scale)
     bench = stage.LoaderBench(s_min, s_max, workers, batch, crop, images, repeats, pass_images)
     done(stage.loader(bench, data, runs_root(root)).path)
+
+
+@app.command("preprocess")
+@user_errors
+def preprocess_command(
+    images: Annotated[int, typer.Option(callback=at_least(1, MAX_IMAGES), help="ImageNet-sized JPEGs (500x375, quality 90) drawn for the bench.")] = 240,
+    workers: Annotated[int, typer.Option(callback=at_least(1, MAX_PROCESSES), help="Processes in every pass (per-core rates divide by it).")] = 1,
+    repeats: Annotated[int, typer.Option(callback=at_least(1, MAX_REPEATS), help="Timed rounds of the three measurements, interleaved (median taken).")] = 3,
+    root: RunsRoot = None,
+) -> None:
+    """img/s of each pass of `vgg preprocess` (the scan: decode, shrink, colour sums; FFCV's write) against a ceiling measured in the same run (decode + shrink + JPEG encode alone, nothing kept), per core, and the projected hours for ILSVRC-2012 on 16 and 64 cores."""
+    from vggcli.stages import bench as stage
+
+    bench = stage.PreprocessBench(images=images, workers=workers, repeats=repeats)
+    done(stage.preprocess(bench, runs_root(root)).path)

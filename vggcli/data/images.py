@@ -58,8 +58,14 @@ class ColourSums:
 
     @staticmethod
     def of(image: np.ndarray) -> ColourSums:
-        pixels = image.reshape(-1, 3).astype(np.float64)
-        return ColourSums(len(pixels), pixels.sum(axis=0), pixels.T @ pixels)
+        """One GEMM of the pixels with a column of ones beside them gives x x^T and the sum
+        of x together, exact (integers far below 2^53); summing the (N, 3) array along its
+        rows alone took twice as long as the whole product (`vgg bench preprocess`)."""
+        pixels = np.empty((image.shape[0] * image.shape[1], 4))
+        pixels[:, :3] = image.reshape(-1, 3)
+        pixels[:, 3] = 1.0
+        products = pixels.T @ pixels
+        return ColourSums(len(pixels), products[:3, 3].copy(), products[:3, :3].copy())
 
     @staticmethod
     def zero() -> ColourSums:
@@ -85,3 +91,28 @@ def colour_statistics(sums: ColourSums) -> dict[str, object]:
         "eigenvalues": eigenvalues[order].tolist(),
         "eigenvectors": eigenvectors[:, order].T.tolist(),  # one row per eigenvector
     }
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What preprocess's first pass learnt about one image."""
+
+    ok: bool
+    reason: str
+    kind: str
+    height: int
+    width: int
+    sums: ColourSums | None
+
+
+def scan_image(job: tuple[str, int | None, bool]) -> ScanResult:
+    """(path, max_side, want_sums) -> whether it decodes, its stored size and, for training
+    images, the colour sums of its stored pixels (a worker process's job)."""
+    path, max_side, want_sums = job
+    try:
+        image, kind = load_rgb(Path(path))
+    except BadImage as exc:
+        return ScanResult(False, str(exc), "", 0, 0, None)
+    stored = fit_longer_side(image, max_side)
+    sums = ColourSums.of(stored) if want_sums else None
+    return ScanResult(True, "", kind, stored.shape[0], stored.shape[1], sums)

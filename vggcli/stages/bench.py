@@ -25,6 +25,7 @@ from vggcli.bench import (
 from vggcli.distributed import SINGLE, Cluster
 from vggcli.errors import VggError
 from vggcli.loader_bench import LoaderBench, loader_throughput, sample, write_image_folder
+from vggcli.preprocess_bench import PreprocessBench, preprocess_throughput
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion
 from vggcli.stages.common import lead_run
@@ -42,6 +43,20 @@ def train(bench: TrainBench, root: Path) -> RunVersion:
             measure = functools.partial(train_step_throughput, bench, chosen, console.print)
         config = asdict(bench)
         return _measure(root, "bench-train", config, measure, cluster, device.label(chosen))
+
+
+def preprocess(bench: PreprocessBench, root: Path) -> RunVersion:
+    """Each pass of `vgg preprocess` against its ceiling, on ImageNet-sized JPEGs drawn for
+    the purpose, with the projection for ILSVRC-2012."""
+    with tempfile.TemporaryDirectory(prefix="vgg-bench-preprocess-") as scratch:
+        samples = _imagenet_sized_images(Path(scratch), bench.images)[: bench.images]
+
+        def measure() -> dict[str, Any]:
+            return preprocess_throughput(bench, samples, console.print)
+
+        config = {**asdict(bench), "storage": asdict(bench.storage)}
+        return _measure(root, "bench-preprocess", config, measure, SINGLE,
+                        device.cpu_label(bench.workers))
 
 
 def evaluate(bench: EvaluateBench, root: Path) -> RunVersion:
@@ -84,10 +99,9 @@ def loader(bench: LoaderBench, data: str | None, root: Path) -> RunVersion:
         )
 
 
-def _imagenet_sized_beton(scratch: Path, images: int, workers: int) -> Path:
+def _imagenet_sized_images(scratch: Path, images: int) -> list[tuple[Path, int]]:
     """At least `images` ImageNet-sized JPEGs (500x375, q90, about 100 kB: see
-    `vgg make-demo-data --imagenet-sized`) drawn and written as a training .beton."""
-    from vggcli.data.beton import StorageSettings, write_beton
+    `vgg make-demo-data --imagenet-sized`) drawn into `scratch`: (path, label) each."""
     from vggcli.data.layout import discover
     from vggcli.data.synthetic import SyntheticSpec, generate
 
@@ -95,11 +109,19 @@ def _imagenet_sized_beton(scratch: Path, images: int, workers: int) -> Path:
         train_per_class=math.ceil(images / 10), val_per_class=1, imagenet_sized=True
     )
     total = spec.classes * (spec.train_per_class + spec.val_per_class)
-    beton = scratch / "train.beton"
     with progress_bar() as bar:
         drawing = bar.add_task("drawing ImageNet-sized images", total=total)
         generate(scratch / "images", spec, lambda: bar.advance(drawing))
-        samples = [(s.path, s.label) for s in discover(scratch / "images").train]
+    return [(s.path, s.label) for s in discover(scratch / "images").train]
+
+
+def _imagenet_sized_beton(scratch: Path, images: int, workers: int) -> Path:
+    """The drawn images (`_imagenet_sized_images`) written as a training .beton."""
+    from vggcli.data.beton import StorageSettings, write_beton
+
+    samples = _imagenet_sized_images(scratch, images)
+    beton = scratch / "train.beton"
+    with progress_bar() as bar:
         writing = bar.add_task("writing train.beton", total=len(samples))
         write_beton(
             beton,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vggcli.artifacts import Kind
 from vggcli.data.beton import StorageSettings, write_beton
-from vggcli.data.images import BadImage, ColourSums, colour_statistics, fit_longer_side, load_rgb
+from vggcli.data.images import ColourSums, ScanResult, colour_statistics, scan_image
 from vggcli.data.layout import Layout, Sample, Subset, discover
 from vggcli.device import cpu_label
 from vggcli.errors import VggError, WorkFailed
@@ -58,29 +58,6 @@ class PreprocessConfig:
             "synsets": str(self.synsets) if self.synsets else None,
             "max_skipped_fraction": self.max_skipped_fraction,
         }
-
-
-@dataclass(frozen=True)
-class ScanResult:
-    """What the first pass learnt about one image."""
-
-    ok: bool
-    reason: str
-    kind: str
-    height: int
-    width: int
-    sums: ColourSums | None
-
-
-def _scan_one(job: tuple[str, int | None, bool]) -> ScanResult:
-    path, max_side, want_sums = job
-    try:
-        image, kind = load_rgb(Path(path))
-    except BadImage as exc:
-        return ScanResult(False, str(exc), "", 0, 0, None)
-    stored = fit_longer_side(image, max_side)
-    sums = ColourSums.of(stored) if want_sums else None
-    return ScanResult(True, "", kind, stored.shape[0], stored.shape[1], sums)
 
 
 def run(config: PreprocessConfig, runs_root: Path) -> RunVersion:
@@ -122,7 +99,7 @@ def _scan_split(
     results: list[ScanResult] = []
     with progress_bar() as bar, Pool(workers, initializer=die_with_parent) as pool:
         task = bar.add_task(f"checking {split}", total=len(jobs))
-        for result in pool.imap(_scan_one, jobs, chunksize=8):
+        for result in pool.imap(scan_image, jobs, chunksize=8):
             results.append(result)
             bar.advance(task)
     missing = layout.val_missing if split == "val" else []
