@@ -118,27 +118,15 @@ def device_name(value: str | None) -> str | None:
     return value
 
 
-@_checks("scale")
-def scale_text(value: str | None) -> str | None:
-    """--scale: S or Smin-Smax (parse_scale), checked before the command starts."""
-    if value is not None:
-        _usage(parse_scale, value)
-    return value
+def _checked_by(kind: str, check: Callable[[str], object]) -> Callable[[str | None], str | None]:
+    """An option callback that runs `check` (raising VggError) on the value given."""
 
+    def callback(value: str | None) -> str | None:
+        if value is not None:
+            _usage(check, value)
+        return value
 
-@_checks("scales")
-def scales_text(value: str | None) -> str | None:
-    """--scales: Q1,Q2,... (parse_scales), checked before the command starts."""
-    _usage(parse_scales, value)
-    return value
-
-
-@_checks("name")
-def run_name(value: str | None) -> str | None:
-    """--name: a run name (runs.check_name), refused before any run is opened."""
-    if value is not None:
-        _usage(check_name, value)
-    return value
+    return _checks(kind)(callback)
 
 
 @_checks("reference")
@@ -355,6 +343,11 @@ def parse_scales(text: str | None) -> tuple[int, ...] | None:
     if not all(0 < q <= MAX_SCALE for q in scales):
         raise VggError(f"{text}: each Q must be in [1, {MAX_SCALE}]", field="scales")
     return scales
+
+
+scale_text = _checked_by("scale", parse_scale)  # --scale: S or Smin-Smax
+scales_text = _checked_by("scales", parse_scales)  # --scales: Q1,Q2,...
+run_name = _checked_by("name", check_name)  # --name, before any run is opened
 
 
 def print_plan(title: str, rows: list[tuple[str, str]]) -> None:
