@@ -54,8 +54,8 @@ setup:
         echo "$want" > {{venv}}/.installed
     fi
 
-# pip-compile, in a throwaway venv, writes requirements.lock from pyproject.toml's ranges (dev and
-# export extras included): exact pins and the sha256 of every file pip may take for them, from
+# pip-compile, in a throwaway venv, writes requirements.lock from pyproject.toml's ranges (dev,
+# export and photos extras included): exact pins and the sha256 of every file pip may take for them, from
 # PyPI and from the local indexes in pip's config. Pins still inside the ranges are kept: `just
 # lock --upgrade` takes the newest allowed, `just lock --upgrade-package numpy` one package.
 # Commit the result; `just setup` installs it on the next run.
@@ -71,7 +71,7 @@ lock *args:
     "$tools/venv/bin/pip" install -q pip-tools==7.6.2 >"$log" 2>&1 || { grep -v "^WARNING: Location" "$log" >&2; exit 1; }
     # `-` (stdin) adds setuptools and wheel: what pip puts in the sdists' build environments
     printf 'setuptools\nwheel\n' | CUSTOM_COMPILE_COMMAND="just lock" "$tools/venv/bin/pip-compile" \
-        --quiet --generate-hashes --allow-unsafe --extra dev --extra export --strip-extras \
+        --quiet --generate-hashes --allow-unsafe --extra dev --extra export --extra photos --strip-extras \
         --no-emit-index-url --no-emit-find-links --output-file {{lockfile}} {{args}} pyproject.toml - \
         >"$log" 2>&1 || { grep -v "^WARNING: Location" "$log" >&2; exit 1; }
     sed -i 's|-r -$|sdist builds (justfile: lock)|' {{lockfile}}

@@ -44,7 +44,7 @@ TORCHVISION_ARCHITECTURES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg
 # the other commands' choices, here so that the CLI checks them before importing torch or FFCV
 WRITE_MODES = ("jpg", "raw", "proportion", "smart")  # FFCV's RGBImageField storage
 EXPORT_FORMATS = ("onnx", "torchscript")
-DEMO_STYLES = ("scenes", "shapes")
+DEMO_STYLES = ("scenes", "shapes", "photos")
 VAL_LAYOUTS = ("folders", "loc", "devkit")  # how a demo dataset lays out val/
 
 

@@ -23,14 +23,14 @@ def command(
     min_side: Annotated[int, typer.Option(callback=bounded(32, 4096), help="Smallest image side, in pixels, of the shortest images.")] = 96,
     max_side: Annotated[int, typer.Option(callback=bounded(32, 4096), help="Longest image side, in pixels.")] = 400,
     val_layout: Annotated[str, typer.Option(callback=one_of(*VAL_LAYOUTS), help="folders (val/<wnid>/), loc (flat + LOC_val_solution.csv) or devkit (flat + ILSVRC2012 devkit ground truth and meta.mat).")] = "loc",
-    style: Annotated[str, typer.Option(callback=one_of(*DEMO_STYLES), help="shapes (flat shapes and textures: the demo's) or scenes (textured objects in cluttered scenes: harder; the smoke recipe does not learn them yet).")] = "shapes",
+    style: Annotated[str, typer.Option(callback=one_of(*DEMO_STYLES), help="shapes (flat shapes and textures: the demo's), scenes (textured objects in cluttered scenes: harder) or photos (patches of ten real photographs, one class each, train and val from disjoint regions; needs scikit-image).")] = "shapes",
     clutter: Annotated[int, typer.Option(callback=bounded(0, 40), help="scenes: distractor patches per image, on average.")] = 6,
     min_object: Annotated[float, typer.Option(callback=bounded(0.05, 1.0), help="scenes: smallest object, as a share of the shorter side.")] = 0.3,
     max_object: Annotated[float, typer.Option(callback=bounded(0.05, 1.0), help="scenes: largest object, as a share of the shorter side.")] = 0.7,
     occlusion: Annotated[float, typer.Option(callback=bounded(0.0, 1.0), help="scenes: chance that a patch hides part of the object.")] = 0.3,
     imagenet_sized: Annotated[bool, typer.Option(help="ImageNet-sized images: 500x375 (either orientation), fine photo-like grain, quality 90, about 100 kB each (for `vgg bench loader`; --min-side/--max-side unused).")] = False,
 ) -> None:
-    """Generate a tiny, deterministic ILSVRC-layout dataset (shapes, or textured objects in cluttered scenes, at varied scales and positions) for the demo and for smoke tests; no download needed."""
+    """Generate a tiny, deterministic ILSVRC-layout dataset (shapes, textured objects in cluttered scenes, or patches of real photographs, at varied scales and positions) for the demo and for smoke tests; no download needed."""
     from vggcli.stages import demo_data as stage
 
     scenes = stage.SceneSettings(clutter, min_object, max_object, occlusion)

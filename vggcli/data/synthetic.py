@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vggcli.config import DEMO_STYLES, VAL_LAYOUTS
+from vggcli.data.photos import PHOTOS, render_photo
 from vggcli.data.scenes import CLASS_NAMES, SceneSettings, render_scene
 from vggcli.errors import VggError
 from vggcli.files import atomic_write_bytes
@@ -149,7 +150,7 @@ def _colour(rng: np.random.Generator, low: int, high: int) -> tuple[int, int, in
 
 
 def class_names(spec: SyntheticSpec) -> list[str]:
-    names = CLASS_NAMES if spec.style == "scenes" else tuple(SHAPES)
+    names = {"scenes": CLASS_NAMES, "photos": PHOTOS}.get(spec.style, tuple(SHAPES))
     return list(names[: spec.classes])
 
 
@@ -172,6 +173,8 @@ def _render(
     width, height = (long, short) if rng.random() < 0.5 else (short, long)
     if spec.style == "scenes":
         image, quality = render_scene(spec.scenes, class_index, height, width, rng)
+    elif spec.style == "photos":
+        image, quality = render_photo(class_index, split, height, width, rng), 90
     else:
         image, quality = _render_shape(class_index, height, width, rng), 85
     if spec.imagenet_sized:
