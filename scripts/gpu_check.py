@@ -151,7 +151,6 @@ def train_with(decode: str) -> Callable[[Check], dict[str, Any]]:
                 / seconds, "input_stall": sum(r["input_wait_s"] for r in steady) / seconds,
                 "cpu_cores_busy": timed["cpu_cores_busy"]}
 
-    train.__name__ = f"train_{decode}"
     return train
 
 

@@ -30,6 +30,7 @@ from vggcli.processes import die_with_parent
 from vggcli.progress import console, progress_bar
 from vggcli.runs import RunVersion, RunWriter
 from vggcli.stages.common import lead_run
+from vggcli.stages.preprocess import INDEX_COLUMNS
 
 SPLITS = ("train", "val")
 FIELDS = {"image": "RGBImageField", "label": "IntField"}  # what our loaders read, by name
@@ -103,14 +104,14 @@ def read_labels(path: Path) -> np.ndarray:
 
 def _classes(wnids_file: Path | None, labels: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """The class list in label order: --wnids, else ILSVRC's sorted wnids (said so)."""
+    ilsvrc = imagenet_classes()  # torchvision's order: sorted wnids; names for either list
+    names = {c["wnid"]: c["name"] for c in ilsvrc}
     if wnids_file is not None:
         wnids = [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
         if len(set(wnids)) != len(wnids):
             raise VggError(f"{wnids_file} lists a wnid twice", field="wnids")
-        names = {c["wnid"]: c["name"] for c in imagenet_classes()}
     else:
-        wnids = [c["wnid"] for c in imagenet_classes()]  # torchvision's order: sorted wnids
-        names = {c["wnid"]: c["name"] for c in imagenet_classes()}
+        wnids = [c["wnid"] for c in ilsvrc]
         console.print("no --wnids: labels taken as indices into ILSVRC-2012's 1000 wnids in "
                       "sorted order (what ffcv-imagenet's ImageFolder order gives)")
     for split, found in labels.items():
@@ -134,7 +135,7 @@ def _index_csv(beton: Path, classes: list[dict[str, Any]]) -> str:
     images = BetonImages(beton)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["index", "label", "wnid", "path", "stored_height", "stored_width"])
+    writer.writerow(INDEX_COLUMNS)
     for index, (label, (height, width)) in enumerate(zip(images.labels, images.shapes,
                                                          strict=True)):
         wnid = classes[int(label)]["wnid"]

@@ -31,6 +31,8 @@ from vggcli.stages.common import lead_run
 
 SPLITS = ("train", "val")
 MISSING = "missing"  # the skip reason of a val image its labels name but the disk lacks
+# <split>.csv: a row per image in .beton order (adopt writes the same for adopted files)
+INDEX_COLUMNS = ("index", "label", "wnid", "path", "stored_height", "stored_width")
 
 __all__ = ["PreprocessConfig", "StorageSettings", "Subset", "run"]
 
@@ -141,7 +143,7 @@ def _index_csv(kept: list[tuple[Sample, ScanResult]], layout: Layout) -> str:
     """The exact order of samples in the .beton, so later results can name each image."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["index", "label", "wnid", "path", "stored_height", "stored_width"])
+    writer.writerow(INDEX_COLUMNS)
     for index, (sample, result) in enumerate(kept):
         writer.writerow(
             [
