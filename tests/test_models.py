@@ -12,6 +12,7 @@ from vggcli.models import (
     CONFIGS,
     VGG,
     NetSpec,
+    a_conv_positions,
     count_parameters,
     identity_init,
     init_from_a,
@@ -245,6 +246,37 @@ def test_identity_init_makes_the_inserted_square_convs_pass_their_input_through(
         square = conv.in_channels == conv.out_channels
         changed = not torch.equal(conv.weight, before[name])
         assert changed == (square and name not in copied), name
+
+
+@pytest.mark.parametrize("net", ["B", "C", "D", "E"])
+def test_net2deeper_starts_a_deeper_net_as_exactly_a(net: str) -> None:
+    """All eight of A's convs in their places and the convs A lacks as identities: the deeper
+    net's logits are A's (the paper's four-conv copy leaves conv4/5 random under A's copied
+    FC layers, so a deeper net starts at chance: docs/train.md)."""
+    a_spec = NetSpec("A", num_classes=10, width=1 / 16, crop=32)
+    a = VGG(a_spec)
+    initialise(a, "kaiming")
+    deep = VGG(NetSpec(net, num_classes=10, width=1 / 16, crop=32))
+    initialise(deep, "kaiming")
+    copied = init_from_a(deep, a.state_dict(), a_spec, convs=8)
+    assert len(copied) == 2 * (8 + 3)
+    identity_init(deep, copied)
+    x = torch.rand(3, 3, 64, 48) * 4
+    a.eval(), deep.eval()  # no dropout
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x), a(x), rtol=1e-5, atol=1e-5)
+        first_four = VGG(deep.spec).eval()
+        initialise(first_four, "kaiming")
+        identity_init(first_four, init_from_a(first_four, a.state_dict(), a_spec))
+        assert not torch.allclose(first_four(x), a(x), atol=1e-3)
+
+
+def test_a_conv_positions_follow_the_blocks_of_table_1() -> None:
+    assert a_conv_positions("A") == list(range(8))
+    assert a_conv_positions("B") == [0, 2, 4, 5, 6, 7, 8, 9]
+    assert a_conv_positions("C") == a_conv_positions("D") == [0, 2, 4, 5, 7, 8, 10, 11]
+    assert a_conv_positions("E") == [0, 2, 4, 5, 8, 9, 12, 13]
+    assert a_conv_positions("B-5x5") == []
 
 
 def test_init_from_a_refuses_a_mismatched_run() -> None:

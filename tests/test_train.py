@@ -404,6 +404,42 @@ def test_plateau_schedule_divides_by_ten_at_most_three_times() -> None:
     assert restored.state_dict() == schedule.state_dict()
 
 
+def test_the_plateau_stop_ends_training_at_a_plateau_after_the_last_drop() -> None:
+    schedule = PlateauSchedule(0.01, patience=2, max_drops=2, stop_on_plateau=True)
+    accuracies = [0.1, 0.2, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3]
+    dropped, stopped = [], []
+    for epoch, accuracy in enumerate(accuracies, 1):
+        dropped.append(schedule.step(accuracy, epoch))
+        stopped.append(schedule.stopped)
+    assert [e for e, d in enumerate(dropped, 1) if d] == [4, 7]
+    assert stopped == [False] * 8 + [True]  # the third plateau, with no drop left
+    restored = PlateauSchedule(0.01, 2, 2, stop_on_plateau=True)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.stopped
+    older = {k: v for k, v in schedule.state_dict().items() if k != "stopped"}
+    restored.load_state_dict(older)  # a checkpoint from before the stop rule
+    assert not restored.stopped
+    scheduled = PlateauSchedule(0.01, patience=5, max_drops=1, drop_after=2, stop_on_plateau=True)
+    assert [scheduled.step(0.5, e) or scheduled.stopped for e in (1, 2, 3)] == [False, True, False]
+
+
+def test_a_plateau_stopped_training_ends_early_and_records_it(vgg, train_root: Path) -> None:
+    """With no lr drop allowed, the first plateau ends training: fewer epochs than the cap,
+    the last row says so, the config records the rule, and the run is complete."""
+    args = ["--net", "A", "--scale", "32", "--epochs", "30", "--plateau-stop", "--patience",
+            "1", "--max-lr-drops", "0", "--name", "A-stop", *TINY]
+    result = vgg("train", *args)
+    assert result.exit_code == 0, result.output
+    version = resolve("A-stop", train_root)
+    epochs = [r for r in metrics_rows(version.path) if r["kind"] == "epoch"]
+    assert len(epochs) < 30 and epochs[-1].get("stopped") is True
+    assert not any(r.get("stopped") for r in epochs[:-1])
+    assert epochs[-1]["val_top1_err"] >= min(r["val_top1_err"] for r in epochs[:-1])
+    assert version.results()["epochs"] == len(epochs)
+    assert version.manifest()["config"]["recipe"]["plateau_stop"] is True
+    assert "training stops" in result.output
+
+
 def test_a_scheduled_final_drop_divides_the_lr_after_its_epoch_even_while_improving() -> None:
     from vggcli.stages.finetune import final_drop
 

@@ -38,7 +38,7 @@ SCHEME = 3  # the augmentation scheme new runs use (see data/loader.py's docstri
 # where training images are decoded: FFCV's compiled workers (libjpeg-turbo, OpenCV resize),
 # torchvision on the CPU, or nvJPEG on the CUDA device (the last two: data/torch_loader.py)
 DECODES = ("ffcv", "torch", "gpu")
-INSERTED_INITS = ("random", "identity")
+INSERTED_INITS = ("random", "identity", "net2deeper")
 INITS = ("normal", "glorot", "kaiming")
 TORCHVISION_ARCHITECTURES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 # the other commands' choices, here so that the CLI checks them before importing torch or FFCV
@@ -110,12 +110,16 @@ class Recipe:
     seed: int = 0
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     flip: bool = True  # random horizontal flips (the paper's); off for mirror-sensitive classes
-    # how a deeper net's convs not copied from A start: "random" (the paper's: `init`), or
-    # "identity" for the square ones (see models.identity_init)
+    # how a deeper net started from A starts its other convs: "random" (the paper's: `init`),
+    # "identity" for the square ones (see models.identity_init), or "net2deeper": all of A's
+    # convs copied, the ones A lacks as identities, so the net starts as A's function
     inserted_init: str = "random"
     # the last `final_drop` epochs at a tenth of the lr: a plateau scheduled in advance, for
     # budgets too short for the plateau rule to fire (0: the paper's rule alone)
     final_drop: int = 0
+    # end training at a validation plateau after the last lr drop (the paper's stop); `epochs`
+    # is then a cap
+    plateau_stop: bool = False
 
     def __post_init__(self) -> None:
         if self.plateau_patience < 1:
@@ -208,7 +212,7 @@ class TrainConfig:
             del data["augmentation"]
         if self.recipe.flip:  # as every run before the switch recorded it: resumable
             del data["recipe"]["flip"]
-        for name in ("inserted_init", "final_drop"):  # recorded only when not the paper's
+        for name in ("inserted_init", "final_drop", "plateau_stop"):  # recorded when not default
             if data["recipe"][name] == Recipe.__dataclass_fields__[name].default:
                 del data["recipe"][name]
         if not self.fc_only:  # recorded only when on: every other run's config is unchanged

@@ -21,18 +21,36 @@ from vggcli.config import CONFIGS, INITS, NetSpec
 from vggcli.errors import VggError
 
 FC_WIDTH = 4096
-# Which conv layers of a deeper net receive A's four: shape-consistent reading of "the first
-# four convolutional layers" (A's conv1..conv4 are 3-64, 64-128, 128-256, 256-256). B-5x5 has
-# none: its 5x5 convs match no 3x3 conv of A, and with 8 weight layers it is shallower than A,
-# so it starts from random init, as A does.
-INIT_FROM_A_CONV = {
-    "A": [0, 1, 2, 3],
-    "A-LRN": [0, 1, 2, 3],
-    "B": [0, 2, 4, 5],
-    "C": [0, 2, 4, 5],
-    "D": [0, 2, 4, 5],
-    "E": [0, 2, 4, 5],
-}
+# How many of A's convs a deeper net copies: the paper's "first four convolutional layers"
+# (A's conv1..conv4 are 3-64, 64-128, 128-256, 256-256), or all eight (net2deeper)
+PAPER_A_CONVS = 4
+
+
+def conv_blocks(net: str) -> list[int]:
+    """How many convs each pooling block of `net` has (A: 1, 1, 2, 2, 2)."""
+    blocks, count = [], 0
+    for item in CONFIGS[net]:
+        if item == "M":
+            blocks.append(count)
+            count = 0
+        elif item != "LRN":
+            count += 1
+    return blocks
+
+
+def a_conv_positions(net: str) -> list[int]:
+    """Where each of A's eight convs sits in `net`: A's j-th conv of a block is the deeper
+    net's j-th of the same block (the one with A's input and output widths), so the convs a
+    deeper net adds are the later ones of each block, all square (as many outputs as inputs).
+    B-5x5 has none: its 5x5 convs match no 3x3 conv of A, and with 8 weight layers it is
+    shallower than A, so it starts from random init, as A does."""
+    if net == "B-5x5":
+        return []
+    positions, start = [], 0
+    for ours, theirs in zip(conv_blocks(net), conv_blocks("A"), strict=True):
+        positions += range(start, start + theirs)
+        start += ours
+    return positions
 
 
 class LocalResponseNorm(nn.LocalResponseNorm):
@@ -243,16 +261,19 @@ def initialise(model: VGG, scheme: str, std: float = 0.01, last_std: float | Non
 
 def check_takes_a_layers(net: str) -> None:
     """Refuse init-from-A for a net none of whose convs has the shape of one of A's."""
-    if net not in INIT_FROM_A_CONV:
+    if not a_conv_positions(net):
         raise VggError(
             f"net {net} cannot start from net A's layers: its convs match none of A's, so it "
             "starts from random init like A (drop --init-from; --init picks the scheme)"
         )
 
 
-def init_from_a(model: VGG, a_state: dict[str, torch.Tensor], a_spec: NetSpec) -> list[str]:
-    """Copy A's first four conv layers and its three FC layers into `model` (the paper's
-    init for deeper nets); return the names of the parameters copied."""
+def init_from_a(
+    model: VGG, a_state: dict[str, torch.Tensor], a_spec: NetSpec, convs: int = PAPER_A_CONVS
+) -> list[str]:
+    """Copy A's first `convs` conv layers (the paper's four, or all eight) and its three FC
+    layers into `model`, each to its place (`a_conv_positions`); return the names of the
+    parameters copied."""
     check_takes_a_layers(model.spec.net)
     if (
         a_spec.net not in ("A", "A-LRN")
@@ -267,10 +288,8 @@ def init_from_a(model: VGG, a_state: dict[str, torch.Tensor], a_spec: NetSpec) -
         )
     source = VGG(a_spec)
     source.load_state_dict(a_state)
-    pairs = [
-        (source.convs()[i], model.convs()[j])
-        for i, j in enumerate(INIT_FROM_A_CONV[model.spec.net])
-    ]
+    places = a_conv_positions(model.spec.net)[:convs]
+    pairs = [(source.convs()[i], model.convs()[j]) for i, j in enumerate(places)]
     pairs += list(zip(source.fcs(), model.fcs(), strict=True))
     names = {id(p): n for n, p in model.named_parameters()}
     copied = []

@@ -28,7 +28,9 @@ from vggcli.distributed import SINGLE, Cluster
 from vggcli.errors import PREEMPTED, VggError, WorkFailed
 from vggcli.metrics import counts_correct
 from vggcli.models import (
+    PAPER_A_CONVS,
     VGG,
+    a_conv_positions,
     identity_init,
     init_from_a,
     initialise,
@@ -40,14 +42,23 @@ from vggcli.progress import console, progress_bar
 class PlateauSchedule:
     """lr /= 10 when validation top-1 accuracy has not improved for `patience` epochs, at
     most `max_drops` times (the paper's "decreased by a factor of 10 when the validation set
-    accuracy stopped improving", three times in all)."""
+    accuracy stopped improving", three times in all). With `stop_on_plateau`, a plateau after
+    the last drop ends training (the paper's "learning was stopped"): the rule, not the
+    epoch budget, then sets the length, and the budget is a cap."""
 
     def __init__(
-        self, lr: float, patience: int, max_drops: int, drop_after: int | None = None
+        self,
+        lr: float,
+        patience: int,
+        max_drops: int,
+        drop_after: int | None = None,
+        stop_on_plateau: bool = False,
     ) -> None:
         self.lr, self.patience, self.max_drops = lr, patience, max_drops
         self.drop_after = drop_after  # an epoch after which the lr drops whatever val says
+        self.stop_on_plateau = stop_on_plateau
         self.best, self.bad_epochs, self.drops = -math.inf, 0, 0
+        self.stopped = False
 
     def step(self, accuracy: float, epoch: int = 0) -> bool:
         """Record epoch `epoch`'s accuracy (epochs count from 1); True if the learning rate
@@ -57,10 +68,11 @@ class PlateauSchedule:
             self.best, self.bad_epochs = accuracy, 0
         else:
             self.bad_epochs += 1
-        due = self.bad_epochs >= self.patience or epoch == self.drop_after
-        if due and self.drops < self.max_drops:
+        plateau = self.bad_epochs >= self.patience
+        if (plateau or epoch == self.drop_after) and self.drops < self.max_drops:
             self.lr, self.bad_epochs, self.drops = self.lr / 10, 0, self.drops + 1
             return True
+        self.stopped = plateau and self.stop_on_plateau
         return False
 
     def state_dict(self) -> dict[str, Any]:
@@ -69,11 +81,13 @@ class PlateauSchedule:
             "best": self.best,
             "bad_epochs": self.bad_epochs,
             "drops": self.drops,
+            "stopped": self.stopped,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lr, self.best = state["lr"], state["best"]
         self.bad_epochs, self.drops = state["bad_epochs"], state["drops"]
+        self.stopped = state.get("stopped", False)  # checkpoints from before the stop rule
 
 
 @dataclass(frozen=True)
@@ -110,8 +124,10 @@ def build_model(
     recipe = config.recipe
     initialise(model, recipe.init, recipe.init_std, recipe.last_std)
     if a_run is not None:
-        copied = init_from_a(model, a_run["state_dict"], NetSpec(**a_run["spec"]))
-        if recipe.inserted_init == "identity":
+        whole = recipe.inserted_init == "net2deeper"  # all of A, so the net starts as A
+        convs = len(a_conv_positions("A")) if whole else PAPER_A_CONVS
+        copied = init_from_a(model, a_run["state_dict"], NetSpec(**a_run["spec"]), convs)
+        if recipe.inserted_init != "random":
             identity_init(model, copied)
     if start is not None:
         if NetSpec(**start["spec"]) != config.net:
@@ -237,6 +253,7 @@ class Trainer:
             recipe.plateau_patience,
             recipe.max_lr_drops,
             recipe.epochs - recipe.final_drop if recipe.final_drop else None,
+            recipe.plateau_stop,
         )
         self.position = Position()
         self.augment = ColourShift(data.colour_statistics, self.recipe.colour_sigma, self.device)
@@ -337,7 +354,11 @@ class Trainer:
         self.restore()
         self.last_checkpoint = time.monotonic()
         started = time.monotonic()
-        while self.position.epoch < self.recipe.epochs and not self._out_of_steps():
+        while (
+            self.position.epoch < self.recipe.epochs
+            and not self._out_of_steps()
+            and not self.schedule.stopped
+        ):
             if not self._train_epoch(started):
                 break  # max_steps reached inside the epoch
             self._end_epoch(started)
@@ -484,12 +505,16 @@ class Trainer:
             "lr_dropped": dropped,
             "wall_s": time.monotonic() - started,
         }
+        if self.schedule.stopped:
+            row["stopped"] = True
         self._check_decodes(row)
         self.log(row)
         pos.history.append(row)
         console.print(
             f"epoch {pos.epoch + 1}: val top-1 error {errors['top1_err']:.2%}, "
             f"top-5 {errors['top5_err']:.2%}" + ("; lr / 10" if dropped else "")
+            + ("; no better after the last lr drop: training stops" if self.schedule.stopped
+               else "")
         )
         pos.epoch, pos.offset = pos.epoch + 1, 0
         self.save_checkpoint()

@@ -69,11 +69,12 @@ def train_command(
     final_drop: Annotated[int, typer.Option(callback=at_least(0, MAX_EPOCHS), help="Divide the lr by 10 once more for the last N epochs (one of the --max-lr-drops, if any are left): a plateau scheduled in advance, for budgets too short for the plateau rule to fire; 0 = the paper's rule alone.")] = 0,
     max_lr_drops: Annotated[int, typer.Option(callback=at_least(0, MAX_EPOCHS), help="How many times the lr may be divided (the paper: 3).")] = 3,
     init: Annotated[str | None, typer.Option(callback=one_of(*INITS), help="normal (N(0, init-std^2), the paper's for net A), glorot or kaiming. Default: A, A-LRN and B-5x5 from normal; B-E from the one trained net A of the same width, crop and dataset (the paper's way), else glorot; saying it (normal too) gives that random init.", show_default=False)] = None,
-    inserted_init: Annotated[str, typer.Option(callback=one_of(*INSERTED_INITS), help="How a net started from A (--init-from) starts its convs not copied from A: random (the paper's: as --init says) or identity (the square ones as Dirac kernels, so the net begins close to A's function; the smoke recipe's).")] = "random",
+    inserted_init: Annotated[str, typer.Option(callback=one_of(*INSERTED_INITS), help="How a net started from A (--init-from) starts the convs it does not copy: random (the paper's: A's first four convs and FC layers copied, the rest as --init says), identity (the same copy, the other square convs as Dirac kernels) or net2deeper (all of A's convs copied, the ones A lacks as Dirac kernels: the net starts as A's function; the smoke recipe's).")] = "random",
     init_std: Annotated[float, typer.Option(callback=bounded(0, 10, open_low=True), help="Std of the normal init.")] = 1e-2,
     last_std: Annotated[float | None, typer.Option(callback=bounded(0, 10, open_low=True), help="Std of fc8's normal init, whatever --init says (keeps the first softmax soft).")] = None,
     dropout: Annotated[float, typer.Option(callback=bounded(0, 1, open_high=True), help="Dropout on fc6 and fc7.")] = 0.5,
     input_scale: Annotated[float, typer.Option(callback=bounded(0, 1000, open_low=True), help="Multiply the mean-subtracted 0-255 input by this (1 = the paper's; ~1/64 suits --init kaiming on small data).")] = 1.0,
+    plateau_stop: Annotated[bool, typer.Option("--plateau-stop/--no-plateau-stop", help="End training when validation accuracy stops improving after the last of --max-lr-drops (the paper's stop): the plateau rule sets the length and --epochs is a cap. Off: train all --epochs.")] = False,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Mirror half the training crops at random (the paper's); --no-flip for classes that change under mirroring (digits, letters). Evaluation follows the model's setting.")] = True,
     colour_sigma: Annotated[float, typer.Option(callback=bounded(0, 10), help="Std of the AlexNet PCA colour shift (0 = off).")] = 0.1,
     seed: Annotated[int, typer.Option(callback=bounded(0, 2**32 - 1), help="Seeds init, sample order, crops, flips, colour shifts, dropout.")] = 0,
@@ -108,7 +109,7 @@ def train_command(
                           max_lr_drops=max_lr_drops, init=init or "normal", init_std=init_std,
                           last_std=last_std, colour_sigma=colour_sigma, seed=seed,
                           max_steps=max_steps, flip=flip, inserted_init=inserted_init,
-                          final_drop=final_drop)
+                          final_drop=final_drop, plateau_stop=plateau_stop)
     recipe.accumulation(nproc)
     s_min, s_max = parse_scale(scale)
     request = stage.TrainRequest(spec, s_min, s_max, recipe, runtime, precision, compile, name,
