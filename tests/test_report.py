@@ -31,6 +31,9 @@ from vggcli.report import (
     Evaluated,
     Fused,
     Roles,
+    claims,
+    random_init_apart,
+    table3,
     table4,
     table5,
 )
@@ -189,6 +192,20 @@ def test_roles_name_our_scales_by_the_papers() -> None:
     assert [roles.scale(s) for s in ("256", "384", "jitter")] == ["S=80", "S=112", "S=[80;144]"]
     assert Roles((256,)).scale("384") == "S=384"  # not run: the paper's own
     assert Roles((256, 384), ((256, 512),)).note() == ""
+
+
+def test_a_deeper_net_from_random_init_is_its_own_row_beside_the_same_net_from_a() -> None:
+    from_a, random = _evaluated("D", 80, 80), _evaluated("D", 80, 80, random_init=True)
+    random.errors[0]["top1_err"] = random.errors[-2]["top1_err"] = 0.6
+    apart = random_init_apart([_evaluated("A", 80, 80), from_a, random])
+    assert [e.net for e in apart] == ["A", "D", "D, random init"]
+    _, t3 = table3(apart, ROLES)
+    found = {c.text: c for c in claims(t3, {}, {}, {}, [], ROLES)}
+    claim = found["A's layers help: D from A beats D from random init (Sect. 2.3)"]
+    assert (claim.first.error, claim.second.error) == (0.3, 0.6)
+    assert not any("B from A" in text for text in found)  # no random-init B: no claim
+    alone = random_init_apart([_evaluated("A", 80, 80), random])  # the Glorot D: it is D
+    assert [e.net for e in alone] == ["A", "D"]
 
 
 def test_table5_shows_the_paper_only_beside_jittered_nets_at_its_scales() -> None:

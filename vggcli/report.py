@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class Evaluated:
     fc_only: bool = False  # the model fine-tuned only its FC layers (the submission's D)
     flip: bool = True  # mirror posteriors averaged in
     crop: int = 224  # the model's training crop
+    random_init: bool = False  # a deeper net (B-E) trained from random init, not A's layers
 
     def stage(self, roles: Roles) -> str:
         return roles.stage(self.s_min, self.s_max, self.fc_only)
@@ -388,12 +389,38 @@ ARCHITECTURE = (  # Table 3, fixed small S: (first, second, claim, expectation)
 )
 
 
+DEEPER = ("B", "C", "D", "E")  # the nets the paper starts from A's layers
+
+
+def random_init_name(net: str) -> str:
+    return f"{net}, random init"
+
+
+def random_init_apart(evaluated: list[Evaluated]) -> list[Evaluated]:
+    """A deeper net trained from random init, beside the same net and scales started from
+    A's layers, is a row of its own ("D, random init"): the two are compared, not confused.
+    Alone, it stands for its net (the paper's post-submission note: Glorot init, no A)."""
+    from_a = {(e.net, e.s_min, e.s_max) for e in evaluated if not e.random_init}
+    return [
+        replace(e, net=random_init_name(e.net))
+        if e.random_init and (e.net, e.s_min, e.s_max) in from_a
+        else e
+        for e in evaluated
+    ]
+
+
 def _architecture_claims(t3: Keyed, centre: Keyed) -> list[Claim]:
     found = []
     for first, second, text, expect in ARCHITECTURE:
         a, b = (first, "256"), (second, "256")
         paper = (PAPER_T3[a][0], PAPER_T3[b][0])
         found.append(Claim(f"{text} (Table 3)", paper, expect, t3.get(a), t3.get(b)))
+    for net in DEEPER:
+        random = t3.get((random_init_name(net), "256"))
+        if random is not None:
+            text = f"A's layers help: {net} from A beats {net} from random init (Sect. 2.3)"
+            paper = "not compared: its deeper nets start from A"
+            found.append(Claim(text, paper, Expect.LOWER, t3.get((net, "256")), random))
     text = "3x3 pairs beat single 5x5 layers: B beats B-5x5 (centre crop)"
     b, shallow = centre.get(("B", "256")), centre.get(("B-5x5", "256"))
     return [*found, Claim(text, "B-5x5 7 points higher", Expect.LOWER, b, shallow)]
@@ -612,6 +639,7 @@ def write_report(
     root: Path, curves: list[Curve], evaluated: list[Evaluated], fused: list[Fused], out_dir: Path
 ) -> str:
     """The Markdown report for the runs under `root`; plots go beside it in `out_dir`."""
+    evaluated = random_init_apart(evaluated)
     roles = Roles.of(evaluated)
     t3, v3 = table3(evaluated, roles)
     t4, v4 = table4(evaluated, roles)

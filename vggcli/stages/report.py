@@ -21,7 +21,7 @@ from vggcli.artifacts import (
 from vggcli.errors import VggError
 from vggcli.metrics import top1_correct
 from vggcli.pipeline import plan as pipelines
-from vggcli.report import Curve, Evaluated, Fused, Scores, write_report
+from vggcli.report import DEEPER, Curve, Evaluated, Fused, Scores, write_report
 from vggcli.runs import MANIFEST, RunVersion
 from vggcli.stages.common import lead_run, load_array
 
@@ -103,6 +103,9 @@ def _evaluated(evaluation: EvaluationRun, root: Path) -> Evaluated:
         model.fc_only(),
         evaluation.flips(),
         model.crop(),
+        random_init=model.net() in DEEPER
+        and model.finetuned_from() is None
+        and model.initialised_from() is None,
     )
 
 
