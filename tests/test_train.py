@@ -435,7 +435,7 @@ def test_a_plateau_stopped_training_ends_early_and_records_it(vgg, train_root: P
     assert len(epochs) < 30 and epochs[-1].get("stopped") is True
     assert not any(r.get("stopped") for r in epochs[:-1])
     assert epochs[-1]["val_top1_err"] >= min(r["val_top1_err"] for r in epochs[:-1])
-    assert version.results()["epochs"] == len(epochs)
+    assert version.results()["training"]["epochs"] == len(epochs)
     assert version.manifest()["config"]["recipe"]["plateau_stop"] is True
     assert "training stops" in result.output
 
