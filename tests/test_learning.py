@@ -24,7 +24,8 @@ SMOKE = shlex.split(  # pipelines/smoke.toml's `net`, at S = 64 to be quick
     "--dropout 0 --plateau-stop --final-drop 4"
 )
 SCRATCH = shlex.split("--lr 0.003 --patience 5 --epochs 20")  # A: the demo's recipe and cap
-DEEPER = shlex.split("--lr 0.001 --patience 3 --epochs 6")  # D: the demo's recipe, 6 epochs
+# D: the demo's lr and patience for 6 epochs (the final drop: the last 4 at lr / 10)
+DEEPER = shlex.split("--lr 0.001 --patience 3 --epochs 6")
 A_FINAL = 0.45  # A's last validation error must be below this (chance: 90%)
 D_MARGIN = 0.05
 

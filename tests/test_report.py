@@ -197,14 +197,16 @@ def test_roles_name_our_scales_by_the_papers() -> None:
 def test_a_deeper_net_from_random_init_is_its_own_row_beside_the_same_net_from_a() -> None:
     from_a, random = _evaluated("D", 80, 80), _evaluated("D", 80, 80, random_init=True)
     random.errors[0]["top1_err"] = random.errors[-2]["top1_err"] = 0.6
-    apart = random_init_apart([_evaluated("A", 80, 80), from_a, random])
+    fusion = Fused("dense", [from_a, random], [])
+    apart, (fused,) = random_init_apart([_evaluated("A", 80, 80), from_a, random], [fusion])
     assert [e.net for e in apart] == ["A", "D", "D, random init"]
+    assert [m.net for m in fused.members] == ["D", "D, random init"]
     _, t3 = table3(apart, ROLES)
     found = {c.text: c for c in claims(t3, {}, {}, {}, [], ROLES)}
     claim = found["A's layers help: D from A beats D from random init (Sect. 2.3)"]
     assert (claim.first.error, claim.second.error) == (0.3, 0.6)
     assert not any("B from A" in text for text in found)  # no random-init B: no claim
-    alone = random_init_apart([_evaluated("A", 80, 80), random])  # the Glorot D: it is D
+    alone, _ = random_init_apart([_evaluated("A", 80, 80), random], [])  # Glorot D: it is D
     assert [e.net for e in alone] == ["A", "D"]
 
 
@@ -346,7 +348,7 @@ def test_report_stage_reads_per_image_scores_from_the_stored_posteriors(tmp_path
     assert f"- Training scales: {roles}" in text
     assert "- Batch size: 16 (the paper's 256) for B." in text
     assert "- Training arithmetic: bf16 (the paper's fp32) for B." in text
-    assert "- B started from a trained A's first layers" in text
+    assert "- B started from a trained A's layers" in text
     assert "Initial learning rate" not in text  # D-fc's default is the paper's 1e-3
     assert "Random init" not in text  # a fine-tune starts from weights: its init is moot
     assert "Verdicts: 1 holds, 0 does not hold, 0 not shown, " in text

@@ -211,6 +211,7 @@ PAPER_RECIPE = (
     ("recipe", "weight_decay", 5e-4, "weight decay"),
     ("recipe", "max_lr_drops", 3, "lr drops"),
     ("recipe", "final_drop", 0, "epochs at lr / 10 scheduled at the end"),
+    ("recipe", "plateau_stop", False, "training ended by a plateau after the last lr drop"),
     ("recipe", "init", "normal", "random init"),
     ("recipe", "init_std", 1e-2, "init std"),
     ("recipe", "last_std", 1e-2, "init std of fc8"),  # a config's None: its init std
@@ -396,17 +397,22 @@ def random_init_name(net: str) -> str:
     return f"{net}, random init"
 
 
-def random_init_apart(evaluated: list[Evaluated]) -> list[Evaluated]:
+def random_init_apart(
+    evaluated: list[Evaluated], fused: list[Fused]
+) -> tuple[list[Evaluated], list[Fused]]:
     """A deeper net trained from random init, beside the same net and scales started from
-    A's layers, is a row of its own ("D, random init"): the two are compared, not confused.
-    Alone, it stands for its net (the paper's post-submission note: Glorot init, no A)."""
+    A's layers, is a row of its own ("D, random init"), in the tables and as a fusion member:
+    the two are compared, not confused. Alone, it stands for its net (the paper's
+    post-submission note: Glorot init, no A)."""
     from_a = {(e.net, e.s_min, e.s_max) for e in evaluated if not e.random_init}
-    return [
-        replace(e, net=random_init_name(e.net))
-        if e.random_init and (e.net, e.s_min, e.s_max) in from_a
-        else e
-        for e in evaluated
-    ]
+
+    def apart(e: Evaluated) -> Evaluated:
+        if e.random_init and (e.net, e.s_min, e.s_max) in from_a:
+            return replace(e, net=random_init_name(e.net))
+        return e
+
+    fused = [replace(f, members=[apart(m) for m in f.members]) for f in fused]
+    return [apart(e) for e in evaluated], fused
 
 
 def _architecture_claims(t3: Keyed, centre: Keyed) -> list[Claim]:
@@ -625,7 +631,7 @@ def _departure_notes(curves: list[Curve]) -> list[str]:
     started = [c.name for c in curves if c.init_from]
     if started:
         notes.append(
-            f"{_names(started)} started from a trained A's first layers (Sect. 2.3): A's "
+            f"{_names(started)} started from a trained A's layers (Sect. 2.3): A's "
             "training is in them on top of their own budget, which favours them against A."
         )
     return notes
@@ -639,7 +645,7 @@ def write_report(
     root: Path, curves: list[Curve], evaluated: list[Evaluated], fused: list[Fused], out_dir: Path
 ) -> str:
     """The Markdown report for the runs under `root`; plots go beside it in `out_dir`."""
-    evaluated = random_init_apart(evaluated)
+    evaluated, fused = random_init_apart(evaluated, fused)
     roles = Roles.of(evaluated)
     t3, v3 = table3(evaluated, roles)
     t4, v4 = table4(evaluated, roles)

@@ -28,9 +28,9 @@ from vggcli.distributed import SINGLE, Cluster
 from vggcli.errors import PREEMPTED, VggError, WorkFailed
 from vggcli.metrics import counts_correct
 from vggcli.models import (
+    A_CONVS,
     PAPER_A_CONVS,
     VGG,
-    a_conv_positions,
     identity_init,
     init_from_a,
     initialise,
@@ -125,7 +125,7 @@ def build_model(
     initialise(model, recipe.init, recipe.init_std, recipe.last_std)
     if a_run is not None:
         whole = recipe.inserted_init == "net2deeper"  # all of A, so the net starts as A
-        convs = len(a_conv_positions("A")) if whole else PAPER_A_CONVS
+        convs = A_CONVS if whole else PAPER_A_CONVS
         copied = init_from_a(model, a_run["state_dict"], NetSpec(**a_run["spec"]), convs)
         if recipe.inserted_init != "random":
             identity_init(model, copied)
@@ -510,11 +510,12 @@ class Trainer:
         self._check_decodes(row)
         self.log(row)
         pos.history.append(row)
+        notes = ["lr / 10"] if dropped else []
+        if self.schedule.stopped:
+            notes.append("validation stopped improving with no lr drop left: training stops")
         console.print(
             f"epoch {pos.epoch + 1}: val top-1 error {errors['top1_err']:.2%}, "
-            f"top-5 {errors['top5_err']:.2%}" + ("; lr / 10" if dropped else "")
-            + ("; no better after the last lr drop: training stops" if self.schedule.stopped
-               else "")
+            f"top-5 {errors['top5_err']:.2%}" + "".join(f"; {n}" for n in notes)
         )
         pos.epoch, pos.offset = pos.epoch + 1, 0
         self.save_checkpoint()

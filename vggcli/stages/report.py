@@ -103,10 +103,23 @@ def _evaluated(evaluation: EvaluationRun, root: Path) -> Evaluated:
         model.fc_only(),
         evaluation.flips(),
         model.crop(),
-        random_init=model.net() in DEEPER
-        and model.finetuned_from() is None
-        and model.initialised_from() is None,
+        random_init=model.net() in DEEPER and _chain_root(model, root).initialised_from() is None,
     )
+
+
+def _chain_root(model: ModelRun, root: Path) -> ModelRun:
+    """The run a chain of fine-tunes started from (the model itself when it is none): how it
+    was initialised is how the whole chain was."""
+    while (label := model.finetuned_from()) and (parent_run := _found(label, root)):
+        model = parent_run
+    return model
+
+
+def _found(label: str, root: Path) -> ModelRun | None:
+    """The model run `label` under the root; None when moved or deleted (the chain is then
+    known up to here), as `_here` counts it."""
+    path = root / label
+    return as_kind(RunVersion(path), ModelRun) if (path / MANIFEST).is_file() else None
 
 
 def _correct(evaluation: EvaluationRun) -> Scores:
