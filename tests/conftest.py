@@ -116,8 +116,9 @@ def metrics_rows(version_path: Path) -> list[dict]:
 # files in collection order. test_learning.py takes a minute or more on one worker with only
 # two tests; xdist's own order (most tests first) handed it out last, and the other core idled
 # until it ended. So it goes first (with test_wheelhouse.py, a minute and a half for three
-# tests: the other worker takes it), then the files with the most tests.
-LONGEST_FILES = ("test_learning.py", "test_wheelhouse.py")
+# tests: the other worker takes it; test_learning_photos.py, as long, next), then the files
+# with the most tests.
+LONGEST_FILES = ("test_learning.py", "test_wheelhouse.py", "test_learning_photos.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
