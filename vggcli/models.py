@@ -27,30 +27,31 @@ PAPER_A_CONVS = 4
 A_CONVS = 8
 
 
-def conv_blocks(net: str) -> list[int]:
-    """How many convs each pooling block of `net` has (A: 1, 1, 2, 2, 2)."""
-    blocks, count = [], 0
+def conv_blocks(net: str) -> list[list[int | str]]:
+    """The convs of each pooling block of `net`, as CONFIGS writes them (A: [64], [128],
+    [256, 256], [512, 512], [512, 512]; an int is a 3x3 conv of that width)."""
+    blocks: list[list[int | str]] = [[]]
     for item in CONFIGS[net]:
         if item == "M":
-            blocks.append(count)
-            count = 0
+            blocks.append([])
         elif item != "LRN":
-            count += 1
-    return blocks
+            blocks[-1].append(item)
+    return blocks[:-1]
 
 
 def a_conv_positions(net: str) -> list[int]:
-    """Where each of A's eight convs sits in `net`: A's j-th conv of a block is the deeper
-    net's j-th of the same block (the one with A's input and output widths), so the convs a
-    deeper net adds are the later ones of each block, all square (as many outputs as inputs).
-    B-5x5 has none: its 5x5 convs match no 3x3 conv of A, and with 8 weight layers it is
-    shallower than A, so it starts from random init, as A does."""
-    if net == "B-5x5":
-        return []
+    """Where each of A's eight convs sits in `net`: A's convs of a block are the deeper net's
+    first ones of the same block (same kernel, same widths), so the convs a deeper net adds
+    are the later ones of each block, all square (as many outputs as inputs). A net whose
+    blocks do not start with A's convs has none: B-5x5, whose 5x5 convs match no 3x3 conv
+    of A, and which with 8 weight layers is shallower than A, so it starts from random
+    init, as A does."""
     positions, start = [], 0
     for ours, theirs in zip(conv_blocks(net), conv_blocks("A"), strict=True):
-        positions += range(start, start + theirs)
-        start += ours
+        if ours[: len(theirs)] != theirs:
+            return []
+        positions += range(start, start + len(theirs))
+        start += len(ours)
     return positions
 
 

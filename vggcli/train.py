@@ -505,14 +505,13 @@ class Trainer:
             "lr_dropped": dropped,
             "wall_s": time.monotonic() - started,
         }
+        notes = ["lr / 10"] if dropped else []
         if self.schedule.stopped:
             row["stopped"] = True
+            notes.append("validation stopped improving with no lr drop left: training stops")
         self._check_decodes(row)
         self.log(row)
         pos.history.append(row)
-        notes = ["lr / 10"] if dropped else []
-        if self.schedule.stopped:
-            notes.append("validation stopped improving with no lr drop left: training stops")
         console.print(
             f"epoch {pos.epoch + 1}: val top-1 error {errors['top1_err']:.2%}, "
             f"top-5 {errors['top5_err']:.2%}" + "".join(f"; {n}" for n in notes)

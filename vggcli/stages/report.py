@@ -110,16 +110,16 @@ def _evaluated(evaluation: EvaluationRun, root: Path) -> Evaluated:
 def _chain_root(model: ModelRun, root: Path) -> ModelRun:
     """The run a chain of fine-tunes started from (the model itself when it is none): how it
     was initialised is how the whole chain was."""
-    while (label := model.finetuned_from()) and (parent_run := _found(label, root)):
+    while (parent_run := _found(model.finetuned_from(), root)) is not None:
         model = parent_run
     return model
 
 
-def _found(label: str, root: Path) -> ModelRun | None:
-    """The model run `label` under the root; None when moved or deleted (the chain is then
-    known up to here), as `_here` counts it."""
-    path = root / label
-    return as_kind(RunVersion(path), ModelRun) if (path / MANIFEST).is_file() else None
+def _found(label: str | None, root: Path) -> ModelRun | None:
+    """The model run `label` under the root; None when there is none, or it was moved or
+    deleted (a lineage is then known up to there)."""
+    path = root / label if label else None
+    return as_kind(RunVersion(path), ModelRun) if path and (path / MANIFEST).is_file() else None
 
 
 def _correct(evaluation: EvaluationRun) -> Scores:
@@ -146,12 +146,8 @@ def _here(model: ModelRun, root: Path) -> bool:
     it started from, found by label under the root; one not found counts as ours)."""
     if model.imported():
         return False
-    ancestors = [model.finetuned_from(), model.initialised_from()]
-    return all(
-        _here(as_kind(RunVersion(root / label), ModelRun), root)
-        for label in ancestors
-        if label and (root / label / MANIFEST).is_file()
-    )
+    ancestors = [_found(model.finetuned_from(), root), _found(model.initialised_from(), root)]
+    return all(_here(ancestor, root) for ancestor in ancestors if ancestor is not None)
 
 
 def _members(fusion: FusionRun, root: Path) -> list[EvaluationRun]:
