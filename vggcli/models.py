@@ -22,9 +22,9 @@ from vggcli.errors import VggError
 
 FC_WIDTH = 4096
 # How many of A's convs a deeper net copies: the paper's "first four convolutional layers"
-# (A's conv1..conv4 are 3-64, 64-128, 128-256, 256-256), or all eight (net2deeper)
+# (A's conv1..conv4 are 3-64, 64-128, 128-256, 256-256), or all of them (net2deeper)
 PAPER_A_CONVS = 4
-A_CONVS = 8
+A_CONVS = sum(isinstance(item, int) for item in CONFIGS["A"])  # eight
 
 
 def conv_blocks(net: str) -> list[list[int | str]]:
