@@ -191,6 +191,44 @@ def test_killed_pipeline_resumes_inside_its_training_step(tmp_path) -> None:
     assert version.status() == "complete" and version.manifest()["attempts"] == 2
 
 
+def test_set_replaces_a_variable_and_only_the_steps_using_it_run_again(vgg, tmp_path) -> None:
+    """`--set NAME=VALUE` changes a variable for one command: a step whose resolved command
+    changes makes a new version, a step that does not use the variable stays done. A name
+    the file lacks, or a value without '=', is one line and exit 2."""
+    source = make_dataset(tmp_path / "tiny", SyntheticSpec(2, 2, 1))
+    path = _write(
+        tmp_path,
+        f"""
+        [vars]
+        side = "64"
+        [[step]]
+        name = "small"
+        run = "preprocess {source} --max-side {{side}}"
+        [[step]]
+        name = "whole"
+        run = "preprocess {source}"
+    """,
+    )
+    root = tmp_path / "runs"
+    first = vgg("pipeline", "run", str(path), "--runs-root", str(root))
+    assert first.exit_code == 0 and "2 step(s) run" in first.output, first.output
+    plan = pipeline.load(path, root, overrides=(("side", "80"), ("side", "48")))
+    assert pipeline.resolve_args(plan, plan.step("small"))[1:4] == [str(source), "--max-side",
+                                                                      "48"]
+    assert {n: s for n, (s, _) in pipeline.states(plan).items()} == {"small": "to run",
+                                                                      "whole": "done"}
+    again = vgg("pipeline", "run", str(path), "--set", "side=48", "--runs-root", str(root))
+    assert again.exit_code == 0 and "1 step(s) run" in again.output, again.output
+    assert [len(versions(root / n)) for n in ("small", "whole")] == [2, 1]
+    assert resolve("small", root).manifest()["command"][-3:] == ["48", "--name", "small"]
+    for wrong, message in [("sid=48", f"--set: {path} has no variable 'sid' to set (it has: side)"),
+                           ("side", "'side' is not NAME=VALUE")]:
+        result = vgg("pipeline", "run", str(path), "--set", wrong, "--runs-root", str(root))
+        assert result.exit_code == 2
+        (line,) = [t for t in result.output.splitlines() if t.startswith("error")]
+        assert message in line
+
+
 def test_no_flip_reaches_every_train_step_and_is_part_of_its_command(vgg, tmp_path) -> None:
     path = _write(
         tmp_path,

@@ -45,10 +45,10 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("src") / "tiny", SyntheticSpec(10, 20, 5, seed=2))
 
 
-def _pipeline(folder: Path, body: str) -> plan.Pipeline:
+def _pipeline(folder: Path, body: str, overrides: tuple = ()) -> plan.Pipeline:
     path = folder / "p.toml"
     path.write_text(f'[pipeline]\nruns_root = "{folder / "runs"}"\n' + textwrap.dedent(body))
-    return plan.load(path)
+    return plan.load(path, overrides=overrides)
 
 
 def _wait_until_idle(pipeline: plan.Pipeline, timeout: float = 240) -> dict[str, str]:
@@ -72,7 +72,8 @@ name = "A"
 run = "train --net A --scale 40 --epochs 1 --data {{{{data}}}} {NET}"
 """
 
-DIAMOND = "\n[resources]\ntime = 10" + DATA_THEN_A + f"""[[step]]
+RESOURCES_AND_VARS = '\n[resources]\ntime = 10\n[vars]\nhow = "--scales 40 --mode no-such-mode"'
+DIAMOND = RESOURCES_AND_VARS + DATA_THEN_A + f"""[[step]]
 name = "A2"
 run = "train --net A --scale 48 --epochs 1 --data {{{{data}}}} {NET}"
 [[step]]
@@ -96,8 +97,8 @@ run = "fuse {{{{broken}}}} {{{{dense2}}}}"
 def test_diamond_runs_in_order_failure_stops_dependants_resubmit_runs_what_is_missing(
     cluster: None, source: Path, tmp_path: Path
 ) -> None:
-    broken = "evaluate {A} --scales 40 --mode no-such-mode"  # fails when its job starts
-    pipeline = _pipeline(tmp_path, DIAMOND.format(source=source, broken=broken))
+    body = DIAMOND.format(source=source, broken="evaluate {A} {how}")  # fails: no such mode
+    pipeline = _pipeline(tmp_path, body)
     jobs = slurm.submit(pipeline, report=lambda _: None)
     assert set(jobs) == {s.name for s in pipeline.steps}
     again = slurm.submit(pipeline, report=lambda _: None)  # while queued: nothing twice
@@ -118,7 +119,8 @@ def test_diamond_runs_in_order_failure_stops_dependants_resubmit_runs_what_is_mi
     executions = resolve("A", root).manifest()["executions"]
     assert executions[0]["slurm_job"] == jobs["A"] and executions[0]["slurm_requeues"] == 0
 
-    fixed = _pipeline(tmp_path, DIAMOND.format(source=source, broken="evaluate {A} --scales 48"))
+    # the broken step fixed by `--set`: its job must run the command as set, not the file's
+    fixed = _pipeline(tmp_path, body, overrides=(("how", "--scales 48"),))
     said: list[str] = []
     resubmitted = slurm.submit(fixed, report=said.append)
     assert set(resubmitted) == {"broken", "after-broken"}  # the rest is done

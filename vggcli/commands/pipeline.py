@@ -18,6 +18,20 @@ File = Annotated[Path, typer.Argument(parser=existing_file, help="A pipeline fil
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="--no-flip adds --no-flip to every train step (mirror-sensitive classes: no training flips, and evaluations and fusions follow the models); finished steps made with flips are not reused.")]
 
 
+def _assignments(texts: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """The NAME=VALUE pairs of `--set`, in order (a later one for a name wins)."""
+    pairs = []
+    for text in texts or ():
+        name, equals, value = text.partition("=")
+        if not equals or not name.strip():
+            raise typer.BadParameter(f"'{text}' is not NAME=VALUE", param_hint="'--set'")
+        pairs.append((name.strip(), value))
+    return tuple(pairs)
+
+
+Sets = Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="Replace a variable of the file's [vars] (repeatable), e.g. --set finetune='--epochs 4': steps whose command changes make new versions, the others stay done.")]
+
+
 class Executor(StrEnum):
     local = "local"
     slurm = "slurm"
@@ -34,13 +48,14 @@ def run_command(
     nproc: NProc = 1,
     no_verify: NoVerify = False,
     flip: Flip = True,
+    sets: Sets = None,
     root: RunsRoot = None,
 ) -> None:
     """Run the steps in dependency order; finished steps are skipped, interrupted ones resume."""
     from vggcli.pipeline import plan as plans
     from vggcli.progress import console
 
-    plan = plans.load(file, root, flip)
+    plan = plans.load(file, root, flip, _assignments(sets))
     console.print(f"runs root: [bold]{plan.runs_root}[/]")
     if executor == Executor.slurm:
         if jobs != 1 or nproc != 1:
@@ -86,7 +101,7 @@ def _table(plan, rows):
 
 @app.command("status")
 @user_errors
-def status_command(file: File, flip: Flip = True, root: RunsRoot = None) -> None:
+def status_command(file: File, flip: Flip = True, sets: Sets = None, root: RunsRoot = None) -> None:
     """Show each step's state (done, to run, interrupted, waiting for inputs) and, for steps submitted to Slurm, the job id and its Slurm state."""
     from rich.table import Table
 
@@ -94,7 +109,7 @@ def status_command(file: File, flip: Flip = True, root: RunsRoot = None) -> None
     from vggcli.pipeline import slurm
     from vggcli.progress import console
 
-    plan = plans.load(file, root, flip)
+    plan = plans.load(file, root, flip, _assignments(sets))
     if set(slurm.recorded_jobs(plan)) & {step.name for step in plan.steps}:
         console.print(_table(plan, slurm.step_table(plan)))
         return

@@ -11,9 +11,10 @@ run = "train --net A --scale 80 --data {data} {net}"
 
 Each step writes the run named after the step. `{step}` in a command is replaced by that
 step's latest complete version (a pinned path, which also makes it a dependency); `{var}` by
-the text of a variable. A step is skipped when its run already has a complete version made
-by exactly the same resolved command; an interrupted step is resumed by re-running its
-command (every `vgg` command resumes its unfinished version).
+the text of a variable (which `--set NAME=VALUE` may replace for one command). A step is
+skipped when its run already has a complete version made by exactly the same resolved
+command; an interrupted step is resumed by re-running its command (every `vgg` command
+resumes its unfinished version).
 
 This module is the plan only: the file, each step's state from the runs, the dependency graph
 (waves of steps that can run at once, the critical path). It starts nothing; the runners
@@ -54,6 +55,7 @@ class Pipeline:
     variables: dict[str, str]
     runs_root: Path
     flip: bool = True  # False: every train step gets --no-flip (mirror-sensitive data)
+    overrides: tuple[tuple[str, str], ...] = ()  # `--set NAME=VALUE`: [vars] replaced, in order
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -62,8 +64,11 @@ class Pipeline:
         raise VggError(f"{self.path}: no step named '{name}'")
 
 
-def load(path: Path, runs_root: Path | None = None, flip: bool = True) -> Pipeline:
-    """Parse and check a pipeline file; every problem names the file and the step."""
+def load(path: Path, runs_root: Path | None = None, flip: bool = True,
+         overrides: tuple[tuple[str, str], ...] = ()) -> Pipeline:
+    """Parse and check a pipeline file; every problem names the file and the step.
+    `overrides` replace variables of its [vars] (`--set`), so a variant of a pipeline (a
+    longer budget, another lr) needs no copy of the file."""
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -74,6 +79,7 @@ def load(path: Path, runs_root: Path | None = None, flip: bool = True) -> Pipeli
     if not isinstance(variables, dict):
         raise VggError(f"{path}: [vars] must be a table of name = value")
     variables = {str(k): str(v) for k, v in variables.items()}
+    variables |= _overridden(path, variables, overrides)
     raw_steps = data.get("step", [])
     if not isinstance(raw_steps, list) or not all(isinstance(s, dict) for s in raw_steps):
         raise VggError(f"{path}: `step` must be [[step]] tables (each with name and run)")
@@ -88,7 +94,18 @@ def load(path: Path, runs_root: Path | None = None, flip: bool = True) -> Pipeli
     if len(set(names)) != len(names):
         raise VggError(f"{path}: step names must be unique")
     root = runs_root or Path(settings.get("runs_root", "runs"))
-    return Pipeline(path, _ordered(path, steps), variables, root, flip)
+    return Pipeline(path, _ordered(path, steps), variables, root, flip, overrides)
+
+
+def _overridden(path: Path, variables: dict, overrides: tuple[tuple[str, str], ...]) -> dict:
+    """The `--set` values, each naming a variable the file has: a misspelt name would
+    otherwise change nothing, silently."""
+    for name, _ in overrides:
+        if name not in variables:
+            known = ", ".join(sorted(variables)) or "none"
+            raise VggError(f"{path} has no variable '{name}' to set (it has: {known})",
+                           field="set")
+    return dict(overrides)
 
 
 def _parse_step(

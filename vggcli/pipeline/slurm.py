@@ -165,7 +165,7 @@ def _submit_step(pipeline: Pipeline, step: Step, after: list[str]) -> str:
     executor.update_parameters(**sbatch_parameters(pipeline, step, after))
     try:
         job = executor.submit(StepJob(pipeline.path.resolve(), pipeline.runs_root.resolve(),
-                                      pipeline.flip, step.name))
+                                      pipeline.flip, step.name, pipeline.overrides))
     except submitit.core.utils.FailedJobError as exc:
         lines = [line for line in str(exc).splitlines() if "sbatch: error" in line] or [str(exc)]
         raise WorkFailed(f"step {step.name}: Slurm refused the job: {lines[-1].strip()}") from None
@@ -253,9 +253,10 @@ class StepJob:
     runs_root: Path
     flip: bool
     step_name: str
+    overrides: tuple[tuple[str, str], ...] = ()  # the submitting command's `--set`
 
     def __call__(self) -> None:
-        plan = load(self.pipeline_path, self.runs_root, self.flip)
+        plan = load(self.pipeline_path, self.runs_root, self.flip, self.overrides)
         step = plan.step(self.step_name)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if restarts > step.resources.requeues:  # Slurm's own requeues count too
