@@ -78,6 +78,7 @@ BAD_VALUES = {  # {tmp}: an empty folder, {file}: a file in it
     "existing file": ["", "{tmp}/missing", "{tmp}", LONG],
     "existing path": ["", "{tmp}/missing", LONG],
     "new file": ["", "{tmp}", "{file}/x.npy", LONG],
+    "assignment": ["", "abc", "=x", "../x=1", "a b=1", LONG],
 }
 GOOD_VALUES = {"reference": "tiny", "existing file": "{file}", "existing path": "{file}",
                "existing folder": "{tmp}", "folder": "{tmp}/new"}  # before a later argument

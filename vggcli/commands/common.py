@@ -170,6 +170,16 @@ def existing_folder(text: str) -> Path:
     return path
 
 
+@_checks("assignment")
+def assignment(text: str) -> str:
+    """NAME=VALUE (`vgg pipeline run --set`): NAME as a pipeline's {placeholders} spell
+    names; whether the file has that variable is the pipeline's to say."""
+    name, equals, _ = text.partition("=")
+    if not equals or not re.fullmatch(r"[A-Za-z0-9_+-]+", name):
+        raise typer.BadParameter(f"'{text}' is not NAME=VALUE")
+    return text
+
+
 @_checks("existing file")
 def existing_file(text: str) -> Path:
     """An input file option's value: it must be there (a missing --synsets was ignored)."""

@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from vggcli.commands.common import NoVerify, NProc, RunsRoot, bounded, existing_file, user_errors
+from vggcli.commands.common import (
+    NoVerify,
+    NProc,
+    RunsRoot,
+    assignment,
+    bounded,
+    existing_file,
+    user_errors,
+)
 from vggcli.errors import WorkFailed
 
 app = typer.Typer(help="Run a pipelines/*.toml file step by step, skipping finished steps.",
@@ -19,17 +27,11 @@ Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="--no-flip adds --n
 
 
 def _assignments(texts: list[str] | None) -> tuple[tuple[str, str], ...]:
-    """The NAME=VALUE pairs of `--set`, in order (a later one for a name wins)."""
-    pairs = []
-    for text in texts or ():
-        name, equals, value = text.partition("=")
-        if not equals or not name.strip():
-            raise typer.BadParameter(f"'{text}' is not NAME=VALUE", param_hint="'--set'")
-        pairs.append((name.strip(), value))
-    return tuple(pairs)
+    """The (NAME, VALUE) pairs of `--set`, in order (a later one for a name wins)."""
+    return tuple((name, value) for name, _, value in (t.partition("=") for t in texts or ()))
 
 
-Sets = Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="Replace a variable of the file's [vars] (repeatable), e.g. --set finetune='--epochs 4': steps whose command changes make new versions, the others stay done.")]
+Sets = Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", parser=assignment, help="Replace a variable of the file's [vars] (repeatable), e.g. --set finetune='--epochs 4': steps whose command changes make new versions, the others stay done.")]
 
 
 class Executor(StrEnum):
