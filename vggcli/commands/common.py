@@ -174,8 +174,10 @@ def existing_folder(text: str) -> Path:
 def assignment(text: str) -> str:
     """NAME=VALUE (`vgg pipeline run --set`): NAME as a pipeline's {placeholders} spell
     names; whether the file has that variable is the pipeline's to say."""
+    from vggcli.pipeline.plan import NAME  # only when --set is given: not on every start-up
+
     name, equals, _ = text.partition("=")
-    if not equals or not re.fullmatch(r"[A-Za-z0-9_+-]+", name):
+    if not equals or not NAME.fullmatch(name):
         raise typer.BadParameter(f"'{text}' is not NAME=VALUE")
     return text
 

@@ -37,7 +37,8 @@ from vggcli.runs import COMPLETE, DAMAGED, RUNNING, RunVersion, latest_complete,
 COMMANDS = ("preprocess", "train", "finetune-scale", "evaluate", "fuse")
 PIPELINE_OPTIONS = ("--runs-root", "--name")  # set by the pipeline for every step
 SCALES_OUT = ("train", "finetune-scale", "evaluate")  # the steps `--nproc` applies to
-PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_+-]+)\}")
+NAME = re.compile(r"[A-Za-z0-9_+-]+")  # a step's or a variable's, as {placeholders} spell it
+PLACEHOLDER = re.compile(r"\{(" + NAME.pattern + r")\}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def _parse_step(
     if unknown:
         raise VggError(f"{path}: step {name}: unknown key(s) {', '.join(sorted(unknown))} "
                        "(a step has name, run and resources)")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_+-]+", name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise VggError(f"{path}: every step needs a name of letters, digits, _ + - ({raw})")
     if not isinstance(command, str) or not command.split():
         raise VggError(f"{path}: step {name}: `run` must be a vgg command line")
