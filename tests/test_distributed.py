@@ -176,6 +176,26 @@ def test_fc_only_finetune_over_two_processes_killed_and_resumed_by_one(root: Pat
     assert not torch.equal(ours["head.fc6.weight"], ref["head.fc6.weight"])
 
 
+def test_compiled_training_over_two_processes_killed_and_resumed_equals_eager(root: Path) -> None:
+    """What `--compile` (the default on CUDA) must keep: torch.compile of the DDP-wrapped
+    model, with gradient accumulation (no_sync steps) as well, killed and resumed by the
+    same command, makes the updates of one eager process (compiled kernels round
+    differently: 2e-8 of the model apart, within the yardstick)."""
+    compiled = [*NET, "--compile", "--micro-batch", "4", "--checkpoint-steps", "1", "--nproc", "2"]
+    job = _vgg(root, "train", *compiled, "--name", "compiled")
+    _wait_for_steps(root, "compiled", 8, job)
+    for rank in _workers(job.pid):
+        os.kill(rank, signal.SIGKILL)
+    job.communicate(timeout=60)
+    assert job.returncode != 0
+    _finish(_vgg(root, "train", *compiled, "--name", "compiled"))
+    assert len(versions(root / "compiled")) == 1  # resumed, not restarted
+    assert resolve("compiled", root).manifest()["config"]["compile"] is True
+    assert resolve("ref", root).manifest()["config"]["compile"] is False  # a CPU's default
+    assert [e["world_size"] for e in _executions(root, "compiled")] == [2, 2]
+    _assert_same_training(root, "compiled")
+
+
 def test_one_process_killed_resumes_with_two(root: Path) -> None:
     job = _vgg(root, "train", *NET, "--name", "grown", "--checkpoint-steps", "1")
     _wait_for_steps(root, "grown", 8, job)

@@ -394,6 +394,16 @@ def test_gradient_accumulation_gives_the_full_batch_gradient() -> None:
         torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
 
 
+def test_torch_compile_is_the_default_on_cuda_alone_and_a_choice_given_wins() -> None:
+    """On CUDA compile trained D 1.36x faster; on a CPU 1.01x, for a minute of compiling.
+    test_distributed checks that a compiled run resumes and matches eager over DDP."""
+    from vggcli.device import compile_for
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert compile_for(cuda, None) is True and compile_for(cpu, None) is False
+    assert compile_for(cuda, False) is False and compile_for(cpu, True) is True
+
+
 def test_plateau_schedule_divides_by_ten_at_most_three_times() -> None:
     schedule = PlateauSchedule(0.01, patience=2, max_drops=3)
     drops = [schedule.step(a) for a in [0.1, 0.2, 0.2, 0.15, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]]

@@ -33,6 +33,7 @@ class FinetuneRequest:
     batch_size: int | None = None  # default: the parent's (imported parents: the paper's 256)
     micro_batch: int | None = None  # default: the parent's
     decode: str | None = None  # who decodes the training images; default: the parent's
+    compile: bool | None = None  # None: on CUDA, off on CPUs (device.compile_for)
 
 
 def base_lr(model: ModelRun, root: Path) -> float:
@@ -89,6 +90,7 @@ def run(request: FinetuneRequest, root: Path) -> RunVersion:
         else request.micro_batch,
     )
     recipe.accumulation(distributed.from_environment().world_size)  # before a version opens
+    chosen = device.pick(request.runtime.device)
     config = replace(
         previous,
         s_min=request.s_min,
@@ -97,7 +99,8 @@ def run(request: FinetuneRequest, root: Path) -> RunVersion:
         init_from=None,
         finetune_from=parent.label,
         augmentation=SCHEME,  # a new run: today's scheme, whatever its parent used
-        precision=device.precision_for(device.pick(request.runtime.device), request.precision),
+        precision=device.precision_for(chosen, request.precision),
+        compile=device.compile_for(chosen, request.compile),  # this device's, not the parent's
         fc_only=request.fc_only,  # not inherited: each fine-tune says which layers it trains
         decode=request.decode or previous.decode,
     )

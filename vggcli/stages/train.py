@@ -46,7 +46,7 @@ class TrainRequest:
     recipe: Recipe
     runtime: Runtime
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | None = None  # None: on CUDA, off on CPUs (device.compile_for)
     name: str | None = None  # default: the net letter
     data: str | None = None  # default: the only dataset run
     init_from: str | None = None  # a trained net-A run
@@ -233,13 +233,14 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
     dataset = find_dataset(root, request.data)
     net = replace(request.net, num_classes=dataset.num_classes())
     recipe, a_label, chosen = initialisation(request, root, dataset, net)
+    chosen = device.pick(request.runtime.device)
     config = TrainConfig(
         net,
         request.s_min,
         request.s_max,
         recipe,
-        device.precision_for(device.pick(request.runtime.device), request.precision),
-        request.compile,
+        device.precision_for(chosen, request.precision),
+        device.compile_for(chosen, request.compile),
         dataset.label,
         a_label,
         decode=request.decode,
