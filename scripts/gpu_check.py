@@ -2,10 +2,11 @@
 
 ImageNet-sized images are generated and preprocessed, then: the train-step benchmark (D, bf16
 + channels_last, eager and compiled, beside the bf16 GEMM peak), real training of D through
-the FFCV loader with each decode path (img/s, input stall, CPU cores used), the loader
-benchmark, torchrun with one process against the plain run (weights identical; two processes
-too when there are two GPUs), a multi-scale dense+crop evaluation, and an ONNX export run by
-onnxruntime against torch. Each step is a real `vgg` command in its own process.
+the FFCV loader with each decode path (img/s, input stall, CPU cores used), the path
+`--decode auto` picks and its pilot's figures, the loader benchmark, torchrun with one
+process against the plain run (weights identical; two processes too when there are two
+GPUs), a multi-scale dense+crop evaluation, and an ONNX export run by onnxruntime against
+torch. Each step is a real `vgg` command in its own process.
 
 Writes gpu-check.json and gpu-check.md in --out, and exits 1 naming the steps that failed.
 `--device cpu` runs the same steps at toy sizes (the test suite does, from the wheelhouse).
@@ -154,6 +155,18 @@ def train_with(decode: str) -> Callable[[Check], dict[str, Any]]:
     return train
 
 
+def decode_auto(check: Check) -> dict[str, Any]:
+    """What `--decode auto` (the default) picks here, and the pilot's figures behind it on
+    CUDA: two steps of training, eager, so no compile is timed."""
+    from vggcli.runs import resolve
+
+    args = _train_args(check, "decode-auto", "auto", 2)
+    check.vgg("decode-auto", *args, "--no-compile")
+    manifest = resolve("decode-auto", check.runs).manifest()
+    pilot = manifest["results"].get("decode_pilot", {})
+    return {"decode": manifest["config"].get("decode", "ffcv"), **pilot}
+
+
 def bench_loader(check: Check) -> dict[str, Any]:
     check.vgg("bench-loader", "bench", "loader", "--data", "data", *check.sizes.loader_args)
     result = _latest_json(check, "bench-loader", "results.json")
@@ -239,6 +252,7 @@ def steps(sizes: Sizes) -> list[Step]:
         ("bench train", bench_train, ()),
         (f"train {host}", train_with(host), ("data",)),
         (f"train {other}", train_with(other), ("data",)),
+        ("decode auto", decode_auto, ("data",)),
         ("bench loader", bench_loader, ("data",)),
         ("torchrun equality", torchrun_equality, ("data",)),
         ("evaluate", evaluate, (f"train {host}",)),

@@ -274,6 +274,25 @@ def test_killed_training_resumes_bit_identical(train_root: Path) -> None:
     _assert_one_curve_per_field(version.path)
 
 
+@pytest.mark.slow
+def test_a_killed_run_resumes_with_its_recorded_decode_under_decode_auto(train_root) -> None:
+    """`--decode auto` (the default) on a CPU is FFCV's path, recorded as every ffcv run is
+    (no `decode` key) and with no pilot. Re-run after a kill, it finishes the version with
+    the path that version recorded (torch here; on CUDA, the path its pilot chose) rather
+    than starting a new version on a second choice."""
+    killed = _train_process(train_root, "chosen", "--decode", "torch")
+    _kill_after_steps(killed, train_root / "chosen" / "v001" / "metrics.jsonl", 3)
+    resumed = _train_process(train_root, "chosen")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    (version,) = versions(train_root / "chosen")
+    assert version.status() == COMPLETE and version.manifest()["config"]["decode"] == "torch"
+    fresh = _train_process(train_root, "fresh")
+    assert fresh.wait(timeout=300) == 0, fresh.stdout.read()
+    manifest = resolve("fresh", train_root).manifest()
+    assert "decode" not in manifest["config"] and "decode_pilot" not in manifest["results"]
+
+
 def _assert_one_curve_per_field(version: Path) -> None:
     """TensorBoard's own reader (purging what a killed attempt logged past the restored
     step) sees each field of metrics.jsonl once per step, with the rows' values; the event

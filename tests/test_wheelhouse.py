@@ -127,7 +127,9 @@ def test_wheelhouse_installs_offline_beside_a_provided_torch_and_runs(
     )
     assert check.returncode == 0, check.stdout + check.stderr
     steps = json.loads((tmp_path / "check" / "gpu-check.json").read_text())["steps"]
-    assert [s["result"] for s in steps] == ["ok"] * 8, steps
+    assert [s["result"] for s in steps] == ["ok"] * 9, steps
+    (auto,) = [s for s in steps if s["step"] == "decode auto"]
+    assert auto["decode"] == "ffcv" and "host_img_s" not in auto  # a CPU: nothing to measure
     assert "| torchrun equality | ok |" in (tmp_path / "check" / "gpu-check.md").read_text()
 
 

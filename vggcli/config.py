@@ -38,6 +38,9 @@ SCHEME = 3  # the augmentation scheme new runs use (see data/loader.py's docstri
 # where training images are decoded: FFCV's compiled workers (libjpeg-turbo, OpenCV resize),
 # torchvision on the CPU, or nvJPEG on the CUDA device (the last two: data/torch_loader.py)
 DECODES = ("ffcv", "torch", "gpu")
+# or chosen when the run starts: the GPU's when the host decodes too slowly for it
+# (decode_choice.py); a run records the path chosen, never "auto"
+AUTO_DECODE = "auto"
 INSERTED_INITS = ("random", "identity", "net2deeper")
 INITS = ("normal", "glorot", "kaiming")
 TORCHVISION_ARCHITECTURES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
@@ -51,9 +54,10 @@ VAL_LAYOUTS = ("folders", "loc", "devkit")  # how a demo dataset lays out val/
 def check_decode(decode: str, device: str | None = None) -> None:
     """One line for a decode path that does not exist, or (given the training device) cannot
     run there."""
-    if decode not in DECODES:
+    if decode not in (AUTO_DECODE, *DECODES):
         raise VggError(
-            f"unknown decode path '{decode}': choose {', '.join(DECODES)}", field="decode"
+            f"unknown decode path '{decode}': choose {AUTO_DECODE}, {', '.join(DECODES)}",
+            field="decode",
         )
     if decode == "gpu" and device is not None and not device.startswith("cuda"):
         raise VggError(

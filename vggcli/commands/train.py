@@ -32,7 +32,7 @@ from vggcli.commands.common import (
     user_errors,
     workers,
 )
-from vggcli.config import CONFIGS, DECODES, INITS, INSERTED_INITS
+from vggcli.config import AUTO_DECODE, CONFIGS, DECODES, INITS, INSERTED_INITS
 from vggcli.errors import VggError
 
 CheckpointMinutes = Annotated[float, typer.Option(callback=bounded(0, MAX_MINUTES, open_low=True), help="Also checkpoint every this many minutes (always at each epoch's end).")]
@@ -42,7 +42,7 @@ Name = Annotated[str | None, typer.Option(callback=run_name, help="Run name to w
 # overflows converting it to float32 (a traceback, not our one-line divergence error)
 MAX_LR = 10.0
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model. Default: on CUDA (D trained 1.36x faster on an H200), off on CPUs (1.01x, for a minute of compiling); recorded in the run's config, and a resume keeps it.", show_default=False)]
-DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (nvJPEG on the CUDA device, crops resized there: for GPUs the CPU cannot feed) or torch (the same path on the CPU); validation crops are always FFCV's. torch and gpu resize a little differently (about 1 grey level); recorded in the run's config when not ffcv, and a resume keeps it."
+DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (nvJPEG on the CUDA device, crops resized there: for GPUs the CPU cannot feed), torch (the same path on the CPU) or auto (ffcv on a CPU; on CUDA, gpu when a pilot of a few seconds finds the host's workers decode fewer images per second than the model trains); validation crops are always FFCV's. torch and gpu resize a little differently (about 1 grey level); the path is recorded in the run's config when not ffcv, and a resume keeps it."
 
 
 def _runtime(jobs: int | None, checkpoint_minutes: float, checkpoint_steps: int, device: str):
@@ -82,7 +82,7 @@ def train_command(
     max_steps: Annotated[int, typer.Option(callback=at_least(0, MAX_STEPS), help="Stop after this many SGD steps (0 = the whole budget).")] = 0,
     precision: Precision = "auto",
     compile: Compile = None,
-    decode: Annotated[str, typer.Option(callback=one_of(*DECODES), help=DECODE_HELP)] = "ffcv",
+    decode: Annotated[str, typer.Option(callback=one_of(AUTO_DECODE, *DECODES), help=DECODE_HELP)] = AUTO_DECODE,
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,
     device: Device = "auto",
@@ -134,7 +134,7 @@ def finetune_command(
     batch_size: Annotated[int | None, typer.Option(callback=at_least(1, MAX_BATCH), help="Images per SGD step (default: the parent's; the paper's 256 for imported weights).", show_default=False)] = None,
     micro_batch: Annotated[int | None, typer.Option(callback=at_least(0, MAX_BATCH), help="Images per forward pass, gradients accumulated to the batch (default: the parent's; 0 = the whole batch).", show_default=False)] = None,
     precision: Precision = "auto",
-    decode: Annotated[str | None, typer.Option(callback=one_of(*DECODES), help=DECODE_HELP + " Default: the parent's.", show_default=False)] = None,
+    decode: Annotated[str | None, typer.Option(callback=one_of(AUTO_DECODE, *DECODES), help=DECODE_HELP + " Default: the parent's.", show_default=False)] = None,
     compile: Compile = None,
     checkpoint_minutes: CheckpointMinutes = 10.0,
     checkpoint_steps: CheckpointSteps = 0,

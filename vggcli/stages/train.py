@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vggcli import checkpoints, device, distributed
+from vggcli import checkpoints, decode_choice, device, distributed
 from vggcli.artifacts import DatasetRun, Kind, ModelRun, as_kind, latest_of_kind, resolve_as
-from vggcli.config import NetSpec, Recipe, Runtime, TrainConfig, check_decode
+from vggcli.config import AUTO_DECODE, DECODES, NetSpec, Recipe, Runtime, TrainConfig, check_decode
 from vggcli.distributed import Cluster
 from vggcli.errors import VggError
 from vggcli.models import VGG, check_takes_a_layers, count_parameters
@@ -51,7 +51,7 @@ class TrainRequest:
     data: str | None = None  # default: the only dataset run
     init_from: str | None = None  # a trained net-A run
     paper_init: bool = False  # no --init: B-E from the one matching A run, else Glorot (not B-5x5)
-    decode: str = "ffcv"  # who decodes the training images: ffcv, torch or gpu
+    decode: str = AUTO_DECODE  # who decodes the training images: ffcv, torch, gpu or auto
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def execute(
         sigterm_requests_stop() as stop_requested,
     ):
         # rank 0 alone looks at the run directory, so every rank trains with its answer
-        config = cluster.broadcast(_unfinished_scheme(config, root, name) if cluster.lead else None)
+        config = cluster.broadcast(_unfinished(config, root, name) if cluster.lead else None)
         summary, path = _train(
             config, root, name, runtime, cluster, chosen, stop_requested, resume_only
         )
@@ -120,6 +120,9 @@ def _train(
         return (*_model(config, root, dataset), TrainData(*betons, dataset.colour_statistics()))
 
     model, parents, data = read_on_every_rank(cluster, chosen, read)
+    pilot = None
+    if config.decode == AUTO_DECODE:
+        config, pilot = _decode_chosen(config, data, model, chosen, runtime, cluster)
     label = device.label(chosen)
     with lead_run(
         root, name, Kind.MODEL, config.as_manifest(), parents=parents, device=label,
@@ -143,7 +146,29 @@ def _train(
             metrics.record()
             store.clear()
             writer.set_result("training", summary)
+            if pilot is not None:
+                writer.set_result("decode_pilot", asdict(pilot) | {"decode": pilot.decode})
     return summary, str(out.version.path)
+
+
+def _decode_chosen(
+    config: TrainConfig,
+    data: TrainData,
+    model: VGG,
+    chosen: torch.device,
+    runtime: Runtime,
+    cluster: Cluster,
+) -> tuple[TrainConfig, decode_choice.Pilot | None]:
+    """--decode auto: FFCV's workers on a CPU; on CUDA, rank 0's pilot decides for all."""
+    if chosen.type != "cuda":
+        return decode_choice.chosen(config, None), None
+    pilot = None
+    if cluster.lead:
+        pilot = decode_choice.measure(config, data, model, chosen, runtime.workers,
+                                      cluster.world_size)
+        console.print(pilot.describe())
+    pilot = cluster.broadcast(pilot)
+    return decode_choice.chosen(config, pilot), pilot
 
 
 def _refuse_no_steps(config: TrainConfig, dataset: DatasetRun) -> None:
@@ -233,14 +258,14 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
     dataset = find_dataset(root, request.data)
     net = replace(request.net, num_classes=dataset.num_classes())
     recipe, a_label, chosen = initialisation(request, root, dataset, net)
-    chosen = device.pick(request.runtime.device)
+    picked = device.pick(request.runtime.device)
     config = TrainConfig(
         net,
         request.s_min,
         request.s_max,
         recipe,
-        device.precision_for(chosen, request.precision),
-        device.compile_for(chosen, request.compile),
+        device.precision_for(picked, request.precision),
+        device.compile_for(picked, request.compile),
         dataset.label,
         a_label,
         decode=request.decode,
@@ -250,17 +275,21 @@ def run(request: TrainRequest, root: Path) -> RunVersion:
     return execute(config, root, request.name or net.net, request.runtime)
 
 
-def _unfinished_scheme(config: TrainConfig, root: Path, name: str) -> TrainConfig:
-    """An unfinished version started under an older augmentation scheme (scheme 1 records
-    no `augmentation`) that is otherwise this very config resumes with its own scheme."""
+def _unfinished(config: TrainConfig, root: Path, name: str) -> TrainConfig:
+    """An unfinished version that is this very config but for what the request leaves
+    open resumes as it was recorded: started under an older augmentation scheme (scheme 1
+    records no `augmentation`), or, under --decode auto, with the path its pilot chose (a
+    second pilot could choose the other and start the run over)."""
     existing = versions(root / name)
     if not existing or existing[-1].status() not in (INTERRUPTED, FAILED):
         return config
     recorded = existing[-1].manifest().get("config")
-    for scheme in range(config.augmentation - 1, 0, -1):
-        older = replace(config, augmentation=scheme)
-        if recorded == _as_json(older):
-            return older
+    decodes = DECODES if config.decode == AUTO_DECODE else (config.decode,)
+    for scheme in range(config.augmentation, 0, -1):
+        for decode in decodes:
+            candidate = replace(config, augmentation=scheme, decode=decode)
+            if recorded == _as_json(candidate):
+                return candidate
     return config
 
 
