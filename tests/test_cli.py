@@ -125,18 +125,21 @@ def test_scene_demo_data_is_deterministic_and_varied(vgg, tmp_path: Path) -> Non
 
 
 def test_loader_workers_default_to_omp_num_threads_else_the_cores_per_rank(monkeypatch) -> None:
-    """FFCV's loader sets torch's threads to its worker count: a default above
+    """FFCV's loader sets torch's threads to its worker count: on a CPU a default above
     OMP_NUM_THREADS would oversubscribe cores the user (or `--nproc`, or a pipeline's
-    --jobs) gave to this process."""
+    --jobs) gave to this process. On CUDA the cores per rank, whatever OMP_NUM_THREADS says
+    (torchrun sets it to 1 for each of several ranks: one decoder per GPU)."""
     import os
 
     from vggcli.config import default_workers
 
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert default_workers() == 3
-    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_workers() == 3 and default_workers("cuda") == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_workers("cuda") == max(1, cores // 2)
+    monkeypatch.delenv("OMP_NUM_THREADS")
     assert default_workers() == max(1, cores // 2)
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert default_workers() == cores

@@ -240,15 +240,18 @@ class TrainConfig:
 class Runtime:
     """Options that change speed or safety but never the result; not part of the config."""
 
-    workers: int = 2
+    workers: int | None = None  # training loader workers; None: default_workers(device)
     checkpoint_minutes: float = 10.0
     checkpoint_steps: int = 0  # also checkpoint every N steps (0 = only by time and epoch)
     device: str = "auto"
 
 
-def default_workers() -> int:
-    """Loader workers when --workers is not given: OMP_NUM_THREADS when set (FFCV's loader
-    sets torch's threads to its worker count, so more workers would oversubscribe the cores
-    the user gave this process), else the node's cores shared among its ranks."""
+def default_workers(device: str = "cpu") -> int:
+    """Training loader workers when --workers is not given: the node's cores shared among
+    its ranks. On a CPU, OMP_NUM_THREADS instead when set: FFCV's loader sets torch's
+    threads to its worker count, so more workers would oversubscribe the cores the user gave
+    this process. On CUDA the GPU does the arithmetic, and OMP_NUM_THREADS, which torchrun
+    sets to 1 for every rank when it starts several, would leave one decoder per GPU."""
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return omp_threads() or max(1, available_cores() // ranks_here)
+    share = max(1, available_cores() // ranks_here)
+    return share if device.startswith("cuda") else omp_threads() or share

@@ -16,7 +16,6 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from vggcli.config import default_workers
 from vggcli.errors import PREEMPTED, VggError
 from vggcli.stages.arguments import PRECISIONS, check_name, check_reference
 
@@ -270,11 +269,6 @@ NoVerify = Annotated[
 
 def runs_root(value: Path | None) -> Path:
     return value if value is not None else Path("runs")
-
-
-def workers(value: int | None) -> int:
-    """Loader workers of this process: --workers, else config.default_workers()."""
-    return value or default_workers()
 
 
 def processes(value: int | None) -> int:

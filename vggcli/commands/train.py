@@ -10,6 +10,7 @@ from vggcli.commands.common import (
     MAX_BATCH,
     MAX_EPOCHS,
     MAX_MINUTES,
+    MAX_PROCESSES,
     MAX_SCALE,
     MAX_STEPS,
     Device,
@@ -17,7 +18,6 @@ from vggcli.commands.common import (
     NProc,
     Precision,
     RunsRoot,
-    Workers,
     at_least,
     bounded,
     done,
@@ -30,7 +30,6 @@ from vggcli.commands.common import (
     runs_root,
     scale_text,
     user_errors,
-    workers,
 )
 from vggcli.config import AUTO_DECODE, CONFIGS, DECODES, INITS, INSERTED_INITS
 from vggcli.errors import VggError
@@ -41,6 +40,7 @@ Name = Annotated[str | None, typer.Option(callback=run_name, help="Run name to w
 # SGD's step is lr x gradient: far above 1 it only diverges, and near 1e300 torch's optimizer
 # overflows converting it to float32 (a traceback, not our one-line divergence error)
 MAX_LR = 10.0
+LoaderWorkers = Annotated[int | None, typer.Option("--workers", callback=at_least(1, MAX_PROCESSES), help="Threads decoding training images (default: the node's cores shared among its ranks; on a CPU, OMP_NUM_THREADS when set).", show_default=False)]
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model. Default: on CUDA (D trained 1.36x faster on an H200), off on CPUs (1.01x, for a minute of compiling); recorded in the run's config, and a resume keeps it.", show_default=False)]
 DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (nvJPEG on the CUDA device, crops resized there: for GPUs the CPU cannot feed), torch (the same path on the CPU) or auto (ffcv on a CPU; on CUDA, gpu when a pilot of a few seconds finds the host's workers decode fewer images per second than the model trains); validation crops are always FFCV's. torch and gpu resize a little differently (about 1 grey level); the path is recorded in the run's config when not ffcv, and a resume keeps it."
 
@@ -48,7 +48,7 @@ DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (
 def _runtime(jobs: int | None, checkpoint_minutes: float, checkpoint_steps: int, device: str):
     from vggcli.config import Runtime
 
-    return Runtime(workers(jobs), checkpoint_minutes, checkpoint_steps, device)
+    return Runtime(jobs, checkpoint_minutes, checkpoint_steps, device)  # jobs: None = by device
 
 
 @user_errors
@@ -91,7 +91,7 @@ def train_command(
     dry_run: Annotated[bool, typer.Option(help="Print what the run will do (images and steps, world size and per-process batch, checkpoint size, disk needed) and stop.")] = False,
     no_verify: NoVerify = False,
     root: RunsRoot = None,
-    jobs: Workers = None,
+    jobs: LoaderWorkers = None,
 ) -> None:
     """Train a net with the paper's recipe (SGD, batch 256, lr 1e-2 /10 on plateau, random crops of images rescaled to smallest side S, flips, PCA colour shift)."""
     from vggcli.stages import train as stage
@@ -142,7 +142,7 @@ def finetune_command(
     nproc: NProc = 1,
     no_verify: NoVerify = False,
     root: RunsRoot = None,
-    jobs: Workers = None,
+    jobs: LoaderWorkers = None,
 ) -> None:
     """Continue a trained run at another training scale S: S=256 -> 384 -> jitter [256, 512], all layers fine-tuned (--fc-only: fc6-fc8 alone); the new version records its parent."""
     from vggcli.stages import finetune as stage

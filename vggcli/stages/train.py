@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from vggcli import checkpoints, decode_choice, device, distributed
 from vggcli.artifacts import DatasetRun, Kind, ModelRun, as_kind, latest_of_kind, resolve_as
-from vggcli.config import AUTO_DECODE, DECODES, NetSpec, Recipe, Runtime, TrainConfig, check_decode
+from vggcli.config import (
+    AUTO_DECODE,
+    DECODES,
+    NetSpec,
+    Recipe,
+    Runtime,
+    TrainConfig,
+    check_decode,
+    default_workers,
+)
 from vggcli.distributed import Cluster
 from vggcli.errors import VggError
 from vggcli.models import VGG, check_takes_a_layers, count_parameters
@@ -86,6 +95,7 @@ def execute(
         distributed.joined(runtime.device) as (cluster, chosen),
         sigterm_requests_stop() as stop_requested,
     ):
+        runtime = replace(runtime, workers=runtime.workers or default_workers(chosen.type))
         # rank 0 alone looks at the run directory, so every rank trains with its answer
         config = cluster.broadcast(_unfinished(config, root, name) if cluster.lead else None)
         summary, path = _train(
