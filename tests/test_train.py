@@ -61,6 +61,18 @@ def test_train_writes_weights_metrics_and_lineage(vgg, train_root: Path) -> None
     assert manifest["results"]["training"]["epochs"] == 2
 
 
+def test_dry_run_prints_the_plan_and_what_this_machine_would_choose(vgg, train_root) -> None:
+    args = ["train", "--net", "A", "--scale", "32-48", "--epochs", "2", "--dry-run", *TINY]
+    plan = vgg(*args)
+    assert plan.exit_code == 0, plan.output
+    for row in ("192 (12 steps of 16)", "24 over 2 epochs", "off (the default on cpu)",
+                "ffcv (auto, on a CPU)"):
+        assert row in plan.output, (row, plan.output)
+    given = vgg(*args, "--compile", "--decode", "torch")
+    assert "on (given)" in given.output and "torch (given)" in given.output, given.output
+    assert not (train_root / "A").exists()  # nothing trained, no version made
+
+
 def test_finetune_chain_records_parents_and_paper_settings(vgg, train_root: Path) -> None:
     assert vgg("train", "--net", "A", "--scale", "40", "--epochs", "1", *TINY).exit_code == 0
     first = resolve("A", train_root)

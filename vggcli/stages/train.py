@@ -341,6 +341,7 @@ def plan(request: TrainRequest, root: Path, world_size: int) -> list[tuple[str, 
             f"{recipe.batch_size // world_size} images per step in {accumulation} pass(es) "
             f"of {recipe.micro(world_size)}",
         ),
+        *_speed_choices(request),
         ("checkpoint size", f"{_bytes(checkpoint)} (weights and momentum)"),
         (
             "disk needed",
@@ -348,6 +349,20 @@ def plan(request: TrainRequest, root: Path, world_size: int) -> list[tuple[str, 
             "one replaces the other)",
         ),
     ]
+
+
+def _speed_choices(request: TrainRequest) -> list[tuple[str, str]]:
+    """What the run will choose for itself on this machine's device: compile and decode."""
+    picked = device.pick(request.runtime.device)
+    compiled = device.compile_for(picked, request.compile)
+    why = "given" if request.compile is not None else f"the default on {picked.type}"
+    if request.decode != AUTO_DECODE:
+        decode = f"{request.decode} (given)"
+    elif picked.type == "cuda":
+        decode = "auto: a pilot before the run measures the host's decode against the model"
+    else:
+        decode = "ffcv (auto, on a CPU)"
+    return [("torch.compile", f"{'on' if compiled else 'off'} ({why})"), ("decode", decode)]
 
 
 def _bytes(size: float) -> str:
