@@ -88,7 +88,7 @@ def train_command(
     device: Device = "auto",
     resume: Annotated[str | None, typer.Option(callback=run_reference, help="Finish an interrupted version, e.g. runs/D/v003, with its recorded config (re-running the same command does this too).")] = None,
     nproc: NProc = 1,
-    dry_run: Annotated[bool, typer.Option(help="Print what the run will do (images and steps, world size and per-process batch, checkpoint size, disk needed) and stop.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print what the run will do (images and steps, world size and per-process batch, compile and decode on this device, checkpoint size, disk needed) and stop.")] = False,
     no_verify: NoVerify = False,
     root: RunsRoot = None,
     jobs: LoaderWorkers = None,
