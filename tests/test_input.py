@@ -249,7 +249,7 @@ def test_an_interrupted_scheme_2_run_resumes_with_full_size_decoding(vgg, train_
 def test_an_unknown_decode_path_is_refused_before_any_plan(vgg, train_root, command) -> None:
     result = vgg(*command, "--scale", "64", "--decode", "nvjpeg")
     assert result.exit_code == 2 and "--decode" in result.output
-    assert "choose ffcv, torch, gpu" in result.output and "Traceback" not in result.output
+    assert "choose auto, ffcv, torch, gpu" in result.output and "Traceback" not in result.output
 
 
 def test_ffcvs_import_keeps_its_typed_dict_compiles_on_disk(tmp_path) -> None:
