@@ -207,7 +207,8 @@ def test_train_decode_torch_trains_records_it_and_gpu_needs_cuda(vgg, train_root
     back = vgg("finetune-scale", "A", "--scale", "40", "--epochs", "1", "--decode", "ffcv")
     assert back.exit_code == 0, back.output
     assert "decode" not in resolve("A", train_root).manifest()["config"]
-    for value, needle in (("gpu", "needs a CUDA device"), ("nvjpeg", "choose auto, ffcv, torch, gpu")):
+    refusals = (("gpu", "needs a CUDA device"), ("nvjpeg", "choose auto, ffcv, torch, gpu"))
+    for value, needle in refusals:
         args = ["--net", "A", "--scale", "40", *short, "--name", "X", "--decode", value]
         refused = vgg("train", *args)
         lines = [line for line in refused.output.splitlines() if line.strip()]
