@@ -426,7 +426,8 @@ def test_gradient_accumulation_gives_the_full_batch_gradient() -> None:
 
 
 def test_torch_compile_is_the_default_on_cuda_alone_and_a_choice_given_wins() -> None:
-    """On CUDA compile trained D 1.36x faster; on a CPU 1.01x, for a minute of compiling.
+    """On CUDA compile ran D's training step 1.36x faster (the benchmark); on a CPU 1.01x,
+    for a minute of compiling.
     test_distributed checks that a compiled run resumes and matches eager over DDP."""
     from vggcli.device import compile_for
 

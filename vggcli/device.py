@@ -58,8 +58,8 @@ def precision_for(device: torch.device, requested: str) -> Precision:
 
 
 def compile_for(device: torch.device, requested: bool | None) -> bool:
-    """No choice (None) means torch.compile on CUDA, where it trained D 1.36x faster on an
-    H200, and eager on CPUs, where it gained 1.01x for a minute of compiling
+    """No choice (None) means torch.compile on CUDA, where D's training step benchmarked
+    1.36x faster on an H200, and eager on CPUs, where it gained 1.01x for a minute of compiling
     (docs/performance.md). The answer goes into the run's config: a resume keeps it."""
     return device.type == "cuda" if requested is None else requested
 

@@ -41,7 +41,7 @@ Name = Annotated[str | None, typer.Option(callback=run_name, help="Run name to w
 # overflows converting it to float32 (a traceback, not our one-line divergence error)
 MAX_LR = 10.0
 LoaderWorkers = Annotated[int | None, typer.Option("--workers", callback=at_least(1, MAX_PROCESSES), help="Threads decoding training images (default: the node's cores shared among its ranks; on a CPU, OMP_NUM_THREADS when set).", show_default=False)]
-Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model. Default: on CUDA (D trained 1.36x faster on an H200), off on CPUs (1.01x, for a minute of compiling); recorded in the run's config, and a resume keeps it.", show_default=False)]
+Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model. Default: on CUDA (D's training step benchmarked 1.36x faster on an H200), off on CPUs (1.01x, for a minute of compiling); recorded in the run's config, and a resume keeps it.", show_default=False)]
 DECODE_HELP = "Who decodes the training images: ffcv (FFCV's CPU workers), gpu (nvJPEG on the CUDA device, crops resized there: for GPUs the CPU cannot feed), torch (the same path on the CPU) or auto (ffcv on a CPU; on CUDA, gpu when a pilot of a few seconds finds the host's workers decode fewer images per second than the model trains); validation crops are always FFCV's. torch and gpu resize a little differently (about 1 grey level); the path is recorded in the run's config when not ffcv, and a resume keeps it."
 
 
