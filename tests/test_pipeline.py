@@ -398,6 +398,33 @@ def test_a_failed_step_stops_its_dependants_while_the_others_go_on(vgg, tmp_path
     assert not (tmp_path / "runs" / "B").exists()
 
 
+def test_the_demo_caps_the_smoke_recipes_nets_from_random_init_at_20_epochs() -> None:
+    """`just demo` runs pipelines/smoke.toml with A, A-LRN and B-5x5 capped at 20 epochs for
+    its time, the recipe at 30: the justfile's `--set` must name a variable the file defines
+    and reach those three steps alone."""
+    project = Path(__file__).parents[1]
+    demo = project.joinpath("justfile").read_text().split("\ndemo:")[1].split("\n\n")[0]
+    (name, value), = re.findall(r'--set (\w+)="([^"]*)"', demo)
+    shipped = project / "pipelines" / "smoke.toml"
+    recipe = pipeline.load(shipped, Path("runs"))
+    capped = pipeline.load(shipped, Path("runs"), overrides=((name, value),))
+
+    def epochs(plan: pipeline.Pipeline) -> dict[str, str]:
+        """Each training's --epochs, its [vars] filled in."""
+        found = {}
+        for step in plan.steps:
+            text = re.sub(r"{(\w+)}", lambda m: plan.variables.get(m[1], m[0]), step.command)
+            if text.startswith("train"):
+                found[step.name] = re.findall(r"--epochs (\d+)", text)[-1]
+        return found
+
+    assert {net: epochs(capped)[net] for net in ("A", "A-LRN", "B-5x5")} == dict.fromkeys(
+        ("A", "A-LRN", "B-5x5"), "20"
+    )
+    changed = {net for net, cap in epochs(capped).items() if epochs(recipe)[net] != cap}
+    assert changed == {"A", "A-LRN", "B-5x5"} and epochs(recipe)["A"] == "30"
+
+
 def test_dry_run_prints_the_waves_and_the_critical_path(vgg) -> None:
     shipped = Path(__file__).parents[1] / "pipelines" / "paper.toml"
     result = vgg("pipeline", "run", str(shipped), "--dry-run")
