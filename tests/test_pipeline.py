@@ -403,26 +403,28 @@ def test_the_demo_caps_the_smoke_recipes_nets_from_random_init_at_20_epochs() ->
     its time, the recipe at 30: the justfile's `--set` must name a variable the file defines
     and reach those three steps alone."""
     project = Path(__file__).parents[1]
-    demo = project.joinpath("justfile").read_text().split("\ndemo:")[1].split("\n\n")[0]
-    (name, value), = re.findall(r'--set (\w+)="([^"]*)"', demo)
+    just_demo = project.joinpath("justfile").read_text().split("\ndemo:")[1].split("\n\n")[0]
+    (name, value), = re.findall(r'--set (\w+)="([^"]*)"', just_demo)
     shipped = project / "pipelines" / "smoke.toml"
     recipe = pipeline.load(shipped, Path("runs"))
     capped = pipeline.load(shipped, Path("runs"), overrides=((name, value),))
 
     def epochs(plan: pipeline.Pipeline) -> dict[str, str]:
-        """Each training's --epochs, its [vars] filled in."""
+        """Each training's --epochs, its [vars] filled in (run references left as they are)."""
         found = {}
         for step in plan.steps:
-            text = re.sub(r"{(\w+)}", lambda m: plan.variables.get(m[1], m[0]), step.command)
+            text = pipeline.PLACEHOLDER.sub(
+                lambda m: plan.variables.get(m[1], m[0]), step.command
+            )
             if text.startswith("train"):
                 found[step.name] = re.findall(r"--epochs (\d+)", text)[-1]
         return found
 
-    assert {net: epochs(capped)[net] for net in ("A", "A-LRN", "B-5x5")} == dict.fromkeys(
-        ("A", "A-LRN", "B-5x5"), "20"
-    )
-    changed = {net for net, cap in epochs(capped).items() if epochs(recipe)[net] != cap}
-    assert changed == {"A", "A-LRN", "B-5x5"} and epochs(recipe)["A"] == "30"
+    demo, full = epochs(capped), epochs(recipe)
+    scratch = ("A", "A-LRN", "B-5x5")
+    assert {net: demo[net] for net in scratch} == dict.fromkeys(scratch, "20")
+    changed = {net for net, cap in demo.items() if full[net] != cap}
+    assert changed == set(scratch) and full["A"] == "30"
 
 
 def test_dry_run_prints_the_waves_and_the_critical_path(vgg) -> None:
